@@ -1,0 +1,242 @@
+//! A raffle's fixed terms: numbering, price and bundles, limits, prizes, draw commitment.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::commands::CreateRaffle;
+use crate::errors::RaffleError;
+use crate::values::Currency;
+
+pub const MAX_TICKET_COUNT: u32 = 10_000_000;
+/// Bounds the bundle-pricing search (O(quantity × bundles)) and the size of one event.
+pub const MAX_TICKETS_PER_ORDER_CAP: u32 = 100_000;
+pub const DEFAULT_HOLD_SECONDS: u32 = 15 * 60;
+pub const DEFAULT_MAX_HOLD_SECONDS: u32 = 72 * 3600;
+const MAX_BUNDLES: usize = 16;
+const MAX_PRIZES: usize = 1_000;
+
+/// "`quantity` tickets for `price_minor`", e.g. 5 for 40.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub quantity: u32,
+    pub price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prize {
+    pub name: String,
+    /// Early-bird prize: only tickets issued strictly before this instant take part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_bird_cutoff: Option<DateTime<Utc>>,
+}
+
+/// What happens to a payment that arrives after its hold expired and its numbers were taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePaymentPolicy {
+    /// Issue the same quantity of random free numbers instead.
+    Substitute,
+    /// Record that the payment must be refunded.
+    #[default]
+    Refund,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaffleConfig {
+    pub raffle_id: Uuid,
+    pub title: String,
+    pub organizer_id: String,
+    pub ticket_count: u32,
+    pub first_number: u32,
+    pub number_width: u8,
+    pub price_minor: i64,
+    pub currency: Currency,
+    #[serde(default)]
+    pub bundles: Vec<Bundle>,
+    pub hold_seconds: u32,
+    pub max_hold_seconds: u32,
+    pub max_tickets_per_order: u32,
+    #[serde(default)]
+    pub max_tickets_per_buyer: Option<u32>,
+    #[serde(default)]
+    pub prizes: Vec<Prize>,
+    pub draw_commitment: String,
+    #[serde(default)]
+    pub late_payment_policy: LatePaymentPolicy,
+}
+
+impl RaffleConfig {
+    pub(crate) fn parse(cmd: CreateRaffle) -> Result<Self, RaffleError> {
+        let invalid = |field: &'static str, reason: &'static str| {
+            Err(RaffleError::InvalidRaffle { field, reason })
+        };
+        let title = cmd.title.trim().to_owned();
+        if title.is_empty() || title.chars().count() > 200 {
+            return invalid("title", "must be 1 to 200 characters");
+        }
+        if cmd.organizer_id.trim().is_empty() {
+            return invalid("organizer_id", "must not be empty");
+        }
+        if !(1..=MAX_TICKET_COUNT).contains(&cmd.ticket_count) {
+            return invalid("ticket_count", "must be between 1 and 10000000");
+        }
+        if cmd.first_number > 1 {
+            return invalid("first_number", "must be 0 or 1");
+        }
+        let last = cmd.first_number + cmd.ticket_count - 1;
+        let needed_width = last.to_string().len() as u8;
+        let number_width = cmd.number_width.unwrap_or(needed_width);
+        if number_width < needed_width || number_width > 10 {
+            return invalid(
+                "number_width",
+                "must fit the largest number and be at most 10",
+            );
+        }
+        if cmd.price_minor <= 0 {
+            return invalid("price_minor", "must be positive");
+        }
+        if cmd.bundles.len() > MAX_BUNDLES {
+            return invalid("bundles", "at most 16 bundles");
+        }
+        if cmd
+            .bundles
+            .iter()
+            .any(|b| b.quantity < 2 || b.price_minor <= 0)
+        {
+            return invalid(
+                "bundles",
+                "each bundle needs a quantity of 2 or more and a positive price",
+            );
+        }
+        let hold_seconds = cmd.hold_seconds.unwrap_or(DEFAULT_HOLD_SECONDS);
+        if !(60..=7 * 24 * 3600).contains(&hold_seconds) {
+            return invalid("hold_minutes", "must be between 1 minute and 7 days");
+        }
+        let max_hold_seconds = cmd
+            .max_hold_seconds
+            .unwrap_or(DEFAULT_MAX_HOLD_SECONDS.max(hold_seconds));
+        if max_hold_seconds < hold_seconds || max_hold_seconds > 30 * 24 * 3600 {
+            return invalid(
+                "max_hold_minutes",
+                "must be at least the hold and at most 30 days",
+            );
+        }
+        if !(1..=MAX_TICKETS_PER_ORDER_CAP).contains(&cmd.max_tickets_per_order) {
+            return invalid("max_tickets_per_order", "must be between 1 and 100000");
+        }
+        if cmd.max_tickets_per_buyer == Some(0) {
+            return invalid("max_tickets_per_buyer", "must be positive when given");
+        }
+        if cmd.prizes.len() > MAX_PRIZES || cmd.prizes.iter().any(|p| p.name.trim().is_empty()) {
+            return invalid("prizes", "at most 1000 prizes, each with a name");
+        }
+        let commitment = cmd.draw_commitment.trim().to_ascii_lowercase();
+        if commitment.len() != 64 || !commitment.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return invalid(
+                "draw_commitment",
+                "must be the hex SHA-256 of the draw seed",
+            );
+        }
+        Ok(Self {
+            raffle_id: cmd.raffle_id,
+            title,
+            organizer_id: cmd.organizer_id.trim().to_owned(),
+            ticket_count: cmd.ticket_count,
+            first_number: cmd.first_number,
+            number_width,
+            price_minor: cmd.price_minor,
+            currency: cmd.currency,
+            bundles: cmd.bundles,
+            hold_seconds,
+            max_hold_seconds,
+            max_tickets_per_order: cmd.max_tickets_per_order,
+            max_tickets_per_buyer: cmd.max_tickets_per_buyer,
+            prizes: cmd.prizes,
+            draw_commitment: commitment,
+            late_payment_policy: cmd.late_payment_policy,
+        })
+    }
+
+    pub fn last_number(&self) -> u32 {
+        self.first_number + self.ticket_count - 1
+    }
+
+    pub fn contains_number(&self, number: u32) -> bool {
+        (self.first_number..=self.last_number()).contains(&number)
+    }
+
+    /// Zero-padded display form, e.g. `0042` for width 4.
+    pub fn display_number(&self, number: u32) -> String {
+        format!("{number:0width$}", width = usize::from(self.number_width))
+    }
+
+    /// The cheapest way to pay for exactly `quantity` tickets with single tickets and bundles
+    /// (unbounded knapsack; quantity is capped by `MAX_TICKETS_PER_ORDER_CAP`).
+    pub fn price_for(&self, quantity: u32) -> i64 {
+        if self.bundles.is_empty() {
+            return self.price_minor * i64::from(quantity);
+        }
+        let quantity = quantity as usize;
+        let mut best = vec![0i64; quantity + 1];
+        for q in 1..=quantity {
+            let mut cost = best[q - 1] + self.price_minor;
+            for bundle in &self.bundles {
+                let size = bundle.quantity as usize;
+                if size <= q {
+                    cost = cost.min(best[q - size] + bundle.price_minor);
+                }
+            }
+            best[q] = cost;
+        }
+        best[quantity]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bundles: Vec<Bundle>) -> RaffleConfig {
+        let mut cmd = CreateRaffle::example(Uuid::nil(), 100);
+        cmd.price_minor = 10;
+        cmd.bundles = bundles;
+        RaffleConfig::parse(cmd).unwrap()
+    }
+
+    #[test]
+    fn bundles_pick_the_cheapest_combination() {
+        let cfg = config(vec![
+            Bundle {
+                quantity: 5,
+                price_minor: 40,
+            },
+            Bundle {
+                quantity: 20,
+                price_minor: 100,
+            },
+        ]);
+        assert_eq!(cfg.price_for(1), 10);
+        assert_eq!(cfg.price_for(5), 40);
+        assert_eq!(cfg.price_for(7), 60);
+        assert_eq!(cfg.price_for(20), 100);
+        assert_eq!(cfg.price_for(19), 3 * 40 + 4 * 10);
+        assert_eq!(cfg.price_for(45), 100 + 100 + 40);
+    }
+
+    #[test]
+    fn a_bundle_dearer_than_singles_is_never_chosen() {
+        let cfg = config(vec![Bundle {
+            quantity: 3,
+            price_minor: 50,
+        }]);
+        assert_eq!(cfg.price_for(3), 30);
+    }
+
+    #[test]
+    fn number_width_defaults_to_the_largest_number() {
+        let cfg = RaffleConfig::parse(CreateRaffle::example(Uuid::nil(), 1000)).unwrap();
+        assert_eq!(cfg.number_width, 4);
+        assert_eq!(cfg.display_number(7), "0007");
+    }
+}

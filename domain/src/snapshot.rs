@@ -1,0 +1,247 @@
+//! The snapshot encoding: compact binary, versioned.
+//!
+//! Layout (all integers little-endian), version 1:
+//! `"TMBS" u8:1`, then length-prefixed (u32) sections:
+//! 1. header — JSON of config, status and winners (small);
+//! 2. free numbers, 3. issued numbers — roaring's portable serialization;
+//! 4. orders — u32 count, then per order `id[16] status:u8 reserved_at:u32 expires_at:u32
+//!    issued_at:u32 buyer:u64 numbers_len:u32`, then every order's numbers as u32, in order;
+//! 5. payments — u32 count, then `(payment digest:u64, order position:u32)`;
+//! 6. partial refunds — u32 count, then `(order position:u32, amount:i64)`.
+//!
+//! Indexes, the hold queue and buyer counts are rebuilt on decode rather than stored.
+//! `Raffle`'s serde impl (which cqrs-es requires) wraps these bytes: base64 in JSON.
+
+use base64::Engine as _;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::aggregate::{Raffle, RaffleStatus};
+use crate::config::RaffleConfig;
+use crate::draw::Winner;
+use crate::orders::{Order, OrderBook, OrderStatus};
+use crate::tickets::TicketPool;
+
+const MAGIC: &[u8; 4] = b"TMBS";
+const VERSION: u8 = 1;
+const ORDER_RECORD_BYTES: usize = 16 + 1 + 4 + 4 + 4 + 8 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a Tombola snapshot, or an unknown version")]
+    UnknownFormat,
+    #[error("snapshot truncated")]
+    Truncated,
+    #[error("snapshot corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    config: Option<RaffleConfig>,
+    status: RaffleStatus,
+    winners: Vec<Winner>,
+}
+
+impl Raffle {
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let orders = &self.orders;
+        let mut out = Vec::with_capacity(
+            64 + orders.len() * ORDER_RECORD_BYTES
+                + orders.numbers.len() * 4
+                + self.tickets.free.serialized_size()
+                + self.tickets.issued.serialized_size(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        let header = Header {
+            config: self.config.as_deref().cloned(),
+            status: self.status,
+            winners: self.winners.clone(),
+        };
+        section(&mut out, |out| {
+            serde_json::to_writer(out, &header).expect("header serializes")
+        });
+        section(&mut out, |out| {
+            self.tickets.free.serialize_into(out).expect("vec write")
+        });
+        section(&mut out, |out| {
+            self.tickets.issued.serialize_into(out).expect("vec write")
+        });
+        section(&mut out, |out| {
+            out.extend_from_slice(&(orders.len() as u32).to_le_bytes());
+            for order in orders.orders.iter() {
+                out.extend_from_slice(order.id.as_bytes());
+                out.push(order.status as u8);
+                out.extend_from_slice(&order.reserved_at.to_le_bytes());
+                out.extend_from_slice(&order.expires_at.to_le_bytes());
+                out.extend_from_slice(&order.issued_at.to_le_bytes());
+                out.extend_from_slice(&order.buyer.to_le_bytes());
+                out.extend_from_slice(&order.numbers_len.to_le_bytes());
+            }
+            for pos in 0..orders.len() as u32 {
+                for number in orders.numbers_of(pos) {
+                    out.extend_from_slice(&number.to_le_bytes());
+                }
+            }
+        });
+        section(&mut out, |out| {
+            out.extend_from_slice(&(orders.payments.len() as u32).to_le_bytes());
+            for (digest, pos) in &orders.payments {
+                out.extend_from_slice(&digest.to_le_bytes());
+                out.extend_from_slice(&pos.to_le_bytes());
+            }
+        });
+        section(&mut out, |out| {
+            out.extend_from_slice(&(orders.partial_refunds.len() as u32).to_le_bytes());
+            for (pos, amount) in &orders.partial_refunds {
+                out.extend_from_slice(&pos.to_le_bytes());
+                out.extend_from_slice(&amount.to_le_bytes());
+            }
+        });
+        out
+    }
+
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != MAGIC || r.u8()? != VERSION {
+            return Err(SnapshotError::UnknownFormat);
+        }
+        let header: Header = serde_json::from_slice(r.section()?)
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        let bitmap = |bytes: &[u8]| {
+            RoaringBitmap::deserialize_from(bytes)
+                .map_err(|e| SnapshotError::Corrupt(e.to_string()))
+        };
+        let tickets = TicketPool {
+            free: bitmap(r.section()?)?,
+            issued: bitmap(r.section()?)?,
+        };
+
+        let limits_buyers = header
+            .config
+            .as_ref()
+            .is_some_and(|c| c.max_tickets_per_buyer.is_some());
+        let mut book = OrderBook::new(limits_buyers);
+        let mut orders = Reader(r.section()?);
+        let count = orders.u32()? as usize;
+        let mut numbers = Reader(
+            &orders.0[count
+                .checked_mul(ORDER_RECORD_BYTES)
+                .ok_or(SnapshotError::Truncated)?
+                .min(orders.0.len())..],
+        );
+        for _ in 0..count {
+            let id = Uuid::from_slice(orders.take(16)?).expect("16 bytes");
+            let status = OrderStatus::from_u8(orders.u8()?)
+                .ok_or_else(|| SnapshotError::Corrupt("order status".into()))?;
+            let reserved_at = orders.u32()?;
+            let expires_at = orders.u32()?;
+            let issued_at = orders.u32()?;
+            let buyer = orders.u64()?;
+            let numbers_len = orders.u32()?;
+            let numbers_at = book.numbers.len() as u32;
+            for _ in 0..numbers_len {
+                book.push_number(numbers.u32()?);
+            }
+            book.push_record(Order {
+                id,
+                numbers_at,
+                numbers_len,
+                reserved_at,
+                expires_at,
+                issued_at,
+                buyer,
+                status,
+            });
+        }
+        let mut payments = Reader(r.section()?);
+        let count = payments.u32()? as usize;
+        book.payments.reserve(count);
+        for _ in 0..count {
+            let digest = payments.u64()?;
+            book.payments.insert(digest, payments.u32()?);
+        }
+        let mut partial = Reader(r.section()?);
+        for _ in 0..partial.u32()? {
+            let pos = partial.u32()?;
+            book.partial_refunds.insert(pos, partial.u64()? as i64);
+        }
+        Ok(Raffle {
+            config: header.config.map(Box::new),
+            status: header.status,
+            tickets,
+            orders: book,
+            winners: header.winners,
+        })
+    }
+}
+
+fn section(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.0.len() < n {
+            return Err(SnapshotError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn section(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+}
+
+impl Serialize for Raffle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes = self.encode_snapshot();
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            serializer.serialize_bytes(&bytes)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Raffle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let bytes = if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(D::Error::custom)?
+        } else {
+            Vec::<u8>::deserialize(deserializer)?
+        };
+        Raffle::decode_snapshot(&bytes).map_err(D::Error::custom)
+    }
+}
