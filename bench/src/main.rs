@@ -1,1 +1,38 @@
-fn main() {}
+//! `tombola-bench`: Tombola's benchmarks, one subcommand each.
+//!
+//! Every subcommand prints its progress on stderr and, as the last line on stdout, one JSON
+//! object with its figures (including a same-run baseline and the ratios to it). The exit
+//! code is non-zero when the run's own correctness checks fail.
+
+mod alloc;
+mod domain;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: alloc::CountingAlloc = alloc::CountingAlloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "tombola-bench", version, about = "Tombola's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The Raffle aggregate in memory: build a sold-out raffle, measure resident memory,
+    /// decision throughput and the snapshot, against a naive model built in the same run.
+    Domain(domain::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Domain(args) => domain::run(args),
+    };
+    report::finish(outcome)
+}

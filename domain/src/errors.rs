@@ -14,7 +14,9 @@ pub enum LimitKind {
     PerBuyer,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializes as `{"code": …, <fields>}`, the data a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
 pub enum RaffleError {
     #[error("the raffle does not exist")]
     RaffleNotFound,

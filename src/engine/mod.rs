@@ -1,0 +1,243 @@
+//! The engine: one writer task per active raffle, owning its aggregate in memory.
+//!
+//! Callers send commands over a bounded channel; the writer drains what is waiting, decides
+//! each command in order against live state, appends every resulting event in one
+//! transaction and only then answers (group commit). Optimistic concurrency on the stream's
+//! sequence keeps several nodes correct: a conflict means another node wrote first, so the
+//! writer reloads and decides again. The engine knows nothing of HTTP.
+
+mod errors;
+mod registry;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::task::TaskTracker;
+use tombola_domain::{Clock, Raffle, RaffleCommand, RaffleEvent, SystemClock};
+use uuid::Uuid;
+
+use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
+
+pub use errors::{EngineError, Rejection};
+use registry::Registry;
+use writer::Message;
+
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Commands waiting per raffle before callers are told to back off.
+    pub queue_capacity: usize,
+    /// Most commands decided in one group commit.
+    pub max_batch: usize,
+    /// Write a snapshot after this many events since the last one.
+    pub snapshot_every: u64,
+    /// Unload a raffle with no live holds after this long without commands.
+    pub evict_after: Duration,
+    /// Reload-and-retry rounds when another node keeps appending first.
+    pub max_conflict_retries: u32,
+    pub clock: Arc<dyn Clock>,
+    /// Identifies this node in NOTIFY payloads, so it ignores its own.
+    pub node_id: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch: 1024,
+            snapshot_every: 10_000,
+            evict_after: Duration::from_secs(600),
+            max_conflict_retries: 8,
+            clock: Arc::new(SystemClock),
+            node_id: Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+/// Who asks, through what, and why: becomes every resulting event's metadata.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    pub actor: String,
+    pub source: Source,
+    pub request_id: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub idempotency: Option<IdempotencyRequest>,
+}
+
+impl CommandMeta {
+    pub fn system(reason: &str) -> Self {
+        Self {
+            actor: "system".into(),
+            source: Source::System,
+            request_id: format!("{reason}-{}", Uuid::now_v7()),
+            correlation_id: None,
+            causation_id: None,
+            idempotency: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequencedEvent {
+    pub sequence: u64,
+    pub event: RaffleEvent,
+}
+
+/// A command's committed result. No events means it was a duplicate of one already applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub events: Vec<SequencedEvent>,
+    /// Answered from an idempotency record rather than decided now.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl Applied {
+    pub fn is_duplicate(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// A batch of events committed to one raffle's stream, as published in-process.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub raffle_id: Uuid,
+    pub events: Vec<StoredEvent>,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: EngineConfig,
+    registry: Registry,
+    published: broadcast::Sender<Arc<Committed>>,
+    tasks: TaskTracker,
+    stopping: AtomicBool,
+}
+
+impl Engine {
+    pub fn new(store: Store, config: EngineConfig) -> Self {
+        let (published, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                registry: Registry::default(),
+                published,
+                tasks: TaskTracker::new(),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Committed batches, in commit order per raffle (projections, outbound webhooks).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.inner.published.subscribe()
+    }
+
+    /// Number of raffles resident in memory.
+    pub fn active_raffles(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Loads every raffle on sale, so their hold timers run without waiting for a command.
+    pub async fn resume_on_sale(&self) -> Result<usize, EngineError> {
+        let raffles = self.inner.store.raffles_on_sale().await.map_err(EngineError::unavailable)?;
+        for raffle_id in &raffles {
+            self.send(*raffle_id, Message::Refresh).await?;
+        }
+        Ok(raffles.len())
+    }
+
+    #[tracing::instrument(skip(self, command, meta), fields(raffle_id = %raffle_id, request_id = %meta.request_id))]
+    pub async fn execute(
+        &self,
+        raffle_id: Uuid,
+        command: RaffleCommand,
+        meta: CommandMeta,
+    ) -> Result<Applied, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(raffle_id, Message::Command(writer::CommandRequest { command, meta, reply }))
+            .await?;
+        answer.await.unwrap_or(Err(EngineError::Unavailable {
+            reason: "the raffle's writer stopped before answering".into(),
+        }))
+    }
+
+    /// Runs `read` against the raffle's committed state (never against undecided commands).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        raffle_id: Uuid,
+        read: impl FnOnce(&Raffle) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let read = Box::new(move |raffle: &Raffle| {
+            let _ = reply.send(read(raffle));
+        });
+        self.send(raffle_id, Message::Read(read)).await?;
+        answer.await.map_err(|_| EngineError::Unavailable {
+            reason: "the raffle's writer stopped before answering".into(),
+        })
+    }
+
+    /// Another node committed to `raffle_id` up to `sequence`: catch up if it is resident.
+    pub fn notify_remote_commit(&self, raffle_id: Uuid, sequence: u64) {
+        if let Some(sender) = self.inner.registry.get(raffle_id) {
+            let _ = sender.try_send(Message::CatchUp(sequence));
+        }
+    }
+
+    async fn send(&self, raffle_id: Uuid, mut message: Message) -> Result<(), EngineError> {
+        for _ in 0..3 {
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return Err(EngineError::ShuttingDown);
+            }
+            let sender = self.inner.registry.get_or_spawn(raffle_id, |generation| {
+                self.spawn_writer(raffle_id, generation)
+            });
+            match sender.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    return Err(EngineError::Overloaded { retry_after: Duration::from_secs(1) })
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(returned)) => {
+                    // The writer was evicted or died between lookup and send: start another.
+                    self.inner.registry.remove_if_closed(raffle_id);
+                    message = returned;
+                }
+            }
+        }
+        Err(EngineError::Unavailable { reason: "could not reach the raffle's writer".into() })
+    }
+
+    fn spawn_writer(&self, raffle_id: Uuid, generation: u64) -> tokio::sync::mpsc::Sender<Message> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(self.inner.config.queue_capacity);
+        let engine = self.clone();
+        self.inner.tasks.spawn(writer::run(engine, raffle_id, generation, receiver));
+        sender
+    }
+
+    /// Stops taking commands, lets every writer finish what is queued, and waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.registry.clear();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

@@ -1,0 +1,83 @@
+//! Loading a raffle: the latest snapshot, then the events after it.
+
+use tombola_domain::{Raffle, RaffleEvent};
+use uuid::Uuid;
+
+use super::chain::GENESIS;
+use super::metadata::EventMetadata;
+use super::{Store, StoreError, RAFFLE_STREAM};
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub raffle_id: Uuid,
+    pub sequence: u64,
+    pub event: RaffleEvent,
+    pub metadata: EventMetadata,
+}
+
+pub struct LoadedRaffle {
+    pub raffle: Raffle,
+    pub last_sequence: u64,
+    pub last_hash: String,
+}
+
+impl Store {
+    #[tracing::instrument(skip(self), fields(raffle_id = %raffle_id))]
+    pub async fn load_raffle(&self, raffle_id: Uuid) -> Result<LoadedRaffle, StoreError> {
+        let snapshot: Option<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT last_sequence, last_hash, payload FROM raffle_snapshots WHERE raffle_id = $1",
+        )
+        .bind(raffle_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let mut loaded = match snapshot {
+            Some((last_sequence, last_hash, payload)) => {
+                let raffle = tokio::task::spawn_blocking(move || Raffle::decode_snapshot(&payload))
+                    .await
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                LoadedRaffle { raffle, last_sequence: last_sequence as u64, last_hash }
+            }
+            None => LoadedRaffle {
+                raffle: Raffle::default(),
+                last_sequence: 0,
+                last_hash: GENESIS.to_owned(),
+            },
+        };
+        for stored in self.events_after(raffle_id, loaded.last_sequence).await? {
+            loaded.raffle.apply_event(&stored.event);
+            loaded.last_sequence = stored.sequence;
+            loaded.last_hash = stored.metadata.hash;
+        }
+        Ok(loaded)
+    }
+
+    /// The stream's events after `sequence`, in order.
+    pub async fn events_after(
+        &self,
+        raffle_id: Uuid,
+        sequence: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT sequence, payload::text, metadata::text FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+             ORDER BY sequence",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .bind(sequence as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(sequence, payload, metadata)| {
+                Ok(StoredEvent {
+                    raffle_id,
+                    sequence: sequence as u64,
+                    event: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))?,
+                    metadata: EventMetadata::from_json(&metadata).map_err(StoreError::Corrupt)?,
+                })
+            })
+            .collect()
+    }
+}

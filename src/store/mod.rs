@@ -1,0 +1,75 @@
+//! The Postgres event store: streams in postgres-es's layout, Tombola's binary snapshots,
+//! idempotency records, and the per-raffle registry row. One [`Store::append`] call is one
+//! transaction: the writer's whole group commit.
+
+mod append;
+pub mod chain;
+mod idempotency;
+mod load;
+pub mod metadata;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use append::{AppendBatch, AppendError, NewEvent, RegistryRow};
+pub use idempotency::{IdempotencyRecord, IdempotencyRequest};
+pub use load::{LoadedRaffle, StoredEvent};
+pub use metadata::{EventMetadata, Source};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The aggregate type under which raffle streams are stored (cqrs-es `Aggregate::TYPE`).
+pub const RAFFLE_STREAM: &str = "raffle";
+/// Postgres NOTIFY channel announcing committed batches to other nodes.
+pub const EVENTS_CHANNEL: &str = "tombola_events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(database_url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations; safe to run from several nodes at once (sqlx takes an
+    /// advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Raffles whose holds may need expiring: on sale right now.
+    pub async fn raffles_on_sale(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT raffle_id FROM raffles WHERE status = 'on_sale'")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
