@@ -46,6 +46,11 @@ pub struct Raffle {
 }
 
 type Decision = Result<Vec<RaffleEvent>, RaffleError>;
+/// Issued numbers with their issue time, and the order owning each.
+type IssuedTickets = (
+    Vec<(u32, DateTime<Utc>)>,
+    std::collections::HashMap<u32, Uuid>,
+);
 
 impl Raffle {
     // ----- queries -----
@@ -603,12 +608,7 @@ impl Raffle {
     }
 
     /// Every issued ticket with its issue time, and who owns it.
-    fn issued_tickets(
-        &self,
-    ) -> (
-        Vec<(u32, DateTime<Utc>)>,
-        std::collections::HashMap<u32, Uuid>,
-    ) {
+    fn issued_tickets(&self) -> IssuedTickets {
         let mut issued = Vec::with_capacity(self.tickets.issued_count() as usize);
         let mut owners = std::collections::HashMap::with_capacity(issued.capacity());
         for (pos, order) in self.orders.orders.iter().enumerate() {

@@ -154,7 +154,7 @@ mod tests {
             early_bird_cutoff: Some(at(1_011)),
         };
         for entropy in ["a", "b", "c", "d", "e"] {
-            let winners = draw_winners("s", entropy, &[early.clone()], &issued);
+            let winners = draw_winners("s", entropy, std::slice::from_ref(&early), &issued);
             assert!(winners[0].unwrap() <= 10, "{winners:?}");
         }
     }

@@ -87,15 +87,20 @@ impl Raffle {
             }
         });
         section(&mut out, |out| {
-            out.extend_from_slice(&(orders.payments.len() as u32).to_le_bytes());
-            for (digest, pos) in &orders.payments {
+            // Sorted, so equal states encode to equal bytes.
+            let mut payments: Vec<_> = orders.payments.iter().collect();
+            payments.sort_unstable();
+            out.extend_from_slice(&(payments.len() as u32).to_le_bytes());
+            for (digest, pos) in payments {
                 out.extend_from_slice(&digest.to_le_bytes());
                 out.extend_from_slice(&pos.to_le_bytes());
             }
         });
         section(&mut out, |out| {
-            out.extend_from_slice(&(orders.partial_refunds.len() as u32).to_le_bytes());
-            for (pos, amount) in &orders.partial_refunds {
+            let mut partial: Vec<_> = orders.partial_refunds.iter().collect();
+            partial.sort_unstable();
+            out.extend_from_slice(&(partial.len() as u32).to_le_bytes());
+            for (pos, amount) in partial {
                 out.extend_from_slice(&pos.to_le_bytes());
                 out.extend_from_slice(&amount.to_le_bytes());
             }
@@ -158,7 +163,9 @@ impl Raffle {
         }
         let mut payments = Reader(r.section()?);
         let count = payments.u32()? as usize;
-        book.payments.reserve(count);
+        // The count is untrusted: reserve no more than the section can hold (12 bytes each),
+        // or a corrupt count aborts the process on a huge allocation instead of failing.
+        book.payments.reserve(count.min(payments.0.len() / 12));
         for _ in 0..count {
             let digest = payments.u64()?;
             book.payments.insert(digest, payments.u32()?);

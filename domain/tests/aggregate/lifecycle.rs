@@ -1,8 +1,8 @@
 //! The raffle's own life: create, open sales, close sales, draw, cancel.
 
 use tombola_domain::{
-    draw, Bundle, CreateRaffle, LatePaymentPolicy, OrderStatus, Prize, RaffleCommand,
-    RaffleConfig, RaffleError, RaffleEvent, RaffleStatus, TicketState, Winner,
+    draw, Bundle, CreateRaffle, LatePaymentPolicy, OrderStatus, Prize, RaffleCommand, RaffleConfig,
+    RaffleError, RaffleEvent, RaffleStatus, TicketState, Winner,
 };
 
 use crate::common::*;
@@ -114,8 +114,12 @@ fn invalid_terms_are_refused_with_the_offending_field() {
             c.max_hold_seconds = Some(599);
         }),
         ("max_tickets_per_order", |c| c.max_tickets_per_order = 0),
-        ("max_tickets_per_order", |c| c.max_tickets_per_order = 100_001),
-        ("max_tickets_per_buyer", |c| c.max_tickets_per_buyer = Some(0)),
+        ("max_tickets_per_order", |c| {
+            c.max_tickets_per_order = 100_001
+        }),
+        ("max_tickets_per_buyer", |c| {
+            c.max_tickets_per_buyer = Some(0)
+        }),
         ("prizes", |c| c.prizes = vec![prize(" ")]),
         ("draw_commitment", |c| c.draw_commitment = "abc".into()),
         ("draw_commitment", |c| c.draw_commitment = "z".repeat(64)),
@@ -191,9 +195,15 @@ fn sales_never_reopen() {
         },
     ]);
     let cases = [
-        (vec![created(cfg.clone()), opened(), closed(10)], RaffleStatus::Closed),
+        (
+            vec![created(cfg.clone()), opened(), closed(10)],
+            RaffleStatus::Closed,
+        ),
         (drawn, RaffleStatus::Drawn),
-        (vec![created(cfg.clone()), cancelled("x", 1)], RaffleStatus::Cancelled),
+        (
+            vec![created(cfg.clone()), cancelled("x", 1)],
+            RaffleStatus::Cancelled,
+        ),
     ];
     for (given, status) in cases {
         framework_at(30)
@@ -231,7 +241,10 @@ fn only_a_raffle_on_sale_can_close() {
     let cfg = config(10);
     let cases = [
         (vec![created(cfg.clone())], RaffleStatus::Draft),
-        (vec![created(cfg.clone()), cancelled("x", 1)], RaffleStatus::Cancelled),
+        (
+            vec![created(cfg.clone()), cancelled("x", 1)],
+            RaffleStatus::Cancelled,
+        ),
     ];
     for (given, status) in cases {
         framework_at(9)
@@ -280,7 +293,10 @@ fn the_draw_picks_distinct_issued_tickets_and_names_their_orders() {
     else {
         panic!("expected WinnersDrawn, got {events:?}");
     };
-    assert_eq!((seed.as_str(), public_entropy.as_str()), (SEED, "lottery 2024-03-02"));
+    assert_eq!(
+        (seed.as_str(), public_entropy.as_str()),
+        (SEED, "lottery 2024-03-02")
+    );
     assert_eq!(*drawn_at, at(200));
     // Four issued tickets for six prizes: each ticket wins exactly once, the held 3 never.
     let mut numbers: Vec<u32> = winners.iter().map(|w| w.number).collect();
@@ -445,7 +461,10 @@ fn the_draw_happens_once_and_only_after_sales_close() {
         (vec![created(cfg.clone())], RaffleStatus::Draft),
         (on_sale(&cfg), RaffleStatus::OnSale),
         (drawn, RaffleStatus::Drawn),
-        (vec![created(cfg.clone()), cancelled("x", 1)], RaffleStatus::Cancelled),
+        (
+            vec![created(cfg.clone()), cancelled("x", 1)],
+            RaffleStatus::Cancelled,
+        ),
     ];
     for (given, status) in cases {
         framework_at(200)
@@ -496,7 +515,10 @@ fn cancelling_releases_holds_and_owes_refunds_for_paid_orders() {
     events.push(cancelled("venue closed", 30));
     let raffle = replay(&events);
     assert_eq!(raffle.status(), RaffleStatus::Cancelled);
-    assert_eq!(raffle.order(order(1)).unwrap().status, OrderStatus::Released);
+    assert_eq!(
+        raffle.order(order(1)).unwrap().status,
+        OrderStatus::Released
+    );
     assert_eq!(
         raffle.order(order(2)).unwrap().status,
         OrderStatus::RefundRequired

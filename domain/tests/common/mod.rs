@@ -13,8 +13,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::test::TestFramework;
 use tombola_domain::{
     draw, Buyer, Currency, ExpiredHold, FixedClock, LatePaymentPolicy, Payment, Prize,
-    ProviderPayment, Raffle, RaffleCommand, RaffleConfig, RaffleError, RaffleEvent,
-    RaffleServices,
+    ProviderPayment, Raffle, RaffleCommand, RaffleConfig, RaffleError, RaffleEvent, RaffleServices,
 };
 use uuid::Uuid;
 
