@@ -1,8 +1,15 @@
 //! Tombola: an event-sourced raffle ticketing engine.
 //!
 //! `store` persists raffle streams in Postgres; `engine` runs one writer per raffle with
-//! group commit; the domain rules live in the `tombola-domain` crate.
+//! group commit over the pure rules of the `tombola-domain` crate; `api` is the thin HTTP
+//! layer; `cli` and `startup` run it all.
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod pgcluster;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod testing;

@@ -1,5 +1,7 @@
-//! Fresh databases for tests and benchmarks: one new database per call on the server that
-//! `DATABASE_URL` names, migrated and ready.
+//! Fresh databases for tests and benchmarks: one new database per call, migrated and ready,
+//! on the server that `DATABASE_URL` names or else on the private cluster under
+//! `TOMBOLA_DATA_DIR` (default `.tombola` in the workspace), which is started if needed
+//! and left running for the next test run.
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
@@ -10,8 +12,21 @@ use crate::store::{Store, StoreError};
 
 /// The server to create test databases on.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let dir = std::env::var_os("TOMBOLA_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tombola"));
+        let cluster = crate::pgcluster::PrivateCluster::ensure(&dir)
+            .unwrap_or_else(|e| panic!("no DATABASE_URL and no private cluster: {e}"));
+        let url = cluster.url();
+        cluster.keep_running();
+        url
+    })
+    .clone()
 }
 
 /// A new, migrated database with a unique name, and its URL.
@@ -19,7 +34,9 @@ pub async fn fresh_database(max_connections: u32) -> Result<(Store, String), Sto
     let server = PgConnectOptions::from_str(&server_url())?;
     let name = format!("tombola_test_{}", Uuid::new_v4().simple());
     let mut admin = server.clone().database("postgres").connect().await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
     admin.close().await?;
     let options = server.database(&name);
     let url = options.to_url_lossy().to_string();

@@ -20,7 +20,11 @@ impl From<&RaffleError> for Rejection {
             _ => serde_json::Map::new(),
         };
         data.remove("code");
-        Self { code: error.code().to_owned(), message: error.to_string(), data }
+        Self {
+            code: error.code().to_owned(),
+            message: error.to_string(),
+            data,
+        }
     }
 }
 
@@ -42,6 +46,8 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn unavailable(error: impl std::fmt::Display) -> Self {
-        Self::Unavailable { reason: error.to_string() }
+        Self::Unavailable {
+            reason: error.to_string(),
+        }
     }
 }

@@ -25,6 +25,7 @@ use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
 pub use errors::{EngineError, Rejection};
 use registry::Registry;
 use writer::Message;
+pub use writer::{backoff, status_name};
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -158,7 +159,12 @@ impl Engine {
 
     /// Loads every raffle on sale, so their hold timers run without waiting for a command.
     pub async fn resume_on_sale(&self) -> Result<usize, EngineError> {
-        let raffles = self.inner.store.raffles_on_sale().await.map_err(EngineError::unavailable)?;
+        let raffles = self
+            .inner
+            .store
+            .raffles_on_sale()
+            .await
+            .map_err(EngineError::unavailable)?;
         for raffle_id in &raffles {
             self.send(*raffle_id, Message::Refresh).await?;
         }
@@ -173,8 +179,15 @@ impl Engine {
         meta: CommandMeta,
     ) -> Result<Applied, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.send(raffle_id, Message::Command(writer::CommandRequest { command, meta, reply }))
-            .await?;
+        self.send(
+            raffle_id,
+            Message::Command(writer::CommandRequest {
+                command,
+                meta,
+                reply,
+            }),
+        )
+        .await?;
         answer.await.unwrap_or(Err(EngineError::Unavailable {
             reason: "the raffle's writer stopped before answering".into(),
         }))
@@ -214,7 +227,9 @@ impl Engine {
             match sender.try_send(message) {
                 Ok(()) => return Ok(()),
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    return Err(EngineError::Overloaded { retry_after: Duration::from_secs(1) })
+                    return Err(EngineError::Overloaded {
+                        retry_after: Duration::from_secs(1),
+                    })
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(returned)) => {
                     // The writer was evicted or died between lookup and send: start another.
@@ -223,13 +238,17 @@ impl Engine {
                 }
             }
         }
-        Err(EngineError::Unavailable { reason: "could not reach the raffle's writer".into() })
+        Err(EngineError::Unavailable {
+            reason: "could not reach the raffle's writer".into(),
+        })
     }
 
     fn spawn_writer(&self, raffle_id: Uuid, generation: u64) -> tokio::sync::mpsc::Sender<Message> {
         let (sender, receiver) = tokio::sync::mpsc::channel(self.inner.config.queue_capacity);
         let engine = self.clone();
-        self.inner.tasks.spawn(writer::run(engine, raffle_id, generation, receiver));
+        self.inner
+            .tasks
+            .spawn(writer::run(engine, raffle_id, generation, receiver));
         sender
     }
 

@@ -28,7 +28,9 @@ impl Registry {
     }
 
     pub fn get(&self, raffle_id: Uuid) -> Option<mpsc::Sender<Message>> {
-        self.lock().get(&raffle_id).map(|(_, sender)| sender.clone())
+        self.lock()
+            .get(&raffle_id)
+            .map(|(_, sender)| sender.clone())
     }
 
     pub fn get_or_spawn(
@@ -46,7 +48,10 @@ impl Registry {
 
     pub fn remove_if_closed(&self, raffle_id: Uuid) {
         let mut writers = self.lock();
-        if writers.get(&raffle_id).is_some_and(|(_, sender)| sender.is_closed()) {
+        if writers
+            .get(&raffle_id)
+            .is_some_and(|(_, sender)| sender.is_closed())
+        {
             writers.remove(&raffle_id);
         }
     }
@@ -64,7 +69,10 @@ impl Registry {
         if !force && !receiver.is_empty() {
             return false;
         }
-        if writers.get(&raffle_id).is_some_and(|(g, _)| *g == generation) {
+        if writers
+            .get(&raffle_id)
+            .is_some_and(|(g, _)| *g == generation)
+        {
             writers.remove(&raffle_id);
         }
         receiver.close();

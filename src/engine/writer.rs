@@ -205,7 +205,12 @@ impl Writer {
     }
 
     async fn catch_up(&mut self) -> Result<(), crate::store::StoreError> {
-        let events = self.engine.inner.store.events_after(self.raffle_id, self.last_sequence).await?;
+        let events = self
+            .engine
+            .inner
+            .store
+            .events_after(self.raffle_id, self.last_sequence)
+            .await?;
         for stored in events {
             self.state.apply_event(&stored.event);
             self.last_sequence = stored.sequence;
@@ -248,7 +253,10 @@ impl Writer {
         commands: &[CommandRequest],
     ) -> Result<Vec<Result<Applied, EngineError>>, AppendError> {
         let store = self.engine.inner.store.clone();
-        let keyed: Vec<_> = commands.iter().filter_map(|c| c.meta.idempotency.as_ref()).collect();
+        let keyed: Vec<_> = commands
+            .iter()
+            .filter_map(|c| c.meta.idempotency.as_ref())
+            .collect();
         let mut known: HashMap<(String, String), IdempotencyRecord> = store
             .find_idempotency(&keyed)
             .await?
@@ -286,8 +294,14 @@ impl Writer {
                             actor: meta.actor.clone(),
                             source: meta.source,
                             request_id: meta.request_id.clone(),
-                            correlation_id: meta.correlation_id.clone().unwrap_or_else(|| meta.request_id.clone()),
-                            causation_id: meta.causation_id.clone().unwrap_or_else(|| meta.request_id.clone()),
+                            correlation_id: meta
+                                .correlation_id
+                                .clone()
+                                .unwrap_or_else(|| meta.request_id.clone()),
+                            causation_id: meta
+                                .causation_id
+                                .clone()
+                                .unwrap_or_else(|| meta.request_id.clone()),
                             idempotency_key: meta.idempotency.as_ref().map(|i| i.key.clone()),
                             recorded_at: now,
                             prev_hash: hash,
@@ -309,6 +323,7 @@ impl Writer {
                             event_version: "1",
                             payload,
                             metadata: metadata.to_json(),
+                            order_id: event.order_id(),
                         });
                         published.push(StoredEvent {
                             raffle_id: self.raffle_id,
@@ -318,14 +333,19 @@ impl Writer {
                         });
                         sequenced.push(SequencedEvent { sequence, event });
                     }
-                    Ok(Applied { events: sequenced, replayed: false })
+                    Ok(Applied {
+                        events: sequenced,
+                        replayed: false,
+                    })
                 }
                 Err(error) => Err(EngineError::Rejected(Rejection::from(&error))),
             };
             if let Some(idempotency) = &meta.idempotency {
                 let response = match &result {
                     Ok(applied) => StoredResponse::Applied(applied.clone()),
-                    Err(EngineError::Rejected(rejection)) => StoredResponse::Rejected(rejection.clone()),
+                    Err(EngineError::Rejected(rejection)) => {
+                        StoredResponse::Rejected(rejection.clone())
+                    }
                     Err(_) => unreachable!("decisions only reject"),
                 };
                 let record = IdempotencyRecord {
@@ -351,14 +371,22 @@ impl Writer {
                 created_at: now,
             });
         }
+        let started = std::time::Instant::now();
         store.append(self.raffle_id, &batch).await?;
+        metrics::histogram!("tombola_engine_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tombola_engine_batch_commands").record(commands.len() as f64);
+        metrics::histogram!("tombola_engine_batch_events").record(batch.events.len() as f64);
         self.last_sequence = sequence;
         self.last_hash = hash;
         if !published.is_empty() {
-            let _ = self.engine.inner.published.send(std::sync::Arc::new(Committed {
-                raffle_id: self.raffle_id,
-                events: published,
-            }));
+            let _ = self
+                .engine
+                .inner
+                .published
+                .send(std::sync::Arc::new(Committed {
+                    raffle_id: self.raffle_id,
+                    events: published,
+                }));
         }
         self.maybe_snapshot();
         Ok(results)
@@ -372,9 +400,13 @@ impl Writer {
         self.snapshot_sequence = self.last_sequence;
         let bytes = self.state.encode_snapshot();
         let store = self.engine.inner.store.clone();
-        let (raffle_id, sequence, hash) = (self.raffle_id, self.last_sequence, self.last_hash.clone());
+        let (raffle_id, sequence, hash) =
+            (self.raffle_id, self.last_sequence, self.last_hash.clone());
         tokio::spawn(async move {
-            if let Err(error) = store.save_snapshot(raffle_id, sequence, &hash, &bytes).await {
+            if let Err(error) = store
+                .save_snapshot(raffle_id, sequence, &hash, &bytes)
+                .await
+            {
                 tracing::warn!(%raffle_id, %error, "snapshot not saved");
             }
         });
@@ -383,13 +415,18 @@ impl Writer {
 
 fn replay(response: &serde_json::Value) -> Result<Applied, EngineError> {
     match serde_json::from_value(response.clone()) {
-        Ok(StoredResponse::Applied(applied)) => Ok(Applied { replayed: true, ..applied }),
+        Ok(StoredResponse::Applied(applied)) => Ok(Applied {
+            replayed: true,
+            ..applied
+        }),
         Ok(StoredResponse::Rejected(rejection)) => Err(EngineError::Rejected(rejection)),
-        Err(error) => Err(EngineError::unavailable(format!("stored response unreadable: {error}"))),
+        Err(error) => Err(EngineError::unavailable(format!(
+            "stored response unreadable: {error}"
+        ))),
     }
 }
 
-pub(crate) fn status_name(status: tombola_domain::RaffleStatus) -> &'static str {
+pub fn status_name(status: tombola_domain::RaffleStatus) -> &'static str {
     use tombola_domain::RaffleStatus::*;
     match status {
         Draft => "draft",
@@ -402,7 +439,7 @@ pub(crate) fn status_name(status: tombola_domain::RaffleStatus) -> &'static str 
 
 /// Exponential backoff with proportional jitter (50–150% of the delay), as every retry
 /// loop in Tombola.
-pub(crate) fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(5) * 2u32.saturating_pow(attempt.min(10));
     base.mul_f64(rand::rng().random_range(0.5..1.5))
 }

@@ -16,6 +16,7 @@ pub struct NewEvent {
     pub event_version: &'static str,
     pub payload: String,
     pub metadata: String,
+    pub order_id: Option<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +72,9 @@ impl Store {
             let mut versions = Vec::with_capacity(batch.events.len());
             let mut payloads = Vec::with_capacity(batch.events.len());
             let mut metadata = Vec::with_capacity(batch.events.len());
+            let mut orders = Vec::with_capacity(batch.events.len());
             for event in &batch.events {
+                orders.push(event.order_id);
                 sequences.push(event.sequence as i64);
                 types.push(event.event_type);
                 versions.push(event.event_version);
@@ -80,10 +83,11 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO events \
-                   (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                 SELECT $1, $2, t.seq, t.etype, t.ever, t.payload::json, t.meta::json \
-                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                   AS t(seq, etype, ever, payload, meta)",
+                   (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+                    metadata, order_id) \
+                 SELECT $1, $2, t.seq, t.etype, t.ever, t.payload::json, t.meta::json, t.order_id \
+                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                             $8::uuid[]) AS t(seq, etype, ever, payload, meta, order_id)",
             )
             .bind(RAFFLE_STREAM)
             .bind(&aggregate_id)
@@ -92,16 +96,23 @@ impl Store {
             .bind(&versions)
             .bind(&payloads)
             .bind(&metadata)
+            .bind(&orders)
             .execute(&mut *tx)
             .await?;
         }
         if !batch.idempotency.is_empty() {
             let scopes: Vec<&str> = batch.idempotency.iter().map(|r| r.scope.as_str()).collect();
             let keys: Vec<&str> = batch.idempotency.iter().map(|r| r.key.as_str()).collect();
-            let hashes: Vec<&[u8]> =
-                batch.idempotency.iter().map(|r| r.request_hash.as_slice()).collect();
-            let responses: Vec<String> =
-                batch.idempotency.iter().map(|r| r.response.to_string()).collect();
+            let hashes: Vec<&[u8]> = batch
+                .idempotency
+                .iter()
+                .map(|r| r.request_hash.as_slice())
+                .collect();
+            let responses: Vec<String> = batch
+                .idempotency
+                .iter()
+                .map(|r| r.response.to_string())
+                .collect();
             sqlx::query(
                 "INSERT INTO idempotency_keys (scope, key, request_hash, raffle_id, response) \
                  SELECT t.scope, t.key, t.hash, $1, t.response::jsonb \

@@ -36,7 +36,11 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                LoadedRaffle { raffle, last_sequence: last_sequence as u64, last_hash }
+                LoadedRaffle {
+                    raffle,
+                    last_sequence: last_sequence as u64,
+                    last_hash,
+                }
             }
             None => LoadedRaffle {
                 raffle: Raffle::default(),
@@ -50,6 +54,29 @@ impl Store {
             loaded.last_hash = stored.metadata.hash;
         }
         Ok(loaded)
+    }
+
+    /// The events about one order, in order (its reservation, payments, refunds…).
+    pub async fn order_events(
+        &self,
+        raffle_id: Uuid,
+        order_id: Uuid,
+    ) -> Result<Vec<RaffleEvent>, StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT sequence, payload::text FROM events \
+             WHERE order_id = $1 AND aggregate_type = $2 AND aggregate_id = $3 ORDER BY sequence",
+        )
+        .bind(order_id)
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(sequence, payload)| {
+                serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))
+            })
+            .collect()
     }
 
     /// The stream's events after `sequence`, in order.

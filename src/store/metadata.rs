@@ -51,7 +51,11 @@ impl EventMetadata {
         if let Some(key) = &self.idempotency_key {
             map.insert("idempotency_key", key.clone());
         }
-        map.insert("recorded_at", self.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        map.insert(
+            "recorded_at",
+            self.recorded_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
         map.insert("prev_hash", self.prev_hash.clone());
         map
     }
@@ -65,7 +69,11 @@ impl EventMetadata {
     pub fn from_json(text: &str) -> Result<Self, String> {
         let map: BTreeMap<String, String> =
             serde_json::from_str(text).map_err(|e| format!("metadata: {e}"))?;
-        let get = |key: &str| map.get(key).cloned().ok_or_else(|| format!("metadata lacks {key}"));
+        let get = |key: &str| {
+            map.get(key)
+                .cloned()
+                .ok_or_else(|| format!("metadata lacks {key}"))
+        };
         let source = serde_json::from_value(serde_json::Value::String(get("source")?))
             .map_err(|e| format!("metadata source: {e}"))?;
         let recorded_at = DateTime::parse_from_rfc3339(&get("recorded_at")?)

@@ -68,8 +68,32 @@ impl Store {
 
     /// Raffles whose holds may need expiring: on sale right now.
     pub async fn raffles_on_sale(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT raffle_id FROM raffles WHERE status = 'on_sale'")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT raffle_id FROM raffles WHERE status = 'on_sale'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
+}
+
+/// Raffles from the registry, oldest first, optionally one organizer's or in one status.
+pub async fn list_raffles(
+    store: &Store,
+    organizer_id: Option<&str>,
+    status: Option<&str>,
+    after: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<(uuid::Uuid, String, String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT raffle_id, title, organizer_id, status FROM raffles \
+         WHERE ($1::text IS NULL OR organizer_id = $1) AND ($2::text IS NULL OR status = $2) \
+           AND ($3::uuid IS NULL OR raffle_id > $3) \
+         ORDER BY raffle_id LIMIT $4",
+    )
+    .bind(organizer_id)
+    .bind(status)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?)
 }

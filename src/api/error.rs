@@ -1,0 +1,185 @@
+//! The one HTTP error type. Every failure becomes RFC 9457 problem+json with a stable
+//! `type` (`/problems/<code>`), the same `code`, a human `detail`, and the fields a client
+//! can act on. 500s are logged and never leak their text.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use crate::engine::{EngineError, Rejection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+    #[error("{detail}")]
+    InvalidJson { detail: String },
+    #[error("{field}: {reason}")]
+    InvalidRequest { field: String, reason: String },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("this API key may not do that")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
+    #[error("too many requests")]
+    RateLimited { retry_after: Duration },
+    #[error("the raffle is busy")]
+    Overloaded { retry_after: Duration },
+    #[error("temporarily unavailable")]
+    Unavailable { retry_after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidRequest { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        Self::Internal(error.to_string())
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Rejected(rejection) => &rejection.code,
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::IdempotencyConflict => "idempotency_key_reused",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Rejected(rejection) => rejection_status(&rejection.code),
+            Self::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::IdempotencyConflict => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after }
+            | Self::Overloaded { retry_after }
+            | Self::Unavailable { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// 404 for what does not exist, 409 for state and contention, 422 for invalid commands.
+fn rejection_status(code: &str) -> StatusCode {
+    match code {
+        "raffle_not_found" | "order_not_found" => StatusCode::NOT_FOUND,
+        "tickets_unavailable" | "not_enough_tickets" | "sales_closed" | "invalid_raffle_state"
+        | "invalid_order_state" | "order_already_exists" | "raffle_already_exists" => {
+            StatusCode::CONFLICT
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Rejected(rejection) => Self::Rejected(rejection),
+            EngineError::IdempotencyConflict => Self::IdempotencyConflict,
+            EngineError::Overloaded { retry_after } => Self::Overloaded { retry_after },
+            EngineError::Unavailable { reason } => {
+                tracing::warn!(%reason, "engine unavailable");
+                Self::Unavailable { retry_after: Duration::from_secs(1) }
+            }
+            EngineError::ShuttingDown => Self::Unavailable { retry_after: Duration::from_secs(5) },
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        Self::InvalidJson { detail: rejection.body_text() }
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        Self::invalid("path", rejection.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::invalid("query", rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let detail = match &self {
+            Self::Internal(message) => {
+                tracing::error!(%message, "internal error");
+                "an internal error occurred; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("/problems/{}", self.code())));
+        body.insert("title".into(), json!(status.canonical_reason().unwrap_or("Error")));
+        body.insert("status".into(), json!(status.as_u16()));
+        body.insert("code".into(), json!(self.code()));
+        body.insert("detail".into(), json!(detail));
+        match &self {
+            Self::Rejected(rejection) => {
+                for (key, value) in &rejection.data {
+                    body.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+            Self::InvalidRequest { field, .. } => {
+                body.insert("field".into(), json!(field));
+            }
+            _ => {}
+        }
+        if let Some(retry_after) = self.retry_after() {
+            body.insert("retry_after_seconds".into(), json!(retry_after.as_secs().max(1)));
+        }
+        let mut response = (status, axum::Json(Value::Object(body))).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(retry_after) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP API: axum routers, one module per resource. Handlers stay thin: parse into
+//! domain commands, call the engine or the store, map the result.
+
+pub mod auth;
+pub mod error;
+mod health;
+mod orders;
+pub mod rate_limit;
+mod raffles;
+mod views;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, Method};
+use axum::Router;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::engine::{CommandMeta, Engine};
+use crate::store::{IdempotencyRequest, Source};
+use auth::{Caller, Keys};
+use error::ApiError;
+use rate_limit::RateLimits;
+
+pub use views::{OrderBody, RaffleBody};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub keys: Arc<Keys>,
+    pub limits: Arc<RateLimits>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    readiness: Arc<health::Readiness>,
+    /// Raffle → organizer: immutable once created, so cached forever.
+    organizers: Arc<Mutex<HashMap<Uuid, String>>>,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        limits: RateLimits,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        let limits = Arc::new(limits);
+        limits.spawn_cleanup();
+        Self {
+            keys: Arc::new(Keys::new(engine.store().clone())),
+            engine,
+            limits,
+            metrics,
+            readiness: Arc::default(),
+            organizers: Arc::default(),
+        }
+    }
+
+    /// Checks that `caller` may act on `raffle_id`; a raffle that does not exist is a 404.
+    pub async fn authorize(&self, caller: &Caller, raffle_id: Uuid) -> Result<(), ApiError> {
+        let cached = self.lock_organizers().get(&raffle_id).cloned();
+        let organizer = match cached {
+            Some(organizer) => organizer,
+            None => {
+                let organizer = self
+                    .engine
+                    .read(raffle_id, |raffle| raffle.config().map(|c| c.organizer_id.clone()))
+                    .await?
+                    .ok_or(ApiError::NotFound("raffle"))?;
+                self.lock_organizers().insert(raffle_id, organizer.clone());
+                organizer
+            }
+        };
+        if caller.may_access(&organizer) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    fn lock_organizers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
+        self.organizers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// JSON body extractor whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body that may be left out entirely (then the defaults apply).
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { detail: e.to_string() })
+}
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Event metadata for a command from this request, with its idempotency key if any. The
+/// request hash covers method, path and the canonical JSON of the body.
+pub fn command_meta(
+    caller: &Caller,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: &impl Serialize,
+) -> Result<CommandMeta, ApiError> {
+    let request_id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let idempotency = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters"))?;
+            let canonical = serde_json::to_vec(&serde_json::to_value(body).map_err(ApiError::internal)?)
+                .map_err(ApiError::internal)?;
+            let mut hash = Sha256::new();
+            hash.update(method.as_str().as_bytes());
+            hash.update(b" ");
+            hash.update(path.as_bytes());
+            hash.update(b"\n");
+            hash.update(&canonical);
+            Some(IdempotencyRequest {
+                scope: caller.key_id.to_string(),
+                key: key.to_owned(),
+                request_hash: hash.finalize().to_vec(),
+            })
+        }
+    };
+    Ok(CommandMeta {
+        actor: caller.actor(),
+        source: Source::Api,
+        request_id,
+        correlation_id: None,
+        causation_id: None,
+        idempotency,
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tombola", description = "Event-sourced raffle ticketing engine"),
+    components(schemas(views::RaffleBody, views::OrderBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route with its OpenAPI description; `/openapi.json` serves the latter.
+pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> Router {
+    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(raffles::create, raffles::list))
+        .routes(routes!(raffles::get))
+        .routes(routes!(raffles::open))
+        .routes(routes!(raffles::close))
+        .routes(routes!(raffles::cancel))
+        .routes(routes!(raffles::draw))
+        .routes(routes!(raffles::availability))
+        .routes(routes!(raffles::availability_bitmap))
+        .routes(routes!(orders::reserve))
+        .routes(routes!(orders::get, orders::release))
+        .routes(routes!(orders::manual_payment))
+        .routes(routes!(orders::refund))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_by_ip))
+        .layer(axum::middleware::from_fn(health::record_metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), %request_id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

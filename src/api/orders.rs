@@ -1,0 +1,178 @@
+//! Buying: reserve numbers, read and release an order, confirm a manual payment, refund.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tombola_domain::{
+    Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection,
+};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::views::{BuyerBody, OrderBody};
+use super::{command_meta, ApiJson, AppState};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    pub buyer: BuyerBody,
+    /// These exact numbers…
+    #[serde(default)]
+    pub numbers: Option<Vec<u32>>,
+    /// …or this many random free numbers.
+    #[serde(default)]
+    pub quantity: Option<u32>,
+}
+
+/// Hold numbers for a buyer until `expires_at`; payment issues them.
+#[utoipa::path(post, path = "/v1/raffles/{id}/reservations", tag = "orders",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    request_body = ReserveRequest,
+    responses((status = 201, body = OrderBody), (status = 409, description = "Numbers taken or sales closed"),
+        (status = 422, description = "Invalid request or limit exceeded")),
+    security(("api_key" = [])))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+    ApiJson(body): ApiJson<ReserveRequest>,
+) -> Result<(StatusCode, axum::Json<OrderBody>), ApiError> {
+    state.authorize(&caller, id).await?;
+    let meta = command_meta(&caller, &headers, Method::POST, &format!("/v1/raffles/{id}/reservations"), &body)?;
+    let buyer = Buyer::parse(&body.buyer.name, &body.buyer.email, body.buyer.phone.as_deref())
+        .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    let selection = match (body.numbers, body.quantity) {
+        (Some(numbers), None) => Selection::Numbers(numbers),
+        (None, Some(quantity)) => Selection::Random(quantity),
+        _ => return Err(ApiError::invalid("numbers", "give either numbers or quantity")),
+    };
+    let order_id = Uuid::now_v7();
+    let command = RaffleCommand::Reserve(Reserve { order_id, buyer, selection });
+    let applied = state.engine.execute(id, command, meta).await?;
+    let events: Vec<_> = applied.events.into_iter().map(|e| e.event).collect();
+    // A replayed reservation names the order the first attempt created.
+    let order_id = events.iter().find_map(|e| e.order_id()).unwrap_or(order_id);
+    let view = state
+        .engine
+        .read(id, move |raffle| raffle.order(order_id))
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    Ok((StatusCode::CREATED, axum::Json(OrderBody::new(id, view, &events))))
+}
+
+async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderBody, ApiError> {
+    let view = state
+        .engine
+        .read(id, move |raffle| raffle.order(order_id))
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
+    let events = state.engine.store().order_events(id, order_id).await?;
+    Ok(OrderBody::new(id, view, &events))
+}
+
+/// An order: status, numbers, amount, buyer, hold expiry and payment.
+#[utoipa::path(get, path = "/v1/raffles/{id}/orders/{order_id}", tag = "orders",
+    params(("id" = Uuid, Path), ("order_id" = Uuid, Path)),
+    responses((status = 200, body = OrderBody), (status = 404)), security(("api_key" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, order_id)): Path<(Uuid, Uuid)>,
+) -> Result<axum::Json<OrderBody>, ApiError> {
+    state.authorize(&caller, id).await?;
+    Ok(axum::Json(read_order(&state, id, order_id).await?))
+}
+
+/// Release a reservation (the buyer gives up the hold). Releasing twice is harmless.
+#[utoipa::path(delete, path = "/v1/raffles/{id}/orders/{order_id}", tag = "orders",
+    params(("id" = Uuid, Path), ("order_id" = Uuid, Path)),
+    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, order_id)): Path<(Uuid, Uuid)>,
+) -> Result<axum::Json<OrderBody>, ApiError> {
+    state.authorize(&caller, id).await?;
+    let path = format!("/v1/raffles/{id}/orders/{order_id}");
+    let meta = command_meta(&caller, &headers, Method::DELETE, &path, &())?;
+    state.engine.execute(id, RaffleCommand::Release { order_id }, meta).await?;
+    Ok(axum::Json(read_order(&state, id, order_id).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualPaymentRequest {
+    /// How the buyer paid, e.g. `cash`, `bank_transfer`.
+    pub method: String,
+    /// The organizer's reference (receipt number, transfer id…).
+    pub reference: String,
+}
+
+/// The organizer confirms a payment received by hand; issues the tickets once.
+#[utoipa::path(post, path = "/v1/raffles/{id}/orders/{order_id}/manual-payment", tag = "orders",
+    params(("id" = Uuid, Path), ("order_id" = Uuid, Path)), request_body = ManualPaymentRequest,
+    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+pub async fn manual_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, order_id)): Path<(Uuid, Uuid)>,
+    ApiJson(body): ApiJson<ManualPaymentRequest>,
+) -> Result<axum::Json<OrderBody>, ApiError> {
+    caller.require(&[Role::Admin, Role::Organizer])?;
+    state.authorize(&caller, id).await?;
+    if body.method.trim().is_empty() || body.method.len() > 64 {
+        return Err(ApiError::invalid("method", "must be 1 to 64 characters"));
+    }
+    let path = format!("/v1/raffles/{id}/orders/{order_id}/manual-payment");
+    let meta = command_meta(&caller, &headers, Method::POST, &path, &body)?;
+    let command = RaffleCommand::ConfirmManualPayment(ConfirmManualPayment {
+        order_id,
+        method: body.method.trim().to_owned(),
+        reference: body.reference,
+        confirmed_by: caller.actor(),
+    });
+    state.engine.execute(id, command, meta).await?;
+    Ok(axum::Json(read_order(&state, id, order_id).await?))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Total refunded so far, in minor units; less than the order's amount is a partial
+    /// refund that keeps the tickets. Default: the whole amount.
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
+/// Refund a paid order; its numbers return to the pool while sales are open.
+#[utoipa::path(post, path = "/v1/raffles/{id}/orders/{order_id}/refund", tag = "orders",
+    params(("id" = Uuid, Path), ("order_id" = Uuid, Path)), request_body = RefundRequest,
+    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+pub async fn refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, order_id)): Path<(Uuid, Uuid)>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<OrderBody>, ApiError> {
+    caller.require(&[Role::Admin, Role::Organizer])?;
+    state.authorize(&caller, id).await?;
+    let body = super::optional_json::<RefundRequest>(&body)?;
+    let path = format!("/v1/raffles/{id}/orders/{order_id}/refund");
+    let meta = command_meta(&caller, &headers, Method::POST, &path, &body)?;
+    let command = RaffleCommand::Refund(RefundOrder {
+        order_id,
+        amount_refunded_minor: body.amount,
+        reason: body.reason.unwrap_or_else(|| "refunded by the organizer".into()),
+        refund_id: None,
+    });
+    state.engine.execute(id, command, meta).await?;
+    Ok(axum::Json(read_order(&state, id, order_id).await?))
+}

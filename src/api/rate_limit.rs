@@ -1,0 +1,73 @@
+//! Rate limits per API key and per client IP (GCRA via `governor`). A refusal says when to
+//! come back, so clients need not guess.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+
+pub struct RateLimits {
+    per_key: DefaultKeyedRateLimiter<Uuid>,
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl RateLimits {
+    /// `per_key` and `per_ip` requests per second, with a burst of twice that.
+    pub fn new(per_key: u32, per_ip: u32) -> Self {
+        let quota = |rate: u32| {
+            let rate = NonZeroU32::new(rate.max(1)).expect("non-zero");
+            Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2")))
+        };
+        Self {
+            per_key: DefaultKeyedRateLimiter::keyed(quota(per_key)),
+            per_ip: DefaultKeyedRateLimiter::keyed(quota(per_ip)),
+        }
+    }
+
+    pub fn check_key(&self, key_id: Uuid) -> Result<(), ApiError> {
+        self.per_key.check_key(&key_id).map_err(|not_until| ApiError::RateLimited {
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
+    fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.per_ip.check_key(&ip).map_err(|not_until| ApiError::RateLimited {
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
+    /// Forgets idle keys so the maps do not grow without bound.
+    pub fn spawn_cleanup(self: &Arc<Self>) {
+        let limits = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(limits) = limits.upgrade() else { return };
+                limits.per_key.retain_recent();
+                limits.per_ip.retain_recent();
+            }
+        });
+    }
+}
+
+/// Middleware: refuses a client IP over its limit before any work is done.
+pub async fn limit_by_ip(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+        state.limits.check_ip(addr.ip())?;
+    }
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,125 @@
+//! The `tombola` command line: the server and the operator's tools.
+
+use clap::{Parser, Subcommand};
+
+use crate::api::auth::{Keys, Role};
+use crate::config::{DatabaseArgs, ServeArgs};
+use crate::pgcluster::PrivateCluster;
+use crate::startup::{shutdown_signal, Application};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "tombola", version, about = "Event-sourced raffle ticketing engine")]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect raffles.
+    #[command(subcommand)]
+    Raffles(RafflesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it once, on stdout.
+    Create {
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The organizer an organizer or client key is scoped to.
+        #[arg(long)]
+        organizer: Option<String>,
+        /// A note for operators (who holds the key).
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RafflesCommand {
+    /// List raffles, oldest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        organizer: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// A database connection, and the private cluster behind it when there is one (stopped
+/// when this is dropped, if this process started it).
+pub struct Database {
+    pub store: Store,
+    _cluster: Option<PrivateCluster>,
+}
+
+pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
+    let (url, cluster) = match &args.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let dir = args.data_dir.clone();
+            let cluster = tokio::task::spawn_blocking(move || PrivateCluster::ensure(&dir)).await??;
+            eprintln!("tombola: no DATABASE_URL; using the private PostgreSQL cluster in {}", args.data_dir.display());
+            (cluster.url(), Some(cluster))
+        }
+    };
+    let store = Store::connect(&url, args.db_connections).await?;
+    store.migrate().await?;
+    Ok(Database { store, _cluster: cluster })
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let database = connect(&cli.database).await?;
+    match cli.command {
+        Command::Serve(args) => {
+            let app = Application::build(&args, database.store.clone()).await?;
+            eprintln!("tombola: listening on http://{}", app.local_addr());
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Migrate => eprintln!("tombola: migrations applied"),
+        Command::Keys(KeysCommand::Create { role, organizer, label }) => {
+            let key = Keys::create(&database.store, role, organizer.as_deref(), label.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            println!("{key}");
+        }
+        Command::Raffles(RafflesCommand::List { status, organizer, limit }) => {
+            let raffles = crate::store::list_raffles(
+                &database.store,
+                organizer.as_deref(),
+                status.as_deref(),
+                None,
+                limit,
+            )
+            .await?;
+            for (id, title, organizer, status) in raffles {
+                println!("{id}\t{status}\t{organizer}\t{title}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,64 @@
+//! Configuration: flags, each with an environment variable, each explained in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL to use. Without it, Tombola initializes and starts a private cluster under
+    /// the data directory with the PostgreSQL binaries installed on this machine.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the private PostgreSQL cluster lives when no DATABASE_URL is given.
+    #[arg(long, env = "TOMBOLA_DATA_DIR", default_value = ".tombola", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Connections in the pool.
+    #[arg(long, env = "TOMBOLA_DB_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOMBOLA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Requests per second allowed per API key (bursts of twice that).
+    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_KEY", default_value_t = 2000)]
+    pub rate_limit_per_key: u32,
+
+    /// Requests per second allowed per client IP (bursts of twice that).
+    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_IP", default_value_t = 500)]
+    pub rate_limit_per_ip: u32,
+
+    /// Longest a request may take before it is answered 503.
+    #[arg(long, env = "TOMBOLA_REQUEST_TIMEOUT_SECS", default_value_t = 15)]
+    pub request_timeout_secs: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TOMBOLA_BODY_LIMIT_BYTES", default_value_t = 256 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// Commands that may wait per raffle before callers get 503 + Retry-After.
+    #[arg(long, env = "TOMBOLA_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
+    /// Write a raffle snapshot every this many events.
+    #[arg(long, env = "TOMBOLA_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Unload a raffle from memory after this many idle seconds (never while holds are live).
+    #[arg(long, env = "TOMBOLA_EVICT_AFTER_SECS", default_value_t = 600)]
+    pub evict_after_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}

@@ -1,0 +1,184 @@
+//! A private PostgreSQL cluster for when no `DATABASE_URL` is given: initialized under the
+//! data directory with the PostgreSQL binaries installed on the machine, reachable only
+//! through a Unix socket inside that directory (no port to collide with), and stopped on
+//! exit by whoever started it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "no DATABASE_URL is set and no PostgreSQL binaries were found (looked for pg_ctl on \
+         PATH and under /usr/lib/postgresql/*/bin). Install PostgreSQL (Debian/Ubuntu: \
+         `apt-get install postgresql`) or set DATABASE_URL=postgres://user@host:port/db"
+    )]
+    NoBinaries,
+    #[error("running as root, the private cluster runs as the `postgres` system user, which does not exist; create it or set DATABASE_URL")]
+    NoPostgresUser,
+    #[error("{step} failed: {detail}")]
+    Command { step: &'static str, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct PrivateCluster {
+    data_dir: PathBuf,
+    bin_dir: PathBuf,
+    run_as: Option<String>,
+    started_here: bool,
+}
+
+impl PrivateCluster {
+    /// Initializes the cluster under `base/pgdata` if needed and starts it if it is not
+    /// running. Several processes may call this at once: a lock file serializes them.
+    pub fn ensure(base: &Path) -> Result<Self, ClusterError> {
+        let bin_dir = find_bin_dir().ok_or(ClusterError::NoBinaries)?;
+        let run_as = if is_root() {
+            if !command_ok(Command::new("id").arg("postgres")) {
+                return Err(ClusterError::NoPostgresUser);
+            }
+            Some("postgres".to_owned())
+        } else {
+            None
+        };
+        std::fs::create_dir_all(base)?;
+        let base = base.canonicalize()?;
+        let lock = File::create(base.join("pgcluster.lock"))?;
+        lock.lock()?;
+        let data_dir = base.join("pgdata");
+        let mut cluster = Self { data_dir, bin_dir, run_as, started_here: false };
+        if !cluster.data_dir.join("PG_VERSION").exists() {
+            cluster.init()?;
+        }
+        if !cluster.is_running() {
+            cluster.start()?;
+            cluster.started_here = true;
+        }
+        Ok(cluster)
+    }
+
+    /// Connection URL over the cluster's Unix socket.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@localhost/postgres?host={}", self.data_dir.display())
+    }
+
+    /// Leaves the cluster running after this process (tests share one across runs).
+    pub fn keep_running(mut self) {
+        self.started_here = false;
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        let binary = self.bin_dir.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        }
+    }
+
+    fn init(&self) -> Result<(), ClusterError> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        if let Some(user) = &self.run_as {
+            run("chown", Command::new("chown").args(["-R", user]).arg(&self.data_dir))?;
+        }
+        run(
+            "initdb",
+            self.pg("initdb")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
+        )
+    }
+
+    fn is_running(&self) -> bool {
+        command_ok(self.pg("pg_ctl").arg("-D").arg(&self.data_dir).arg("status"))
+    }
+
+    fn start(&self) -> Result<(), ClusterError> {
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
+            self.data_dir.display()
+        );
+        run(
+            "pg_ctl start",
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(self.data_dir.join("server.log"))
+                .args(["-w", "-t", "60", "-o", &options, "start"]),
+        )
+    }
+
+    pub fn stop(&mut self) {
+        if self.started_here {
+            self.started_here = false;
+            let _ = run(
+                "pg_ctl stop",
+                self.pg("pg_ctl").arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]),
+            );
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("pg_ctl").is_file() && dir.join("initdb").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("pg_ctl").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn command_ok(command: &mut Command) -> bool {
+    command.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn run(step: &'static str, command: &mut Command) -> Result<(), ClusterError> {
+    let output = command
+        .output()
+        .map_err(|e| ClusterError::Command { step, detail: e.to_string() })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::Command {
+            step,
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        })
+    }
+}

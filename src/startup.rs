@@ -1,0 +1,119 @@
+//! Building and running the server: `Application::build` binds (port 0 in tests), wires the
+//! store, engine and router; `run_until_stopped` serves until the shutdown signal, then lets
+//! in-flight requests and queued commands finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::rate_limit::RateLimits;
+use crate::api::{self, AppState};
+use crate::config::ServeArgs;
+use crate::engine::{Engine, EngineConfig};
+use crate::store::{Store, EVENTS_CHANNEL};
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    engine: Engine,
+}
+
+impl Application {
+    pub async fn build(args: &ServeArgs, store: Store) -> anyhow::Result<Self> {
+        store.migrate().await?;
+        let engine = Engine::new(
+            store.clone(),
+            EngineConfig {
+                queue_capacity: args.queue_capacity,
+                snapshot_every: args.snapshot_every,
+                evict_after: Duration::from_secs(args.evict_after_secs),
+                ..EngineConfig::default()
+            },
+        );
+        let resumed = engine.resume_on_sale().await?;
+        tracing::info!(resumed, "raffles on sale loaded");
+        spawn_remote_commit_listener(engine.clone(), store);
+        let state = AppState::new(
+            engine.clone(),
+            RateLimits::new(args.rate_limit_per_key, args.rate_limit_per_ip),
+            crate::telemetry::init_metrics(),
+        );
+        let router = api::router(state, args.request_timeout(), args.body_limit_bytes);
+        let listener = TcpListener::bind(args.listen).await?;
+        Ok(Self { listener, router, engine })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "listening");
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
+        // HTTP is drained; now every command already queued is decided and committed.
+        self.engine.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Other nodes' commits arrive by NOTIFY; resident raffles catch up so reads stay fresh.
+/// (Correctness never depends on it: appends are conditional on the stream's sequence.)
+fn spawn_remote_commit_listener(engine: Engine, store: Store) {
+    tokio::spawn(async move {
+        let mut attempt = 0;
+        loop {
+            match sqlx::postgres::PgListener::connect_with(store.pool()).await {
+                Ok(mut listener) => {
+                    if listener.listen(EVENTS_CHANNEL).await.is_ok() {
+                        attempt = 0;
+                        while let Ok(notification) = listener.recv().await {
+                            if let Some((raffle, sequence)) = notification.payload().split_once(':') {
+                                if let (Ok(raffle), Ok(sequence)) = (raffle.parse(), sequence.parse()) {
+                                    engine.notify_remote_commit(raffle, sequence);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "LISTEN connection failed"),
+            }
+            attempt += 1;
+            tokio::time::sleep(crate::engine::backoff(attempt.min(8))).await;
+        }
+    });
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
