@@ -9,7 +9,11 @@ use crate::startup::{shutdown_signal, Application};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "tombola", version, about = "Event-sourced raffle ticketing engine")]
+#[command(
+    name = "tombola",
+    version,
+    about = "Event-sourced raffle ticketing engine"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -29,6 +33,26 @@ pub enum Command {
     /// Inspect raffles.
     #[command(subcommand)]
     Raffles(RafflesCommand),
+    /// The inbox of payment provider deliveries.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Recent deliveries, newest first (one JSON object per line).
+    List {
+        /// Only deliveries that failed or were rejected: those an operator must look at.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue a failed or rejected delivery again, now.
+    Retry {
+        /// The provider's event id (e.g. evt_…).
+        event_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,14 +95,21 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
         Some(url) => (url.clone(), None),
         None => {
             let dir = args.data_dir.clone();
-            let cluster = tokio::task::spawn_blocking(move || PrivateCluster::ensure(&dir)).await??;
-            eprintln!("tombola: no DATABASE_URL; using the private PostgreSQL cluster in {}", args.data_dir.display());
+            let cluster =
+                tokio::task::spawn_blocking(move || PrivateCluster::ensure(&dir)).await??;
+            eprintln!(
+                "tombola: no DATABASE_URL; using the private PostgreSQL cluster in {}",
+                args.data_dir.display()
+            );
             (cluster.url(), Some(cluster))
         }
     };
     let store = Store::connect(&url, args.db_connections).await?;
     store.migrate().await?;
-    Ok(Database { store, _cluster: cluster })
+    Ok(Database {
+        store,
+        _cluster: cluster,
+    })
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -90,13 +121,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await?;
         }
         Command::Migrate => eprintln!("tombola: migrations applied"),
-        Command::Keys(KeysCommand::Create { role, organizer, label }) => {
-            let key = Keys::create(&database.store, role, organizer.as_deref(), label.as_deref())
-                .await
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        Command::Keys(KeysCommand::Create {
+            role,
+            organizer,
+            label,
+        }) => {
+            let key = Keys::create(
+                &database.store,
+                role,
+                organizer.as_deref(),
+                label.as_deref(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             println!("{key}");
         }
-        Command::Raffles(RafflesCommand::List { status, organizer, limit }) => {
+        Command::Raffles(RafflesCommand::List {
+            status,
+            organizer,
+            limit,
+        }) => {
             let raffles = crate::store::list_raffles(
                 &database.store,
                 organizer.as_deref(),
@@ -108,6 +152,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for (id, title, organizer, status) in raffles {
                 println!("{id}\t{status}\t{organizer}\t{title}");
             }
+        }
+        Command::Inbox(InboxCommand::List { failed, limit }) => {
+            for entry in crate::payments::inbox::list(&database.store, failed, limit).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+        }
+        Command::Inbox(InboxCommand::Retry { event_id }) => {
+            if !crate::payments::inbox::retry(&database.store, &event_id).await? {
+                anyhow::bail!("no failed or rejected delivery with event id {event_id}");
+            }
+            eprintln!("tombola: {event_id} queued again");
         }
     }
     Ok(())

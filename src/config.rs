@@ -14,11 +14,21 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 
     /// Where the private PostgreSQL cluster lives when no DATABASE_URL is given.
-    #[arg(long, env = "TOMBOLA_DATA_DIR", default_value = ".tombola", global = true)]
+    #[arg(
+        long,
+        env = "TOMBOLA_DATA_DIR",
+        default_value = ".tombola",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Connections in the pool.
-    #[arg(long, env = "TOMBOLA_DB_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "TOMBOLA_DB_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_connections: u32,
 }
 
@@ -55,6 +65,24 @@ pub struct ServeArgs {
     /// Unload a raffle from memory after this many idle seconds (never while holds are live).
     #[arg(long, env = "TOMBOLA_EVICT_AFTER_SECS", default_value_t = 600)]
     pub evict_after_secs: u64,
+
+    /// Stripe webhook signing secrets (`whsec_…`), comma-separated; several during rotation.
+    /// Without one, POST /v1/webhooks/stripe answers 503.
+    #[arg(
+        long,
+        env = "TOMBOLA_STRIPE_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secrets: Vec<String>,
+
+    /// Accepted age (and clock skew) of a Stripe signature's timestamp, in seconds.
+    #[arg(long, env = "TOMBOLA_STRIPE_TOLERANCE_SECS", default_value_t = 300)]
+    pub stripe_tolerance_secs: i64,
+
+    /// Workers applying inbox deliveries.
+    #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = 4)]
+    pub payment_workers: usize,
 }
 
 impl ServeArgs {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod payments;
 pub mod pgcluster;
 pub mod startup;
 pub mod store;

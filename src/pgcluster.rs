@@ -48,7 +48,12 @@ impl PrivateCluster {
         let lock = File::create(base.join("pgcluster.lock"))?;
         lock.lock()?;
         let data_dir = base.join("pgdata");
-        let mut cluster = Self { data_dir, bin_dir, run_as, started_here: false };
+        let mut cluster = Self {
+            data_dir,
+            bin_dir,
+            run_as,
+            started_here: false,
+        };
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.init()?;
         }
@@ -61,7 +66,10 @@ impl PrivateCluster {
 
     /// Connection URL over the cluster's Unix socket.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@localhost/postgres?host={}", self.data_dir.display())
+        format!(
+            "postgres://postgres@localhost/postgres?host={}",
+            self.data_dir.display()
+        )
     }
 
     /// Leaves the cluster running after this process (tests share one across runs).
@@ -84,19 +92,30 @@ impl PrivateCluster {
     fn init(&self) -> Result<(), ClusterError> {
         std::fs::create_dir_all(&self.data_dir)?;
         if let Some(user) = &self.run_as {
-            run("chown", Command::new("chown").args(["-R", user]).arg(&self.data_dir))?;
+            run(
+                "chown",
+                Command::new("chown").args(["-R", user]).arg(&self.data_dir),
+            )?;
         }
         run(
             "initdb",
-            self.pg("initdb")
-                .arg("-D")
-                .arg(&self.data_dir)
-                .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
+            self.pg("initdb").arg("-D").arg(&self.data_dir).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]),
         )
     }
 
     fn is_running(&self) -> bool {
-        command_ok(self.pg("pg_ctl").arg("-D").arg(&self.data_dir).arg("status"))
+        command_ok(
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("status"),
+        )
     }
 
     fn start(&self) -> Result<(), ClusterError> {
@@ -120,7 +139,10 @@ impl PrivateCluster {
             self.started_here = false;
             let _ = run(
                 "pg_ctl stop",
-                self.pg("pg_ctl").arg("-D").arg(&self.data_dir).args(["-m", "fast", "-w", "stop"]),
+                self.pg("pg_ctl")
+                    .arg("-D")
+                    .arg(&self.data_dir)
+                    .args(["-m", "fast", "-w", "stop"]),
             );
         }
     }
@@ -162,13 +184,17 @@ fn is_root() -> bool {
 }
 
 fn command_ok(command: &mut Command) -> bool {
-    command.output().map(|o| o.status.success()).unwrap_or(false)
+    command
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn run(step: &'static str, command: &mut Command) -> Result<(), ClusterError> {
-    let output = command
-        .output()
-        .map_err(|e| ClusterError::Command { step, detail: e.to_string() })?;
+    let output = command.output().map_err(|e| ClusterError::Command {
+        step,
+        detail: e.to_string(),
+    })?;
     if output.status.success() {
         Ok(())
     } else {

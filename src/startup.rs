@@ -4,20 +4,26 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::rate_limit::RateLimits;
 use crate::api::{self, AppState};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineConfig};
+use crate::payments::stripe::Stripe;
+use crate::payments::worker::PaymentsIn;
 use crate::store::{Store, EVENTS_CHANNEL};
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     engine: Engine,
+    payments: Option<PaymentsIn>,
+    payment_workers: usize,
 }
 
 impl Application {
@@ -35,18 +41,37 @@ impl Application {
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
         spawn_remote_commit_listener(engine.clone(), store);
+        let secrets: Vec<String> = args
+            .stripe_webhook_secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let payments = (!secrets.is_empty()).then(|| {
+            let stripe = Stripe::new(secrets, args.stripe_tolerance_secs);
+            PaymentsIn::new(engine.clone(), vec![Arc::new(stripe)])
+        });
         let state = AppState::new(
             engine.clone(),
             RateLimits::new(args.rate_limit_per_key, args.rate_limit_per_ip),
             crate::telemetry::init_metrics(),
+            payments.clone(),
         );
         let router = api::router(state, args.request_timeout(), args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
-        Ok(Self { listener, router, engine })
+        Ok(Self {
+            listener,
+            router,
+            engine,
+            payments,
+            payment_workers: args.payment_workers,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -57,11 +82,28 @@ impl Application {
         &self.engine
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await?;
-        // HTTP is drained; now every command already queued is decided and committed.
+        let stop_workers = CancellationToken::new();
+        let workers = self
+            .payments
+            .as_ref()
+            .map(|payments| payments.spawn_workers(self.payment_workers, stop_workers.clone()));
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        // HTTP is drained; inbox workers finish their batch (what they have not settled stays
+        // in the inbox); then every command already queued is decided and committed.
+        stop_workers.cancel();
+        if let Some(workers) = workers {
+            workers.wait().await;
+        }
         self.engine.shutdown().await;
         tracing::info!("stopped");
         Ok(())
@@ -79,8 +121,11 @@ fn spawn_remote_commit_listener(engine: Engine, store: Store) {
                     if listener.listen(EVENTS_CHANNEL).await.is_ok() {
                         attempt = 0;
                         while let Ok(notification) = listener.recv().await {
-                            if let Some((raffle, sequence)) = notification.payload().split_once(':') {
-                                if let (Ok(raffle), Ok(sequence)) = (raffle.parse(), sequence.parse()) {
+                            if let Some((raffle, sequence)) = notification.payload().split_once(':')
+                            {
+                                if let (Ok(raffle), Ok(sequence)) =
+                                    (raffle.parse(), sequence.parse())
+                                {
                                     engine.notify_remote_commit(raffle, sequence);
                                 }
                             }

@@ -83,7 +83,10 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(store: Store) -> Self {
-        Self { store, cache: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Creates a key and returns it in full; it is never shown again.
@@ -94,7 +97,10 @@ impl Keys {
         label: Option<&str>,
     ) -> Result<String, ApiError> {
         if role != Role::Admin && organizer_id.is_none_or(|o| o.trim().is_empty()) {
-            return Err(ApiError::invalid("organizer", "organizer and client keys need an organizer"));
+            return Err(ApiError::invalid(
+                "organizer",
+                "organizer and client keys need an organizer",
+            ));
         }
         let key_id = Uuid::new_v4();
         let mut secret = [0u8; 32];
@@ -144,7 +150,14 @@ impl Keys {
         .fetch_optional(self.store.pool())
         .await?;
         let record = row.and_then(|(hash, role, organizer_id)| {
-            Some((hash, Caller { key_id, role: Role::parse(&role)?, organizer_id }))
+            Some((
+                hash,
+                Caller {
+                    key_id,
+                    role: Role::parse(&role)?,
+                    organizer_id,
+                },
+            ))
         });
         let mut cache = self.lock();
         if cache.len() > 100_000 {
@@ -154,7 +167,9 @@ impl Keys {
         Ok(record)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Instant, Option<(Vec<u8>, Caller)>)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Instant, Option<(Vec<u8>, Caller)>)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

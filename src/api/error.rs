@@ -32,13 +32,20 @@ pub enum ApiError {
     Overloaded { retry_after: Duration },
     #[error("temporarily unavailable")]
     Unavailable { retry_after: Duration },
+    #[error("invalid webhook: {0}")]
+    InvalidWebhook(String),
+    #[error("{0} are not configured on this server")]
+    NotConfigured(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidRequest { field: field.into(), reason: reason.into() }
+        Self::InvalidRequest {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn internal(error: impl std::fmt::Display) -> Self {
@@ -57,6 +64,8 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } => "overloaded",
             Self::Unavailable { .. } => "unavailable",
+            Self::InvalidWebhook(_) => "invalid_webhook",
+            Self::NotConfigured(_) => "not_configured",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -64,7 +73,8 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Rejected(rejection) => rejection_status(&rejection.code),
-            Self::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidJson { .. } | Self::InvalidWebhook(_) => StatusCode::BAD_REQUEST,
+            Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidRequest { .. } | Self::IdempotencyConflict => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -91,10 +101,13 @@ impl ApiError {
 fn rejection_status(code: &str) -> StatusCode {
     match code {
         "raffle_not_found" | "order_not_found" => StatusCode::NOT_FOUND,
-        "tickets_unavailable" | "not_enough_tickets" | "sales_closed" | "invalid_raffle_state"
-        | "invalid_order_state" | "order_already_exists" | "raffle_already_exists" => {
-            StatusCode::CONFLICT
-        }
+        "tickets_unavailable"
+        | "not_enough_tickets"
+        | "sales_closed"
+        | "invalid_raffle_state"
+        | "invalid_order_state"
+        | "order_already_exists"
+        | "raffle_already_exists" => StatusCode::CONFLICT,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
@@ -107,9 +120,13 @@ impl From<EngineError> for ApiError {
             EngineError::Overloaded { retry_after } => Self::Overloaded { retry_after },
             EngineError::Unavailable { reason } => {
                 tracing::warn!(%reason, "engine unavailable");
-                Self::Unavailable { retry_after: Duration::from_secs(1) }
+                Self::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                }
             }
-            EngineError::ShuttingDown => Self::Unavailable { retry_after: Duration::from_secs(5) },
+            EngineError::ShuttingDown => Self::Unavailable {
+                retry_after: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -128,7 +145,9 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        Self::InvalidJson { detail: rejection.body_text() }
+        Self::InvalidJson {
+            detail: rejection.body_text(),
+        }
     }
 }
 
@@ -156,7 +175,10 @@ impl IntoResponse for ApiError {
         };
         let mut body = Map::new();
         body.insert("type".into(), json!(format!("/problems/{}", self.code())));
-        body.insert("title".into(), json!(status.canonical_reason().unwrap_or("Error")));
+        body.insert(
+            "title".into(),
+            json!(status.canonical_reason().unwrap_or("Error")),
+        );
         body.insert("status".into(), json!(status.as_u16()));
         body.insert("code".into(), json!(self.code()));
         body.insert("detail".into(), json!(detail));
@@ -172,13 +194,22 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         if let Some(retry_after) = self.retry_after() {
-            body.insert("retry_after_seconds".into(), json!(retry_after.as_secs().max(1)));
+            body.insert(
+                "retry_after_seconds".into(),
+                json!(retry_after.as_secs().max(1)),
+            );
         }
         let mut response = (status, axum::Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(retry_after) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
         }
         response
     }

@@ -20,7 +20,9 @@ pub struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn healthz() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok".into() })
+    axum::Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// The last readiness answer, reused for a second so probes cannot load the database.
@@ -33,7 +35,12 @@ const READINESS_TTL: Duration = Duration::from_secs(1);
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let cached = state.readiness.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let cached = state
+        .readiness
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let result = match cached {
         Some((at, result)) if at.elapsed() < READINESS_TTL => result,
         _ => {
@@ -44,17 +51,27 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     };
     match result {
-        Ok(()) => (StatusCode::OK, axum::Json(Health { status: "ready".into() })).into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: reason }))
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(Health {
+                status: "ready".into(),
+            }),
+        )
+            .into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health { status: reason }),
+        )
             .into_response(),
     }
 }
 
 async fn check(state: &AppState) -> Result<(), String> {
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-        .fetch_all(state.engine.store().pool())
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(state.engine.store().pool())
+            .await
+            .map_err(|e| format!("database unreachable: {e}"))?;
     let missing = crate::store::MIGRATOR
         .iter()
         .filter(|m| !applied.contains(&m.version))

@@ -5,9 +5,10 @@ pub mod auth;
 pub mod error;
 mod health;
 mod orders;
-pub mod rate_limit;
 mod raffles;
+pub mod rate_limit;
 mod views;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,7 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub limits: Arc<RateLimits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub payments: Option<crate::payments::worker::PaymentsIn>,
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -51,6 +53,7 @@ impl AppState {
         engine: Engine,
         limits: RateLimits,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        payments: Option<crate::payments::worker::PaymentsIn>,
     ) -> Self {
         let limits = Arc::new(limits);
         limits.spawn_cleanup();
@@ -59,6 +62,7 @@ impl AppState {
             engine,
             limits,
             metrics,
+            payments,
             readiness: Arc::default(),
             organizers: Arc::default(),
         }
@@ -72,7 +76,9 @@ impl AppState {
             None => {
                 let organizer = self
                     .engine
-                    .read(raffle_id, |raffle| raffle.config().map(|c| c.organizer_id.clone()))
+                    .read(raffle_id, |raffle| {
+                        raffle.config().map(|c| c.organizer_id.clone())
+                    })
                     .await?
                     .ok_or(ApiError::NotFound("raffle"))?;
                 self.lock_organizers().insert(raffle_id, organizer.clone());
@@ -101,7 +107,9 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> R
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { detail: e.to_string() })
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson {
+        detail: e.to_string(),
+    })
 }
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -129,9 +137,12 @@ pub fn command_meta(
                 .ok()
                 .map(str::trim)
                 .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters"))?;
-            let canonical = serde_json::to_vec(&serde_json::to_value(body).map_err(ApiError::internal)?)
-                .map_err(ApiError::internal)?;
+                .ok_or_else(|| {
+                    ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible characters")
+                })?;
+            let canonical =
+                serde_json::to_vec(&serde_json::to_value(body).map_err(ApiError::internal)?)
+                    .map_err(ApiError::internal)?;
             let mut hash = Sha256::new();
             hash.update(method.as_str().as_bytes());
             hash.update(b" ");
@@ -191,6 +202,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(orders::get, orders::release))
         .routes(routes!(orders::manual_payment))
         .routes(routes!(orders::refund))
+        .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

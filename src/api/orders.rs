@@ -3,9 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{
-    Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection,
-};
+use tombola_domain::{Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -41,16 +39,35 @@ pub async fn reserve(
     ApiJson(body): ApiJson<ReserveRequest>,
 ) -> Result<(StatusCode, axum::Json<OrderBody>), ApiError> {
     state.authorize(&caller, id).await?;
-    let meta = command_meta(&caller, &headers, Method::POST, &format!("/v1/raffles/{id}/reservations"), &body)?;
-    let buyer = Buyer::parse(&body.buyer.name, &body.buyer.email, body.buyer.phone.as_deref())
-        .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    let meta = command_meta(
+        &caller,
+        &headers,
+        Method::POST,
+        &format!("/v1/raffles/{id}/reservations"),
+        &body,
+    )?;
+    let buyer = Buyer::parse(
+        &body.buyer.name,
+        &body.buyer.email,
+        body.buyer.phone.as_deref(),
+    )
+    .map_err(|e| ApiError::invalid(e.field, e.reason))?;
     let selection = match (body.numbers, body.quantity) {
         (Some(numbers), None) => Selection::Numbers(numbers),
         (None, Some(quantity)) => Selection::Random(quantity),
-        _ => return Err(ApiError::invalid("numbers", "give either numbers or quantity")),
+        _ => {
+            return Err(ApiError::invalid(
+                "numbers",
+                "give either numbers or quantity",
+            ))
+        }
     };
     let order_id = Uuid::now_v7();
-    let command = RaffleCommand::Reserve(Reserve { order_id, buyer, selection });
+    let command = RaffleCommand::Reserve(Reserve {
+        order_id,
+        buyer,
+        selection,
+    });
     let applied = state.engine.execute(id, command, meta).await?;
     let events: Vec<_> = applied.events.into_iter().map(|e| e.event).collect();
     // A replayed reservation names the order the first attempt created.
@@ -60,7 +77,10 @@ pub async fn reserve(
         .read(id, move |raffle| raffle.order(order_id))
         .await?
         .ok_or(ApiError::NotFound("order"))?;
-    Ok((StatusCode::CREATED, axum::Json(OrderBody::new(id, view, &events))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(OrderBody::new(id, view, &events)),
+    ))
 }
 
 async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderBody, ApiError> {
@@ -99,7 +119,10 @@ pub async fn release(
     state.authorize(&caller, id).await?;
     let path = format!("/v1/raffles/{id}/orders/{order_id}");
     let meta = command_meta(&caller, &headers, Method::DELETE, &path, &())?;
-    state.engine.execute(id, RaffleCommand::Release { order_id }, meta).await?;
+    state
+        .engine
+        .execute(id, RaffleCommand::Release { order_id }, meta)
+        .await?;
     Ok(axum::Json(read_order(&state, id, order_id).await?))
 }
 
@@ -170,7 +193,9 @@ pub async fn refund(
     let command = RaffleCommand::Refund(RefundOrder {
         order_id,
         amount_refunded_minor: body.amount,
-        reason: body.reason.unwrap_or_else(|| "refunded by the organizer".into()),
+        reason: body
+            .reason
+            .unwrap_or_else(|| "refunded by the organizer".into()),
         refund_id: None,
     });
     state.engine.execute(id, command, meta).await?;

@@ -70,7 +70,12 @@ impl CreateRaffleRequest {
     fn into_command(self, raffle_id: Uuid, caller: &Caller) -> Result<CreateRaffle, ApiError> {
         let organizer_id = match (caller.role, &caller.organizer_id, self.organizer_id) {
             (Role::Admin, _, Some(organizer)) => organizer,
-            (Role::Admin, _, None) => return Err(ApiError::invalid("organizer_id", "admin keys must name the organizer")),
+            (Role::Admin, _, None) => {
+                return Err(ApiError::invalid(
+                    "organizer_id",
+                    "admin keys must name the organizer",
+                ))
+            }
             (_, Some(own), None) => own.clone(),
             (_, Some(own), Some(given)) if *own == given => given,
             _ => return Err(ApiError::Forbidden),
@@ -78,10 +83,19 @@ impl CreateRaffleRequest {
         let late_payment_policy = match self.late_payment_policy.as_deref() {
             None | Some("refund") => LatePaymentPolicy::Refund,
             Some("substitute") => LatePaymentPolicy::Substitute,
-            Some(_) => return Err(ApiError::invalid("late_payment_policy", "must be refund or substitute")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "late_payment_policy",
+                    "must be refund or substitute",
+                ))
+            }
         };
         let minutes = |m: Option<u32>, field: &str| {
-            m.map(|m| m.checked_mul(60).ok_or_else(|| ApiError::invalid(field, "too large"))).transpose()
+            m.map(|m| {
+                m.checked_mul(60)
+                    .ok_or_else(|| ApiError::invalid(field, "too large"))
+            })
+            .transpose()
         };
         Ok(CreateRaffle {
             raffle_id,
@@ -91,13 +105,28 @@ impl CreateRaffleRequest {
             first_number: self.first_number,
             number_width: self.number_width,
             price_minor: self.price_minor,
-            currency: Currency::parse(&self.currency).map_err(|e| ApiError::invalid(e.field, e.reason))?,
-            bundles: self.bundles.into_iter().map(|b| Bundle { quantity: b.quantity, price_minor: b.price_minor }).collect(),
+            currency: Currency::parse(&self.currency)
+                .map_err(|e| ApiError::invalid(e.field, e.reason))?,
+            bundles: self
+                .bundles
+                .into_iter()
+                .map(|b| Bundle {
+                    quantity: b.quantity,
+                    price_minor: b.price_minor,
+                })
+                .collect(),
             hold_seconds: minutes(self.hold_minutes, "hold_minutes")?,
             max_hold_seconds: minutes(self.max_hold_minutes, "max_hold_minutes")?,
             max_tickets_per_order: self.max_tickets_per_order,
             max_tickets_per_buyer: self.max_tickets_per_buyer,
-            prizes: self.prizes.into_iter().map(|p| Prize { name: p.name, early_bird_cutoff: p.early_bird_cutoff }).collect(),
+            prizes: self
+                .prizes
+                .into_iter()
+                .map(|p| Prize {
+                    name: p.name,
+                    early_bird_cutoff: p.early_bird_cutoff,
+                })
+                .collect(),
             draw_commitment: self.draw_commitment,
             late_payment_policy,
         })
@@ -129,7 +158,10 @@ pub async fn create(
             _ => None,
         })
         .unwrap_or(raffle_id);
-    Ok((StatusCode::CREATED, axum::Json(read_raffle(&state, raffle_id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(read_raffle(&state, raffle_id).await?),
+    ))
 }
 
 async fn read_raffle(state: &AppState, raffle_id: Uuid) -> Result<RaffleBody, ApiError> {
@@ -174,7 +206,11 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<RaffleList>, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 500);
-    let organizer = if caller.role == Role::Admin { None } else { caller.organizer_id.clone() };
+    let organizer = if caller.role == Role::Admin {
+        None
+    } else {
+        caller.organizer_id.clone()
+    };
     let raffles = crate::store::list_raffles(
         state.engine.store(),
         organizer.as_deref(),
@@ -183,11 +219,18 @@ pub async fn list(
         i64::from(limit),
     )
     .await?;
-    let next = (raffles.len() == limit as usize).then(|| raffles.last().map(|r| r.0)).flatten();
+    let next = (raffles.len() == limit as usize)
+        .then(|| raffles.last().map(|r| r.0))
+        .flatten();
     Ok(axum::Json(RaffleList {
         raffles: raffles
             .into_iter()
-            .map(|(id, title, organizer_id, status)| RaffleSummary { id, title, organizer_id, status })
+            .map(|(id, title, organizer_id, status)| RaffleSummary {
+                id,
+                title,
+                organizer_id,
+                status,
+            })
             .collect(),
         next,
     }))
@@ -230,7 +273,16 @@ pub async fn open(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
-    run_command(&state, &caller, &headers, id, &format!("/v1/raffles/{id}/open"), &(), RaffleCommand::OpenSales).await
+    run_command(
+        &state,
+        &caller,
+        &headers,
+        id,
+        &format!("/v1/raffles/{id}/open"),
+        &(),
+        RaffleCommand::OpenSales,
+    )
+    .await
 }
 
 /// Close sales.
@@ -242,7 +294,16 @@ pub async fn close(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
-    run_command(&state, &caller, &headers, id, &format!("/v1/raffles/{id}/close"), &(), RaffleCommand::CloseSales).await
+    run_command(
+        &state,
+        &caller,
+        &headers,
+        id,
+        &format!("/v1/raffles/{id}/close"),
+        &(),
+        RaffleCommand::CloseSales,
+    )
+    .await
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -264,8 +325,20 @@ pub async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
     let body = super::optional_json::<CancelRequest>(&body)?;
-    let reason = body.reason.clone().unwrap_or_else(|| "cancelled by the organizer".into());
-    run_command(&state, &caller, &headers, id, &format!("/v1/raffles/{id}/cancel"), &body, RaffleCommand::Cancel { reason }).await
+    let reason = body
+        .reason
+        .clone()
+        .unwrap_or_else(|| "cancelled by the organizer".into());
+    run_command(
+        &state,
+        &caller,
+        &headers,
+        id,
+        &format!("/v1/raffles/{id}/cancel"),
+        &body,
+        RaffleCommand::Cancel { reason },
+    )
+    .await
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -303,7 +376,10 @@ pub async fn draw(
         id,
         &format!("/v1/raffles/{id}/draw"),
         &body,
-        RaffleCommand::Draw { seed: body.seed.clone(), public_entropy: body.public_entropy.clone() },
+        RaffleCommand::Draw {
+            seed: body.seed.clone(),
+            public_entropy: body.public_entropy.clone(),
+        },
     )
     .await?;
     Ok(axum::Json(DrawResult {
@@ -354,13 +430,23 @@ pub async fn availability(
         .engine
         .read(id, move |raffle| {
             let config = raffle.config()?;
-            let from = query.from.unwrap_or(config.first_number).max(config.first_number);
+            let from = query
+                .from
+                .unwrap_or(config.first_number)
+                .max(config.first_number);
             let to = query
                 .to
                 .unwrap_or(u32::MAX)
                 .min(from.saturating_add(MAX_PAGE - 1))
                 .min(config.last_number());
-            Some((from, to, raffle.available_count(), (from..=to).filter_map(|n| Some((n, raffle.ticket_state(n)?))).collect::<Vec<_>>()))
+            Some((
+                from,
+                to,
+                raffle.available_count(),
+                (from..=to)
+                    .filter_map(|n| Some((n, raffle.ticket_state(n)?)))
+                    .collect::<Vec<_>>(),
+            ))
         })
         .await?
         .ok_or(ApiError::NotFound("raffle"))?;
@@ -400,9 +486,16 @@ pub async fn availability_bitmap(
         .engine
         .read(id, |raffle| {
             let mut bytes = Vec::with_capacity(raffle.free_numbers().serialized_size());
-            raffle.free_numbers().serialize_into(&mut bytes).map(|_| bytes).ok()
+            raffle
+                .free_numbers()
+                .serialize_into(&mut bytes)
+                .map(|_| bytes)
+                .ok()
         })
         .await?
         .ok_or_else(|| ApiError::internal("bitmap serialization failed"))?;
-    Ok(([(header::CONTENT_TYPE, "application/vnd.roaring-bitmap")], bytes))
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.roaring-bitmap")],
+        bytes,
+    ))
 }

@@ -35,15 +35,19 @@ impl RateLimits {
     }
 
     pub fn check_key(&self, key_id: Uuid) -> Result<(), ApiError> {
-        self.per_key.check_key(&key_id).map_err(|not_until| ApiError::RateLimited {
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        self.per_key
+            .check_key(&key_id)
+            .map_err(|not_until| ApiError::RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            })
     }
 
     fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.per_ip.check_key(&ip).map_err(|not_until| ApiError::RateLimited {
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        self.per_ip
+            .check_key(&ip)
+            .map_err(|not_until| ApiError::RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            })
     }
 
     /// Forgets idle keys so the maps do not grow without bound.
@@ -52,7 +56,9 @@ impl RateLimits {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(limits) = limits.upgrade() else { return };
+                let Some(limits) = limits.upgrade() else {
+                    return;
+                };
                 limits.per_key.retain_recent();
                 limits.per_ip.retain_recent();
             }
@@ -60,13 +66,18 @@ impl RateLimits {
     }
 }
 
-/// Middleware: refuses a client IP over its limit before any work is done.
+/// Middleware: refuses a client IP over its limit before any work is done. Provider
+/// webhooks are exempt: their signature is checked first and a provider's retries must
+/// never be turned away.
 pub async fn limit_by_ip(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+    if let Some(ConnectInfo(addr)) = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+    {
         state.limits.check_ip(addr.ip())?;
     }
     Ok(next.run(request).await)

@@ -31,7 +31,12 @@ pub struct WinnerBody {
 
 impl From<&Winner> for WinnerBody {
     fn from(w: &Winner) -> Self {
-        Self { prize_index: w.prize_index, prize: w.prize.clone(), number: w.number, order_id: w.order_id }
+        Self {
+            prize_index: w.prize_index,
+            prize: w.prize.clone(),
+            number: w.number,
+            order_id: w.order_id,
+        }
     }
 }
 
@@ -75,12 +80,26 @@ impl RaffleBody {
             number_width: c.number_width,
             price_minor: c.price_minor,
             currency: c.currency.to_string(),
-            bundles: c.bundles.iter().map(|b| BundleBody { quantity: b.quantity, price_minor: b.price_minor }).collect(),
+            bundles: c
+                .bundles
+                .iter()
+                .map(|b| BundleBody {
+                    quantity: b.quantity,
+                    price_minor: b.price_minor,
+                })
+                .collect(),
             hold_minutes: c.hold_seconds / 60,
             max_hold_minutes: c.max_hold_seconds / 60,
             max_tickets_per_order: c.max_tickets_per_order,
             max_tickets_per_buyer: c.max_tickets_per_buyer,
-            prizes: c.prizes.iter().map(|p| PrizeBody { name: p.name.clone(), early_bird_cutoff: p.early_bird_cutoff }).collect(),
+            prizes: c
+                .prizes
+                .iter()
+                .map(|p| PrizeBody {
+                    name: p.name.clone(),
+                    early_bird_cutoff: p.early_bird_cutoff,
+                })
+                .collect(),
             draw_commitment: c.draw_commitment.clone(),
             late_payment_policy: serde_json::to_value(c.late_payment_policy)
                 .ok()
@@ -158,7 +177,14 @@ impl OrderBody {
                         at: *at,
                     })
                 }
-                RaffleEvent::ManualPaymentConfirmed { method, reference, amount_minor, currency, at, .. } => {
+                RaffleEvent::ManualPaymentConfirmed {
+                    method,
+                    reference,
+                    amount_minor,
+                    currency,
+                    at,
+                    ..
+                } => {
                     payment = Some(PaymentBody {
                         provider: "manual".into(),
                         payment_id: None,

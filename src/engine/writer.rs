@@ -373,7 +373,8 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         store.append(self.raffle_id, &batch).await?;
-        metrics::histogram!("tombola_engine_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tombola_engine_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("tombola_engine_batch_commands").record(commands.len() as f64);
         metrics::histogram!("tombola_engine_batch_events").record(batch.events.len() as f64);
         self.last_sequence = sequence;

@@ -1,0 +1,55 @@
+//! Inbound provider webhooks: verify, store in the inbox, answer. Nothing heavy happens
+//! before the answer; the inbox workers apply the delivery.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::payments::inbox;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookAck {
+    pub received: bool,
+    /// This provider event was already in the inbox.
+    pub duplicate: bool,
+}
+
+/// Stripe events (`Stripe-Signature` verified). Answered once the delivery is stored.
+#[utoipa::path(post, path = "/v1/webhooks/stripe", tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "A Stripe Event object"),
+    responses((status = 200, body = WebhookAck), (status = 400, description = "Bad or missing signature")))]
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<WebhookAck>, ApiError> {
+    let payments = state
+        .payments
+        .as_ref()
+        .ok_or(ApiError::NotConfigured("stripe webhooks"))?;
+    let provider = payments
+        .provider("stripe")
+        .ok_or(ApiError::NotConfigured("stripe webhooks"))?;
+    provider
+        .verify(&headers, &body, Utc::now())
+        .map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
+    let event = provider
+        .parse(&body)
+        .map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
+    let payload: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
+    let new =
+        inbox::store_delivery(state.engine.store(), provider.name(), &event, &payload).await?;
+    if new {
+        payments.wake.notify_one();
+    }
+    Ok(axum::Json(WebhookAck {
+        received: true,
+        duplicate: !new,
+    }))
+}

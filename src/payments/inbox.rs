@@ -1,0 +1,173 @@
+//! The durable inbox of provider deliveries.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::provider::{PaymentAction, ProviderEvent};
+use crate::store::{Store, StoreError};
+
+/// Stores a verified delivery unless the same provider event is already there. Returns
+/// whether it was new.
+pub async fn store_delivery(
+    store: &Store,
+    provider: &str,
+    event: &ProviderEvent,
+    payload: &serde_json::Value,
+) -> Result<bool, StoreError> {
+    let status = if event.action == PaymentAction::Ignored {
+        "ignored"
+    } else {
+        "pending"
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO payment_inbox \
+           (provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(&event.event_id)
+    .bind(&event.event_type)
+    .bind(payload)
+    .bind(event.action.payment_id())
+    .bind(event.raffle_id)
+    .bind(event.order_id)
+    .bind(status)
+    .execute(store.pool())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueDelivery {
+    pub provider: String,
+    pub event_id: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+}
+
+/// Takes up to `limit` due deliveries, locked for this transaction; other workers skip them.
+pub async fn take_due(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<DueDelivery>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT provider, event_id, payload, attempts FROM payment_inbox \
+         WHERE status = 'pending' AND next_attempt_at <= now() \
+         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The raffle and order a payment id was announced with (refunds rarely carry them).
+pub async fn find_order_of_payment(
+    store: &Store,
+    provider: &str,
+    payment_id: &str,
+) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT raffle_id, order_id FROM payment_inbox \
+         WHERE provider = $1 AND payment_id = $2 AND raffle_id IS NOT NULL AND order_id IS NOT NULL \
+         LIMIT 1",
+    )
+    .bind(provider)
+    .bind(payment_id)
+    .fetch_optional(store.pool())
+    .await?)
+}
+
+pub enum Settlement<'a> {
+    /// Applied (or found already applied): `outcome` says what happened.
+    Done { outcome: &'a str },
+    /// Refused for good by the raffle's rules; kept for an operator.
+    Rejected { error: &'a str },
+    /// Try again at `next_attempt_at`; after the last attempt it is marked failed.
+    Retry {
+        error: &'a str,
+        next_attempt_at: DateTime<Utc>,
+        give_up: bool,
+    },
+}
+
+pub async fn settle(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    event_id: &str,
+    settlement: Settlement<'_>,
+) -> Result<(), StoreError> {
+    let (status, outcome, error, next) = match settlement {
+        Settlement::Done { outcome } => ("done", Some(outcome), None, None),
+        Settlement::Rejected { error } => ("rejected", None, Some(error), None),
+        Settlement::Retry {
+            error,
+            next_attempt_at,
+            give_up,
+        } => (
+            if give_up { "failed" } else { "pending" },
+            None,
+            Some(error),
+            Some(next_attempt_at),
+        ),
+    };
+    sqlx::query(
+        "UPDATE payment_inbox SET status = $3, outcome = COALESCE($4, outcome), last_error = $5, \
+           attempts = attempts + 1, next_attempt_at = COALESCE($6, next_attempt_at), \
+           processed_at = CASE WHEN $3 IN ('done', 'rejected') THEN now() END \
+         WHERE provider = $1 AND event_id = $2",
+    )
+    .bind(provider)
+    .bind(event_id)
+    .bind(status)
+    .bind(outcome)
+    .bind(error)
+    .bind(next)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct InboxEntry {
+    pub provider: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub outcome: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Recent deliveries, newest first; `failed_only` keeps those an operator must look at.
+pub async fn list(
+    store: &Store,
+    failed_only: bool,
+    limit: i64,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT provider, event_id, event_type, status, attempts, last_error, outcome, received_at \
+         FROM payment_inbox WHERE (NOT $1 OR status IN ('failed', 'rejected')) \
+         ORDER BY received_at DESC LIMIT $2",
+    )
+    .bind(failed_only)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?)
+}
+
+/// Puts a failed or rejected delivery back in the queue, now. Returns whether one was found.
+pub async fn retry(store: &Store, event_id: &str) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE payment_inbox SET status = 'pending', next_attempt_at = now(), attempts = 0 \
+         WHERE event_id = $1 AND status IN ('failed', 'rejected')",
+    )
+    .bind(event_id)
+    .execute(store.pool())
+    .await?
+    .rows_affected();
+    Ok(updated > 0)
+}

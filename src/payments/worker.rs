@@ -1,0 +1,233 @@
+//! Inbox workers: take due deliveries (`FOR UPDATE SKIP LOCKED`), turn each into a raffle
+//! command, and settle the row in the same transaction that locked it. Failures retry with
+//! exponential backoff and proportional jitter and end up visible to operators.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tombola_domain::{
+    ProviderPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure, RefundOrder,
+};
+
+use super::inbox::{self, DueDelivery, Settlement};
+use super::provider::{PaymentAction, PaymentProvider, ProviderEvent};
+use crate::engine::{CommandMeta, Engine, EngineError};
+use crate::store::Source;
+
+/// Attempts before a delivery is marked failed (about a day and a half of backoff).
+pub const MAX_ATTEMPTS: i32 = 12;
+const BATCH: i64 = 16;
+
+#[derive(Clone)]
+pub struct PaymentsIn {
+    pub engine: Engine,
+    pub providers: Arc<HashMap<&'static str, Arc<dyn PaymentProvider>>>,
+    pub wake: Arc<Notify>,
+}
+
+impl PaymentsIn {
+    pub fn new(engine: Engine, providers: Vec<Arc<dyn PaymentProvider>>) -> Self {
+        Self {
+            engine,
+            providers: Arc::new(providers.into_iter().map(|p| (p.name(), p)).collect()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> Option<Arc<dyn PaymentProvider>> {
+        self.providers.get(name).cloned()
+    }
+
+    /// Starts `workers` loops that run until `stop` is cancelled.
+    pub fn spawn_workers(
+        &self,
+        workers: usize,
+        stop: CancellationToken,
+    ) -> tokio_util::task::TaskTracker {
+        let tracker = tokio_util::task::TaskTracker::new();
+        for _ in 0..workers {
+            let this = self.clone();
+            let stop = stop.clone();
+            tracker.spawn(async move { this.work(stop).await });
+        }
+        tracker.close();
+        tracker
+    }
+
+    async fn work(&self, stop: CancellationToken) {
+        let mut failures = 0;
+        while !stop.is_cancelled() {
+            match self.process_due().await {
+                Ok(0) => {
+                    failures = 0;
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, "payment inbox unavailable");
+                    tokio::select! {
+                        () = tokio::time::sleep(crate::engine::backoff(failures.min(10))) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes one batch of due deliveries; returns how many.
+    pub async fn process_due(&self) -> Result<usize, crate::store::StoreError> {
+        let mut tx = self.engine.store().pool().begin().await?;
+        let due = inbox::take_due(&mut tx, BATCH).await?;
+        for delivery in &due {
+            let (outcome, error);
+            let settlement = match self.apply(delivery).await {
+                Ok(summary) => {
+                    outcome = summary;
+                    Settlement::Done { outcome: &outcome }
+                }
+                Err(Failure::Rejected(reason)) => {
+                    error = reason;
+                    Settlement::Rejected { error: &error }
+                }
+                Err(Failure::Retry(reason)) => {
+                    error = reason;
+                    let attempt = delivery.attempts + 1;
+                    let delay = retry_delay(attempt);
+                    Settlement::Retry {
+                        error: &error,
+                        next_attempt_at: Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        give_up: attempt >= MAX_ATTEMPTS,
+                    }
+                }
+            };
+            inbox::settle(&mut tx, &delivery.provider, &delivery.event_id, settlement).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+
+    async fn apply(&self, delivery: &DueDelivery) -> Result<String, Failure> {
+        let provider = self.provider(&delivery.provider).ok_or_else(|| {
+            Failure::Retry(format!("provider {} is not configured", delivery.provider))
+        })?;
+        let body =
+            serde_json::to_vec(&delivery.payload).map_err(|e| Failure::Rejected(e.to_string()))?;
+        let event = provider
+            .parse(&body)
+            .map_err(|e| Failure::Rejected(e.to_string()))?;
+        let Some(payment_id) = event.action.payment_id().map(str::to_owned) else {
+            return Ok("ignored".into());
+        };
+        let (raffle_id, order_id) = match (event.raffle_id, event.order_id) {
+            (Some(raffle), Some(order)) => (raffle, order),
+            _ => inbox::find_order_of_payment(self.engine.store(), provider.name(), &payment_id)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?
+                // Deliveries arrive in any order: the one naming the order may be next.
+                .ok_or_else(|| {
+                    Failure::Retry(format!(
+                        "no raffle and order known for payment {payment_id}"
+                    ))
+                })?,
+        };
+        let command = command_for(provider.name(), &event, order_id);
+        let meta = CommandMeta {
+            actor: provider.name().to_owned(),
+            source: Source::Webhook,
+            request_id: event.event_id.clone(),
+            correlation_id: Some(payment_id),
+            causation_id: Some(event.event_id.clone()),
+            idempotency: None,
+        };
+        match self.engine.execute(raffle_id, command, meta).await {
+            Ok(applied) => Ok(summarize(applied.events.iter().map(|e| &e.event))),
+            Err(EngineError::Rejected(rejection)) => Err(Failure::Rejected(rejection.code)),
+            Err(other) => Err(Failure::Retry(other.to_string())),
+        }
+    }
+}
+
+enum Failure {
+    Rejected(String),
+    Retry(String),
+}
+
+fn command_for(provider: &str, event: &ProviderEvent, order_id: uuid::Uuid) -> RaffleCommand {
+    match &event.action {
+        PaymentAction::Succeeded {
+            payment_id,
+            amount_minor,
+            currency,
+            method,
+        } => RaffleCommand::RecordPayment(ProviderPayment {
+            order_id,
+            provider: provider.to_owned(),
+            payment_id: payment_id.clone(),
+            provider_event_id: event.event_id.clone(),
+            amount_minor: *amount_minor,
+            currency: *currency,
+            method: method.clone(),
+        }),
+        PaymentAction::Failed { payment_id, reason } => {
+            RaffleCommand::RecordPaymentFailure(RecordPaymentFailure {
+                order_id,
+                provider: provider.to_owned(),
+                payment_id: payment_id.clone(),
+                provider_event_id: event.event_id.clone(),
+                reason: reason.clone(),
+            })
+        }
+        PaymentAction::Pending { until, .. } => RaffleCommand::ExtendHold {
+            order_id,
+            until: *until,
+        },
+        PaymentAction::Refunded {
+            refund_id,
+            amount_refunded_minor,
+            ..
+        } => RaffleCommand::Refund(RefundOrder {
+            order_id,
+            amount_refunded_minor: Some(*amount_refunded_minor),
+            reason: format!("{provider} refund"),
+            refund_id: Some(refund_id.clone()),
+        }),
+        PaymentAction::Ignored => unreachable!("ignored deliveries carry no payment id"),
+    }
+}
+
+/// One word for the inbox row: what the command led to.
+fn summarize<'a>(events: impl Iterator<Item = &'a RaffleEvent>) -> String {
+    let mut outcome = "duplicate";
+    for event in events {
+        outcome = match event {
+            RaffleEvent::TicketsIssued { late: true, .. } => "tickets_issued_late",
+            RaffleEvent::TicketsIssued { .. } => "tickets_issued",
+            RaffleEvent::PaymentFlagged { .. } => "payment_flagged",
+            RaffleEvent::RefundRequired { .. } => "refund_required",
+            RaffleEvent::PaymentFailed { .. } => "failure_recorded",
+            RaffleEvent::HoldExtended { .. } => "hold_extended",
+            RaffleEvent::OrderRefunded { .. } => "refunded",
+            RaffleEvent::PaymentPartiallyRefunded { .. } => "partially_refunded",
+            _ => outcome,
+        };
+    }
+    outcome.to_owned()
+}
+
+/// 1 s doubling per attempt, capped at an hour, with 50–150% jitter.
+fn retry_delay(attempt: i32) -> Duration {
+    use rand::Rng;
+    let base =
+        Duration::from_secs(1u64 << attempt.clamp(0, 12) as u32).min(Duration::from_secs(3600));
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
