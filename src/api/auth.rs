@@ -76,9 +76,13 @@ impl Caller {
 
 const CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// A key's secret hash and caller, or `None` for an unknown or revoked key.
+type KeyRecord = Option<(Vec<u8>, Caller)>;
+type KeyCache = HashMap<Uuid, (Instant, KeyRecord)>;
+
 pub struct Keys {
     store: Store,
-    cache: Mutex<HashMap<Uuid, (Instant, Option<(Vec<u8>, Caller)>)>>,
+    cache: Mutex<KeyCache>,
 }
 
 impl Keys {
@@ -136,7 +140,7 @@ impl Keys {
         }
     }
 
-    async fn lookup(&self, key_id: Uuid) -> Result<Option<(Vec<u8>, Caller)>, ApiError> {
+    async fn lookup(&self, key_id: Uuid) -> Result<KeyRecord, ApiError> {
         if let Some((at, record)) = self.lock().get(&key_id) {
             if at.elapsed() < CACHE_TTL {
                 return Ok(record.clone());
@@ -167,9 +171,7 @@ impl Keys {
         Ok(record)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Instant, Option<(Vec<u8>, Caller)>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

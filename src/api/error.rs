@@ -24,6 +24,12 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("this path does not take that method")]
+    MethodNotAllowed,
+    #[error("the request body is larger than this server accepts")]
+    PayloadTooLarge,
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
     #[error("too many requests")]
@@ -60,6 +66,9 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyConflict => "idempotency_key_reused",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } => "overloaded",
@@ -81,6 +90,9 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -143,10 +155,40 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// Broken JSON is a 400; well-formed JSON of the wrong shape (unknown field, wrong type,
+/// missing field) is an invalid request, 422.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        Self::InvalidJson {
-            detail: rejection.body_text(),
+        match rejection.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => Self::invalid("body", rejection.body_text()),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType,
+            _ => Self::InvalidJson {
+                detail: rejection.body_text(),
+            },
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            _ => Self::InvalidJson {
+                detail: rejection.body_text(),
+            },
+        }
+    }
+}
+
+impl ApiError {
+    /// A body that `serde_json` refused: broken JSON is 400, the wrong shape 422.
+    pub fn body(error: serde_json::Error) -> Self {
+        match error.classify() {
+            serde_json::error::Category::Data => Self::invalid("body", error.to_string()),
+            _ => Self::InvalidJson {
+                detail: error.to_string(),
+            },
         }
     }
 }

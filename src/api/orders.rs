@@ -1,6 +1,6 @@
 //! Buying: reserve numbers, read and release an order, confirm a manual payment, refund.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tombola_domain::{Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection};
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::views::{BuyerBody, OrderBody};
-use super::{command_meta, ApiJson, AppState};
+use super::{command_meta, ApiJson, AppState, Path};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -183,11 +183,11 @@ pub async fn refund(
     caller: Caller,
     headers: HeaderMap,
     Path((id, order_id)): Path<(Uuid, Uuid)>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<OrderBody>, ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
-    let body = super::optional_json::<RefundRequest>(&body)?;
+    let body = super::optional_json::<RefundRequest>(&body?)?;
     let path = format!("/v1/raffles/{id}/orders/{order_id}/refund");
     let meta = command_meta(&caller, &headers, Method::POST, &path, &body)?;
     let command = RaffleCommand::Refund(RefundOrder {

@@ -1,6 +1,6 @@
 //! `/v1/raffles`: create, read, list, run the sale, draw; availability for number pickers.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::views::{BundleBody, PrizeBody, RaffleBody, WinnerBody};
-use super::{command_meta, ApiJson, AppState};
+use super::{command_meta, ApiJson, AppState, Path, Query};
 
 const ORGANIZERS: &[Role] = &[Role::Admin, Role::Organizer];
 
@@ -167,7 +167,7 @@ pub async fn create(
 async fn read_raffle(state: &AppState, raffle_id: Uuid) -> Result<RaffleBody, ApiError> {
     state
         .engine
-        .read(raffle_id, |raffle| RaffleBody::from_raffle(raffle))
+        .read(raffle_id, RaffleBody::from_raffle)
         .await?
         .ok_or(ApiError::NotFound("raffle"))
 }
@@ -322,9 +322,9 @@ pub async fn cancel(
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
-    let body = super::optional_json::<CancelRequest>(&body)?;
+    let body = super::optional_json::<CancelRequest>(&body?)?;
     let reason = body
         .reason
         .clone()

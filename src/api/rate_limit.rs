@@ -74,6 +74,9 @@ pub async fn limit_by_ip(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if request.uri().path().starts_with("/v1/webhooks/") {
+        return Ok(next.run(request).await);
+    }
     if let Some(ConnectInfo(addr)) = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()

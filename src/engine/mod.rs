@@ -181,11 +181,11 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         self.send(
             raffle_id,
-            Message::Command(writer::CommandRequest {
+            Message::Command(Box::new(writer::CommandRequest {
                 command,
                 meta,
                 reply,
-            }),
+            })),
         )
         .await?;
         answer.await.unwrap_or(Err(EngineError::Unavailable {
@@ -224,7 +224,17 @@ impl Engine {
             let sender = self.inner.registry.get_or_spawn(raffle_id, |generation| {
                 self.spawn_writer(raffle_id, generation)
             });
-            match sender.try_send(message) {
+            // Only commands are shed when the queue is full. A read waits for room: the one
+            // that answers a committed command must not turn it into "busy, retry", which a
+            // client takes to mean nothing happened.
+            let sent = match message {
+                Message::Read(_) => sender
+                    .send(message)
+                    .await
+                    .map_err(|returned| tokio::sync::mpsc::error::TrySendError::Closed(returned.0)),
+                _ => sender.try_send(message),
+            };
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                     return Err(EngineError::Overloaded {

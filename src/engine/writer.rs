@@ -18,7 +18,7 @@ use crate::store::{
 };
 
 pub(crate) enum Message {
-    Command(CommandRequest),
+    Command(Box<CommandRequest>),
     Read(Box<dyn FnOnce(&Raffle) + Send>),
     /// Another node committed up to this sequence.
     CatchUp(u64),
@@ -81,6 +81,11 @@ pub(crate) async fn run(
         let evictable = writer.state.next_expiry().is_none() || writer.state.config().is_none();
         tokio::select! {
             biased;
+            // Due holds go first, and without a timer round-trip: under sustained load the
+            // queue is never empty, and a timer polled after it would never fire.
+            _ = hold_timer(expiry_in), if expiry_in.is_some() => {
+                writer.expire_due_holds().await;
+            }
             message = receiver.recv() => {
                 let Some(first) = message else { break };
                 let mut batch = vec![first];
@@ -92,9 +97,6 @@ pub(crate) async fn run(
                 }
                 writer.process(batch).await;
                 idle_deadline = Instant::now() + config.evict_after;
-            }
-            _ = tokio::time::sleep(expiry_in.unwrap_or_default()), if expiry_in.is_some() => {
-                writer.expire_due_holds().await;
             }
             _ = tokio::time::sleep_until(idle_deadline), if evictable => {
                 if registry.retire(raffle_id, generation, &mut receiver, false) {
@@ -111,6 +113,14 @@ pub(crate) async fn run(
     // Retired: the receiver is closed, but what was queued before still gets decided.
     while let Ok(message) = receiver.try_recv() {
         writer.process(vec![message]).await;
+    }
+}
+
+/// Ready at once when a hold is due, otherwise after `wait`.
+async fn hold_timer(wait: Option<Duration>) {
+    match wait {
+        Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+        _ => {}
     }
 }
 
@@ -169,7 +179,8 @@ impl Writer {
             meta: CommandMeta::system("expiry"),
             reply,
         };
-        self.process(vec![Message::Command(request)]).await;
+        self.process(vec![Message::Command(Box::new(request))])
+            .await;
         self.expiry_retry_at = match answer.await {
             Ok(Ok(_)) => None,
             _ => Some(Instant::now() + Duration::from_secs(1)),
@@ -177,12 +188,26 @@ impl Writer {
     }
 
     async fn process(&mut self, batch: Vec<Message>) {
+        // A poisoned writer's state may hold events that never committed (its reload after
+        // a failed append failed too): nothing may be decided or read against it. This
+        // happens to the commands that were queued when the writer retired.
+        if self.poisoned {
+            if let Err(error) = self.reload().await {
+                let error = EngineError::unavailable(&error);
+                for message in batch {
+                    if let Message::Command(request) = message {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+                return;
+            }
+        }
         let mut commands = Vec::new();
         let mut reads = Vec::new();
         let mut catch_up = 0;
         for message in batch {
             match message {
-                Message::Command(request) => commands.push(request),
+                Message::Command(request) => commands.push(*request),
                 Message::Read(read) => reads.push(read),
                 Message::CatchUp(sequence) => catch_up = catch_up.max(sequence),
                 Message::Refresh => {}

@@ -85,25 +85,16 @@ impl PaymentsIn {
 
     /// Processes one batch of due deliveries; returns how many.
     pub async fn process_due(&self) -> Result<usize, crate::store::StoreError> {
-        let mut tx = self.engine.store().pool().begin().await?;
-        let due = inbox::take_due(&mut tx, BATCH).await?;
-        for delivery in &due {
-            let (outcome, error);
-            let settlement = match self.apply(delivery).await {
-                Ok(summary) => {
-                    outcome = summary;
-                    Settlement::Done { outcome: &outcome }
-                }
-                Err(Failure::Rejected(reason)) => {
-                    error = reason;
-                    Settlement::Rejected { error: &error }
-                }
-                Err(Failure::Retry(reason)) => {
-                    error = reason;
+        let (mut tx, applied) = self.take_and_apply().await?;
+        for (delivery, result) in &applied {
+            let settlement = match result {
+                Ok(outcome) => Settlement::Done { outcome },
+                Err(Failure::Rejected(error)) => Settlement::Rejected { error },
+                Err(Failure::Retry(error)) => {
                     let attempt = delivery.attempts + 1;
                     let delay = retry_delay(attempt);
                     Settlement::Retry {
-                        error: &error,
+                        error,
                         next_attempt_at: Utc::now()
                             + chrono::Duration::from_std(delay).unwrap_or_default(),
                         give_up: attempt >= MAX_ATTEMPTS,
@@ -113,7 +104,29 @@ impl PaymentsIn {
             inbox::settle(&mut tx, &delivery.provider, &delivery.event_id, settlement).await?;
         }
         tx.commit().await?;
-        Ok(due.len())
+        Ok(applied.len())
+    }
+
+    /// Test seam: does what [`Self::process_due`] does up to the point where the commands
+    /// have committed on their raffles, then drops the transaction that locks the inbox rows
+    /// instead of settling them, exactly as a worker crashing there would. The rows stay
+    /// `pending` and due; the next `process_due` must find the commands already applied.
+    /// Returns how many deliveries were applied.
+    #[doc(hidden)]
+    pub async fn process_due_then_crash(&self) -> Result<usize, crate::store::StoreError> {
+        let (tx, applied) = self.take_and_apply().await?;
+        drop(tx);
+        Ok(applied.len())
+    }
+
+    /// Locks one batch of due deliveries and applies each; the rows are still to be settled
+    /// in the returned transaction.
+    async fn take_and_apply(&self) -> Result<AppliedBatch, crate::store::StoreError> {
+        let mut tx = self.engine.store().pool().begin().await?;
+        let due = inbox::take_due(&mut tx, BATCH).await?;
+        // Concurrently: commands for one raffle then share its writer's group commit.
+        let results = futures::future::join_all(due.iter().map(|d| self.apply(d))).await;
+        Ok((tx, due.into_iter().zip(results).collect()))
     }
 
     async fn apply(&self, delivery: &DueDelivery) -> Result<String, Failure> {
@@ -151,11 +164,26 @@ impl PaymentsIn {
         };
         match self.engine.execute(raffle_id, command, meta).await {
             Ok(applied) => Ok(summarize(applied.events.iter().map(|e| &e.event))),
+            // A refund can overtake the payment it refunds (deliveries come in any order and
+            // workers take them concurrently): until that payment is applied the order is
+            // not refundable, so wait for it rather than drop the refund for good.
+            Err(EngineError::Rejected(rejection))
+                if matches!(event.action, PaymentAction::Refunded { .. })
+                    && rejection.code == "invalid_order_state" =>
+            {
+                Err(Failure::Retry(rejection.message))
+            }
             Err(EngineError::Rejected(rejection)) => Err(Failure::Rejected(rejection.code)),
             Err(other) => Err(Failure::Retry(other.to_string())),
         }
     }
 }
+
+/// Locked rows (in their transaction) and what applying each one led to.
+type AppliedBatch = (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Vec<(DueDelivery, Result<String, Failure>)>,
+);
 
 enum Failure {
     Rejected(String),
