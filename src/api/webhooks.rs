@@ -2,6 +2,7 @@
 //! before the answer; the inbox workers apply the delivery.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::Utc;
@@ -26,8 +27,12 @@ pub struct WebhookAck {
 pub async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<WebhookAck>, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::InvalidWebhook(rejection.body_text()),
+    })?;
     let payments = state
         .payments
         .as_ref()

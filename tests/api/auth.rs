@@ -1,0 +1,183 @@
+//! Authentication (401: no key, a wrong or revoked one) and scope (403: a valid key on
+//! another organizer's raffle, or a client key doing an organizer's job). Neither changes
+//! anything.
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_missing_or_wrong_key_is_401() {
+    let app = spawn_app().await;
+    let raffle = app.raffle_on_sale(json!({})).await;
+    let before = snapshot(&app, raffle).await;
+    let path = format!("/v1/raffles/{raffle}/reservations");
+    let body = numbers("ada@example.com", &[1]);
+
+    // The right key id with another secret.
+    let key_id = app.client_key.split('_').nth(1).unwrap();
+    let wrong_secret = format!("tmb_{key_id}_c2VjcmV0");
+    let unknown_key = format!("tmb_{}_c2VjcmV0", Uuid::new_v4().simple());
+    let attempts = [
+        None,
+        Some(format!("Bearer {wrong_secret}")),
+        Some(format!("Bearer {unknown_key}")),
+        Some("Bearer tmb_garbage".to_owned()),
+        Some("Bearer ".to_owned()),
+        Some(format!("Basic {}", app.client_key)),
+        Some(app.client_key.clone()),
+    ];
+    for authorization in attempts {
+        let mut request = app.http.post(app.url(&path)).json(&body);
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    for path in [
+        "/v1/raffles".to_owned(),
+        format!("/v1/raffles/{raffle}"),
+        format!("/v1/raffles/{raffle}/availability"),
+    ] {
+        expect_problem(
+            app.get(&path, "").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    // Checked before the body: a bad body without a key is still 401.
+    let response = app
+        .http
+        .post(app.url(&path))
+        .header(CONTENT_TYPE, "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // A revoked key stops working (once the short lookup cache has forgotten it).
+    let revoked = tombola::api::auth::Keys::create(
+        &app.store,
+        tombola::api::auth::Role::Client,
+        Some(ORGANIZER),
+        None,
+    )
+    .await
+    .unwrap();
+    let key_id = Uuid::parse_str(revoked.split('_').nth(1).unwrap()).unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1")
+        .bind(key_id)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    expect_problem(
+        app.reserve(raffle, &revoked, &body).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+
+    assert_unchanged(&app, raffle, &before, "unauthenticated requests").await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_valid_key_outside_its_scope_is_403() {
+    let app = spawn_app().await;
+    let raffle = app.raffle_on_sale(json!({})).await;
+    let order = app
+        .reserve_ok(raffle, &numbers("ada@example.com", &[1]))
+        .await;
+    let order = order["order_id"].as_str().unwrap().to_owned();
+    let before = snapshot(&app, raffle).await;
+    let b = &app.other_organizer_key;
+    let client = &app.client_key;
+    let pay = json!({"method": "cash", "reference": "r"});
+
+    // Organizer B on organizer A's raffle.
+    let forbidden = [
+        app.get(&format!("/v1/raffles/{raffle}"), b).await,
+        app.get(&format!("/v1/raffles/{raffle}/availability"), b)
+            .await,
+        app.get(&format!("/v1/raffles/{raffle}/availability/bitmap"), b)
+            .await,
+        app.get(&format!("/v1/raffles/{raffle}/orders/{order}"), b)
+            .await,
+        app.reserve(raffle, b, &numbers("eve@example.com", &[2]))
+            .await,
+        app.post_empty(&format!("/v1/raffles/{raffle}/close"), b)
+            .await,
+        app.post_empty(&format!("/v1/raffles/{raffle}/cancel"), b)
+            .await,
+        app.post(
+            &format!("/v1/raffles/{raffle}/orders/{order}/manual-payment"),
+            b,
+            &pay,
+        )
+        .await,
+        app.post_empty(&format!("/v1/raffles/{raffle}/orders/{order}/refund"), b)
+            .await,
+        app.request(
+            Method::DELETE,
+            &format!("/v1/raffles/{raffle}/orders/{order}"),
+            b,
+        )
+        .send()
+        .await
+        .unwrap(),
+        // Organizer A's own key cannot create for B.
+        app.post(
+            "/v1/raffles",
+            &app.organizer_key,
+            &raffle_request(json!({"organizer_id": OTHER_ORGANIZER})),
+        )
+        .await,
+        // A client key may sell, not run the raffle.
+        app.post_empty(&format!("/v1/raffles/{raffle}/close"), client)
+            .await,
+        app.post_empty(&format!("/v1/raffles/{raffle}/open"), client)
+            .await,
+        app.post_empty(&format!("/v1/raffles/{raffle}/cancel"), client)
+            .await,
+        app.post(
+            &format!("/v1/raffles/{raffle}/draw"),
+            client,
+            &json!({"seed": SEED, "public_entropy": "x"}),
+        )
+        .await,
+        app.post(
+            &format!("/v1/raffles/{raffle}/orders/{order}/manual-payment"),
+            client,
+            &pay,
+        )
+        .await,
+        app.post_empty(
+            &format!("/v1/raffles/{raffle}/orders/{order}/refund"),
+            client,
+        )
+        .await,
+        app.post("/v1/raffles", client, &raffle_request(json!({})))
+            .await,
+    ];
+    for response in forbidden {
+        expect_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    assert_unchanged(&app, raffle, &before, "requests outside the key's scope").await;
+    assert_eq!(app.order(raffle, &order).await["status"], "reserved");
+    let raffles: i64 = sqlx::query_scalar("SELECT count(*) FROM raffles")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(raffles, 1);
+
+    // B's list does not show A's raffle.
+    let list = expect_json(app.get("/v1/raffles", b).await, StatusCode::OK).await;
+    assert_eq!(list["raffles"], json!([]));
+    app.teardown().await;
+}

@@ -1,0 +1,14 @@
+//! End-to-end tests of the HTTP API: the real server (`Application::build`) on a free port,
+//! a fresh PostgreSQL database per test, and reqwest as the client.
+//!
+//! `DATABASE_URL` names the server to create test databases on (else the private cluster);
+//! `TEST_LOG=1` shows the server's logs.
+
+mod auth;
+mod backpressure;
+mod buying;
+mod errors;
+mod helpers;
+mod idempotency;
+mod openapi;
+mod shutdown;
