@@ -3,7 +3,8 @@
 //! class (which tells large tables and chunks apart from small per-item allocations).
 //!
 //! Counts are of the sizes *requested* (`Layout::size`): malloc's own per-block headers and
-//! fragmentation are not included, which is why the benchmark also reports process RSS.
+//! fragmentation are not included, which is why the benchmark also reports process RSS
+//! ([`crate::sys`]).
 
 // `GlobalAlloc` is an unsafe trait. This module only forwards each call unchanged to
 // `System` and updates counters, so the workspace's `unsafe_code = "deny"` is lifted here
@@ -118,13 +119,10 @@ impl Snapshot {
     }
 }
 
-/// The process's resident set size from `/proc/self/status`, when readable.
-pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+/// Tests that measure allocations, or allocate a lot, hold this: the counters are
+/// process-wide and tests run on several threads.
+#[cfg(test)]
+pub static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 mod alloc;
 mod domain;
 mod report;
+mod sys;
 
 use std::process::ExitCode;
 

@@ -10,16 +10,17 @@ use serde::Serialize;
 
 pub type BenchResult<T> = Result<T, Box<dyn Error>>;
 
-/// A finished run: the figures to print, and the correctness checks that failed.
+/// A finished run: the figures to print (one line of JSON, keys in declaration order), and
+/// the correctness checks that failed.
 pub struct Report {
-    pub figures: serde_json::Value,
+    pub figures: String,
     pub failures: Vec<String>,
 }
 
 impl Report {
     pub fn new(figures: &impl Serialize, failures: Vec<String>) -> BenchResult<Self> {
         Ok(Self {
-            figures: serde_json::to_value(figures)?,
+            figures: serde_json::to_string(figures)?,
             failures,
         })
     }

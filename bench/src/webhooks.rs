@@ -1,0 +1,302 @@
+//! `tombola-bench webhooks`: signed Stripe deliveries over HTTP against a real server.
+//!
+//! Starts a server on a fresh database (or targets `--url`, with `--api-key`, `--secret`
+//! and `DATABASE_URL` naming its database), creates raffles and reserved orders through the
+//! API, then sends `payment_intent.succeeded` deliveries at `--rate` per second from up to
+//! `--concurrency` connections, 10% of them exact re-sends of an earlier delivery. It
+//! reports the acknowledgement latency, and — from the log — how long after its first
+//! delivery each order's tickets were issued, and whether any order was issued twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Args as ClapArgs;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tombola::api::auth::{Keys, Role};
+use tombola::config::ServeArgs;
+use tombola::payments::stripe::Stripe;
+use tombola::startup::Application;
+use uuid::Uuid;
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Concurrent connections sending deliveries.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Deliveries per second offered (open loop: latency is measured at this load).
+    #[arg(long, default_value_t = 5_000)]
+    rate: u32,
+    /// Raffles the orders are spread over.
+    #[arg(long, default_value_t = 16)]
+    raffles: usize,
+    /// Target a running server instead of starting one.
+    #[arg(long, requires_all = ["api_key", "secret"])]
+    url: Option<String>,
+    /// Admin API key for --url.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// The server's Stripe webhook secret, for --url.
+    #[arg(long)]
+    secret: Option<String>,
+}
+
+const SECRET: &str = "whsec_bench_secret";
+const DUPLICATE_PERCENT: u64 = 10;
+
+pub fn run(args: &Args) -> Result<serde_json::Value, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(run_async(args))
+}
+
+struct Order {
+    raffle_id: Uuid,
+    order_id: Uuid,
+    amount: i64,
+}
+
+async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
+    let (base, api_key, secret, store, server) = match &args.url {
+        Some(url) => {
+            let database = std::env::var("DATABASE_URL").map_err(|_| "--url needs DATABASE_URL for the server's database".to_owned())?;
+            let store = tombola::store::Store::connect(&database, 4).await.map_err(|e| e.to_string())?;
+            (url.trim_end_matches('/').to_owned(), args.api_key.clone().unwrap_or_default(), args.secret.clone().unwrap_or_default(), store, None)
+        }
+        None => {
+            let (store, _) = tombola::testing::fresh_database(32).await.map_err(|e| e.to_string())?;
+            let serve = ServeArgs {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                rate_limit_per_key: 1_000_000,
+                rate_limit_per_ip: 1_000_000,
+                request_timeout_secs: 30,
+                body_limit_bytes: 256 * 1024,
+                queue_capacity: 65_536,
+                snapshot_every: 10_000,
+                evict_after_secs: 600,
+                stripe_webhook_secrets: vec![SECRET.to_owned()],
+                stripe_tolerance_secs: 300,
+                payment_workers: 4,
+            };
+            let app = Application::build(&serve, store.clone()).await.map_err(|e| e.to_string())?;
+            let base = format!("http://127.0.0.1:{}", app.port());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let handle = tokio::spawn(app.run_until_stopped(async move {
+                let _ = stopped.await;
+            }));
+            let key = Keys::create(&store, Role::Admin, None, Some("bench")).await.map_err(|e| e.to_string())?;
+            (base, key, SECRET.to_owned(), store, Some((stop, handle)))
+        }
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let deliveries = (u64::from(args.rate) * args.seconds) as usize;
+    let unique = deliveries * (100 - DUPLICATE_PERCENT as usize) / 100 + 1;
+    eprintln!("webhooks bench: setting up {unique} reserved orders over {} raffles", args.raffles);
+    let orders = Arc::new(setup_orders(&client, &base, &api_key, args.raffles, unique).await?);
+
+    eprintln!("webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates)", args.rate);
+    let first_sent: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>> = Arc::default();
+    let sent_bodies: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(deliveries);
+    let mut next_unique = 0;
+    for i in 0..deliveries {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let duplicate = i % 10 == 9 && !sent_bodies.lock().await.is_empty();
+        let (body, order_id) = if duplicate {
+            let bodies = sent_bodies.lock().await;
+            (bodies[i % bodies.len()].clone(), None)
+        } else {
+            let order = &orders[next_unique % orders.len()];
+            next_unique += 1;
+            ((delivery_body(order), String::new()), Some(order.order_id))
+        };
+        let (client, base, secret, first_sent, sent_bodies) = (client.clone(), base.clone(), secret.clone(), first_sent.clone(), sent_bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let header = if body.1.is_empty() { Stripe::sign(&secret, Utc::now().timestamp(), body.0.as_bytes()) } else { body.1.clone() };
+            if let Some(order_id) = order_id {
+                first_sent.lock().await.entry(order_id).or_insert_with(Utc::now);
+            }
+            let t0 = Instant::now();
+            let response = client
+                .post(format!("{base}/v1/webhooks/stripe"))
+                .header("stripe-signature", &header)
+                .header("content-type", "application/json")
+                .body(body.0.clone())
+                .send()
+                .await;
+            let latency = t0.elapsed();
+            let ok = matches!(&response, Ok(r) if r.status().is_success());
+            if ok && order_id.is_some() {
+                sent_bodies.lock().await.push((body.0, header));
+            }
+            (latency, ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0u64;
+    for task in tasks {
+        let (latency, ok) = task.await.map_err(|e| e.to_string())?;
+        if ok {
+            latencies.push(latency.as_micros() as u64);
+        } else {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let acks = latencies.len();
+
+    let expected: Vec<Uuid> = first_sent.lock().await.keys().copied().collect();
+    eprintln!("webhooks bench: waiting for {} orders to be issued", expected.len());
+    let issued = wait_for_issuance(&store, &expected).await?;
+    let first_sent = first_sent.lock().await;
+    let mut lags: Vec<i64> = issued
+        .iter()
+        .filter_map(|(order, (_, at))| Some((*at - *first_sent.get(order)?).num_milliseconds().max(0)))
+        .collect();
+    lags.sort_unstable();
+    let duplicates_issued = issued.values().filter(|(count, _)| *count > 1).count();
+
+    if let Some((stop, handle)) = server {
+        let _ = stop.send(());
+        let _ = handle.await;
+    }
+    let pct = |sorted: &[u64], p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).map_or(0.0, |us| *us as f64 / 1000.0);
+    let lag_pct = |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1))).copied().unwrap_or(0);
+    Ok(json!({
+        "bench": "webhooks",
+        "deliveries": deliveries,
+        "offered_rate": args.rate,
+        "concurrency": args.concurrency,
+        "acks": acks,
+        "failed": failed,
+        "acks_per_sec": (acks as f64 / elapsed.as_secs_f64()).round(),
+        "ack_p50_ms": (pct(&latencies, 0.50) * 100.0).round() / 100.0,
+        "ack_p99_ms": (pct(&latencies, 0.99) * 100.0).round() / 100.0,
+        "orders_paid": issued.len(),
+        "orders_expected": expected.len(),
+        "issue_lag_p50_ms": lag_pct(0.50),
+        "issue_lag_p99_ms": lag_pct(0.99),
+        "duplicates_issued": duplicates_issued,
+    }))
+}
+
+fn delivery_body(order: &Order) -> String {
+    let payment_id = format!("pi_{}", order.order_id.simple());
+    json!({
+        "id": format!("evt_{}", Uuid::new_v4().simple()),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": Utc::now().timestamp(),
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": "payment_intent.succeeded",
+        "data": {"object": {
+            "id": payment_id,
+            "object": "payment_intent",
+            "amount": order.amount,
+            "amount_received": order.amount,
+            "currency": "usd",
+            "status": "succeeded",
+            "payment_method_types": ["card"],
+            "latest_charge": format!("ch_{}", order.order_id.simple()),
+            "metadata": {"raffle_id": order.raffle_id.to_string(), "order_id": order.order_id.to_string()},
+        }},
+    })
+    .to_string()
+}
+
+async fn setup_orders(client: &reqwest::Client, base: &str, key: &str, raffles: usize, count: usize) -> Result<Vec<Order>, String> {
+    let mut raffle_ids = Vec::new();
+    for i in 0..raffles {
+        let body = json!({
+            "title": format!("Bench raffle {i}"),
+            "ticket_count": 1_000_000,
+            "price_minor": 500,
+            "currency": "USD",
+            "hold_minutes": 60,
+            "prizes": [{"name": "Prize"}],
+            "draw_commitment": "19b25856e1c150ca834cffc8b59b23adbd0ec0389e58eb22b3b64768098d002b",
+            "organizer_id": "bench",
+        });
+        let raffle: serde_json::Value = post(client, &format!("{base}/v1/raffles"), key, &body).await?;
+        let id = raffle["id"].as_str().ok_or("no raffle id")?.to_owned();
+        post(client, &format!("{base}/v1/raffles/{id}/open"), key, &json!({})).await?;
+        raffle_ids.push(Uuid::parse_str(&id).map_err(|e| e.to_string())?);
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let orders = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let mut workers = Vec::new();
+    for _ in 0..64 {
+        let (client, base, key, next, orders, raffle_ids) = (client.clone(), base.to_owned(), key.to_owned(), next.clone(), orders.clone(), raffle_ids.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), String>(());
+                }
+                let raffle_id = raffle_ids[i % raffle_ids.len()];
+                let body = json!({"buyer": {"name": "Bench", "email": format!("b{i}@example.com")}, "quantity": 1});
+                let order: serde_json::Value = post(&client, &format!("{base}/v1/raffles/{raffle_id}/reservations"), &key, &body).await?;
+                let order_id = Uuid::parse_str(order["order_id"].as_str().ok_or("no order id")?).map_err(|e| e.to_string())?;
+                let amount = order["amount"].as_i64().ok_or("no amount")?;
+                orders.lock().await.push(Order { raffle_id, order_id, amount });
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())??;
+    }
+    Ok(Arc::try_unwrap(orders).map_err(|_| "orders still shared")?.into_inner())
+}
+
+async fn post(client: &reqwest::Client, url: &str, key: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let response = client.post(url).bearer_auth(key).json(body).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let value: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status} {value}"));
+    }
+    Ok(value)
+}
+
+/// Per order: how many `TicketsIssued` events, and when the first was recorded. Waits (up to
+/// two minutes) until every expected order has one.
+async fn wait_for_issuance(store: &tombola::store::Store, expected: &[Uuid]) -> Result<HashMap<Uuid, (i64, DateTime<Utc>)>, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
+            "SELECT order_id, count(*), min(metadata->>'recorded_at') FROM events \
+             WHERE event_type = 'TicketsIssued' AND order_id = ANY($1) GROUP BY order_id",
+        )
+        .bind(expected)
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| e.to_string())?;
+        if rows.len() >= expected.len() || Instant::now() > deadline {
+            return rows
+                .into_iter()
+                .map(|(order, count, at)| {
+                    let at = DateTime::parse_from_rfc3339(&at).map_err(|e| e.to_string())?.with_timezone(&Utc);
+                    Ok((order, (count, at)))
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
