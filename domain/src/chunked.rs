@@ -28,6 +28,7 @@ impl<T> ChunkedVec<T> {
         self.len
     }
 
+    #[inline]
     pub fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK_LEN => last.push(value),
@@ -41,6 +42,7 @@ impl<T> ChunkedVec<T> {
         self.len += 1;
     }
 
+    #[inline]
     pub fn get(&self, index: usize) -> &T {
         &self.chunks[index >> CHUNK_BITS][index & (CHUNK_LEN - 1)]
     }

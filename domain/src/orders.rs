@@ -172,14 +172,21 @@ impl OrderBook {
         at
     }
 
-    /// Adds a record as it was stored (snapshot decoding) and indexes it.
-    pub(crate) fn push_record(&mut self, order: Order) -> u32 {
-        let pos = self.orders.len() as u32;
-        self.orders.push(order);
+    /// Adds a record and indexes it.
+    fn push_record(&mut self, order: Order) -> u32 {
+        let pos = self.push_unindexed(order);
         let orders = &self.orders;
         self.index.insert_unique(id_hash(&order.id), pos, |&p| {
             id_hash(&orders.get(p as usize).id)
         });
+        pos
+    }
+
+    /// Adds a record as it was stored (snapshot decoding), without indexing it: call
+    /// [`Self::rebuild_index`] once all are in (one presized table instead of many growths).
+    pub(crate) fn push_unindexed(&mut self, order: Order) -> u32 {
+        let pos = self.orders.len() as u32;
+        self.orders.push(order);
         if order.status == OrderStatus::Reserved {
             self.holds.insert((order.expires_at, pos));
         }
@@ -189,6 +196,17 @@ impl OrderBook {
             }
         }
         pos
+    }
+
+    pub(crate) fn rebuild_index(&mut self) {
+        let orders = &self.orders;
+        let mut index = HashTable::with_capacity(orders.len());
+        for (pos, order) in orders.iter().enumerate() {
+            index.insert_unique(id_hash(&order.id), pos as u32, |&p| {
+                id_hash(&orders.get(p as usize).id)
+            });
+        }
+        self.index = index;
     }
 
     pub(crate) fn push_number(&mut self, number: u32) {

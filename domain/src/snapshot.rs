@@ -13,6 +13,7 @@
 //! `Raffle`'s serde impl (which cqrs-es requires) wraps these bytes: base64 in JSON.
 
 use base64::Engine as _;
+use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -88,7 +89,8 @@ impl Raffle {
         });
         section(&mut out, |out| {
             // Sorted, so equal states encode to equal bytes.
-            let mut payments: Vec<_> = orders.payments.iter().collect();
+            let mut payments: Vec<(u64, u32)> =
+                orders.payments.iter().map(|(d, p)| (*d, *p)).collect();
             payments.sort_unstable();
             out.extend_from_slice(&(payments.len() as u32).to_le_bytes());
             for (digest, pos) in payments {
@@ -97,7 +99,8 @@ impl Raffle {
             }
         });
         section(&mut out, |out| {
-            let mut partial: Vec<_> = orders.partial_refunds.iter().collect();
+            let mut partial: Vec<(u32, i64)> =
+                orders.partial_refunds.iter().map(|(p, a)| (*p, *a)).collect();
             partial.sort_unstable();
             out.extend_from_slice(&(partial.len() as u32).to_le_bytes());
             for (pos, amount) in partial {
@@ -119,58 +122,32 @@ impl Raffle {
             RoaringBitmap::deserialize_from(bytes)
                 .map_err(|e| SnapshotError::Corrupt(e.to_string()))
         };
+        let (first, last) = header
+            .config
+            .as_ref()
+            .map_or((0, 0), |c| (c.first_number, c.last_number()));
         let tickets = TicketPool {
             free: bitmap(r.section()?)?,
             issued: bitmap(r.section()?)?,
+            first,
+            last,
         };
-
         let limits_buyers = header
             .config
             .as_ref()
             .is_some_and(|c| c.max_tickets_per_buyer.is_some());
-        let mut book = OrderBook::new(limits_buyers);
-        let mut orders = Reader(r.section()?);
-        let count = orders.u32()? as usize;
-        let mut numbers = Reader(
-            &orders.0[count
-                .checked_mul(ORDER_RECORD_BYTES)
-                .ok_or(SnapshotError::Truncated)?
-                .min(orders.0.len())..],
-        );
-        for _ in 0..count {
-            let id = Uuid::from_slice(orders.take(16)?).expect("16 bytes");
-            let status = OrderStatus::from_u8(orders.u8()?)
-                .ok_or_else(|| SnapshotError::Corrupt("order status".into()))?;
-            let reserved_at = orders.u32()?;
-            let expires_at = orders.u32()?;
-            let issued_at = orders.u32()?;
-            let buyer = orders.u64()?;
-            let numbers_len = orders.u32()?;
-            let numbers_at = book.numbers.len() as u32;
-            for _ in 0..numbers_len {
-                book.push_number(numbers.u32()?);
-            }
-            book.push_record(Order {
-                id,
-                numbers_at,
-                numbers_len,
-                reserved_at,
-                expires_at,
-                issued_at,
-                buyer,
-                status,
-            });
-        }
-        let mut payments = Reader(r.section()?);
-        let count = payments.u32()? as usize;
-        // The count is untrusted: reserve no more than the section can hold (12 bytes each),
-        // or a corrupt count aborts the process on a huge allocation instead of failing.
-        book.payments.reserve(count.min(payments.0.len() / 12));
-        for _ in 0..count {
-            let digest = payments.u64()?;
-            book.payments.insert(digest, payments.u32()?);
-        }
-        let mut partial = Reader(r.section()?);
+        let orders_section = r.section()?;
+        let payments_section = r.section()?;
+        let partial_section = r.section()?;
+        // The payment index is independent of the orders: build it on a second core.
+        let (book, payments) = std::thread::scope(|scope| {
+            let payments = scope.spawn(|| decode_payments(payments_section));
+            let book = decode_orders(orders_section, limits_buyers);
+            (book, payments.join().expect("payment decoding does not panic"))
+        });
+        let mut book = book?;
+        book.payments = payments?;
+        let mut partial = Reader(partial_section);
         for _ in 0..partial.u32()? {
             let pos = partial.u32()?;
             book.partial_refunds.insert(pos, partial.u64()? as i64);
@@ -183,6 +160,57 @@ impl Raffle {
             winners: header.winners,
         })
     }
+}
+
+/// Records and numbers first, then one presized index over them.
+fn decode_orders(section: &[u8], limits_buyers: bool) -> Result<OrderBook, SnapshotError> {
+    let mut book = OrderBook::new(limits_buyers);
+    let mut orders = Reader(section);
+    let count = orders.u32()? as usize;
+    let numbers_start = count
+        .checked_mul(ORDER_RECORD_BYTES)
+        .ok_or(SnapshotError::Truncated)?
+        .min(orders.0.len());
+    let mut numbers = Reader(&orders.0[numbers_start..]);
+    for _ in 0..count {
+        let id = Uuid::from_slice(orders.take(16)?).expect("16 bytes");
+        let status = OrderStatus::from_u8(orders.u8()?)
+            .ok_or_else(|| SnapshotError::Corrupt("order status".into()))?;
+        let reserved_at = orders.u32()?;
+        let expires_at = orders.u32()?;
+        let issued_at = orders.u32()?;
+        let buyer = orders.u64()?;
+        let numbers_len = orders.u32()?;
+        let numbers_at = book.numbers.len() as u32;
+        for _ in 0..numbers_len {
+            book.push_number(numbers.u32()?);
+        }
+        book.push_unindexed(Order {
+            id,
+            numbers_at,
+            numbers_len,
+            reserved_at,
+            expires_at,
+            issued_at,
+            buyer,
+            status,
+        });
+    }
+    book.rebuild_index();
+    Ok(book)
+}
+
+fn decode_payments(section: &[u8]) -> Result<HashMap<u64, u32>, SnapshotError> {
+    let mut payments = Reader(section);
+    let count = payments.u32()? as usize;
+    // The count is untrusted: reserve no more than the section can hold (12 bytes each),
+    // or a corrupt count aborts the process on a huge allocation instead of failing.
+    let mut map = HashMap::with_capacity(count.min(payments.0.len() / 12));
+    for _ in 0..count {
+        let digest = payments.u64()?;
+        map.insert(digest, payments.u32()?);
+    }
+    Ok(map)
 }
 
 fn section(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
