@@ -25,6 +25,8 @@ use tombola_domain::{
 };
 use uuid::Uuid;
 
+use crate::report::{BenchResult, Report};
+
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Tickets in the hot raffle.
@@ -43,31 +45,55 @@ pub struct Args {
 
 const PRICE: i64 = 500;
 
-pub fn run(args: &Args) -> Result<serde_json::Value, String> {
+pub fn run(args: &Args) -> BenchResult<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(run_async(args))
+        .build()?;
+    let figures = runtime.block_on(run_async(args))?;
+    let mut failures = Vec::new();
+    if figures["oversold"] != 0 {
+        failures.push(format!("{} numbers issued twice", figures["oversold"]));
+    }
+    Report::new(&figures, failures)
 }
 
 async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
-    let (store, _) = tombola::testing::fresh_database(args.connections).await.map_err(|e| e.to_string())?;
+    let (store, _) = tombola::testing::fresh_database(args.connections)
+        .await
+        .map_err(|e| e.to_string())?;
     let synchronous_commit: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(store.pool())
         .await
         .map_err(|e| e.to_string())?;
-    eprintln!("engine bench: {} tickets, {} callers, {} s each; synchronous_commit={synchronous_commit}", args.tickets, args.concurrency, args.seconds);
+    eprintln!(
+        "engine bench: {} tickets, {} callers, {} s each; synchronous_commit={synchronous_commit}",
+        args.tickets, args.concurrency, args.seconds
+    );
 
-    let tombola = drive(Arc::new(EngineTarget::new(store.clone(), args.tickets).await?), args).await;
-    eprintln!("tombola engine: {:.0} commands/s, p99 {:.1} ms", tombola.per_sec(), tombola.p99_ms());
+    let tombola = drive(
+        Arc::new(EngineTarget::new(store.clone(), args.tickets).await?),
+        args,
+    )
+    .await;
+    eprintln!(
+        "tombola engine: {:.0} commands/s, p99 {:.1} ms",
+        tombola.per_sec(),
+        tombola.p99_ms()
+    );
     let oversold = check_log(&store, tombola.raffle_id, args.tickets).await?;
 
     let snapshot_sound = cqrs_snapshots_are_sound(&store).await?;
-    let (baseline_store, _) = tombola::testing::fresh_database(args.connections).await.map_err(|e| e.to_string())?;
-    let baseline_target = CqrsTarget::new(baseline_store.clone(), args.tickets, snapshot_sound).await?;
+    let (baseline_store, _) = tombola::testing::fresh_database(args.connections)
+        .await
+        .map_err(|e| e.to_string())?;
+    let baseline_target =
+        CqrsTarget::new(baseline_store.clone(), args.tickets, snapshot_sound).await?;
     let baseline = drive(Arc::new(baseline_target), args).await;
-    eprintln!("cqrs-es baseline: {:.0} commands/s, p99 {:.1} ms", baseline.per_sec(), baseline.p99_ms());
+    eprintln!(
+        "cqrs-es baseline: {:.0} commands/s, p99 {:.1} ms",
+        baseline.per_sec(),
+        baseline.p99_ms()
+    );
     let baseline_oversold = check_log(&baseline_store, baseline.raffle_id, args.tickets).await?;
 
     Ok(json!({
@@ -103,7 +129,10 @@ enum Failure {
 
 trait Target: Send + Sync + 'static {
     fn raffle_id(&self) -> Uuid;
-    fn execute(&self, command: RaffleCommand) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+    fn execute(
+        &self,
+        command: RaffleCommand,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
 }
 
 fn classify(error: &RaffleError) -> Failure {
@@ -129,7 +158,8 @@ impl Outcome {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
-        let index = ((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len() - 1);
+        let index =
+            ((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len() - 1);
         (f64::from(self.latencies_us[index]) / 100.0).round() / 10.0
     }
     fn p99_ms(&self) -> f64 {
@@ -148,17 +178,27 @@ async fn drive<T: Target>(target: Arc<T>, args: &Args) -> Outcome {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut paid: Vec<Uuid> = Vec::new();
-            let buyer = Buyer::parse("Bench Buyer", &format!("buyer{caller}@example.com"), None).expect("valid");
+            let buyer = Buyer::parse("Bench Buyer", &format!("buyer{caller}@example.com"), None)
+                .expect("valid");
             let mut attempt = 0;
             while Instant::now() < deadline {
                 let order_id = Uuid::new_v4();
-                let reserve = RaffleCommand::Reserve(Reserve { order_id, buyer: buyer.clone(), selection: Selection::Random(3) });
+                let reserve = RaffleCommand::Reserve(Reserve {
+                    order_id,
+                    buyer: buyer.clone(),
+                    selection: Selection::Random(3),
+                });
                 let command_started = Instant::now();
                 match target.execute(reserve).await {
                     Ok(()) => latencies.push(command_started.elapsed().as_micros() as u32),
                     Err(Failure::SoldOut) => {
                         if let Some(order_id) = paid.pop() {
-                            let refund = RaffleCommand::Refund(RefundOrder { order_id, amount_refunded_minor: None, reason: "bench".into(), refund_id: None });
+                            let refund = RaffleCommand::Refund(RefundOrder {
+                                order_id,
+                                amount_refunded_minor: None,
+                                reason: "bench".into(),
+                                refund_id: None,
+                            });
                             let started = Instant::now();
                             if target.execute(refund).await.is_ok() {
                                 latencies.push(started.elapsed().as_micros() as u32);
@@ -237,11 +277,19 @@ struct EngineTarget {
 
 impl EngineTarget {
     async fn new(store: Store, tickets: u32) -> Result<Self, String> {
-        let engine = Engine::new(store, EngineConfig { queue_capacity: 8192, ..EngineConfig::default() });
+        let engine = Engine::new(
+            store,
+            EngineConfig {
+                queue_capacity: 8192,
+                ..EngineConfig::default()
+            },
+        );
         let raffle_id = Uuid::now_v7();
         let this = Self { engine, raffle_id };
         for command in [create_command(raffle_id, tickets), RaffleCommand::OpenSales] {
-            this.execute(command).await.map_err(|_| "could not set up the raffle".to_owned())?;
+            this.execute(command)
+                .await
+                .map_err(|_| "could not set up the raffle".to_owned())?;
         }
         Ok(this)
     }
@@ -263,8 +311,12 @@ impl Target for EngineTarget {
         };
         match self.engine.execute(self.raffle_id, command, meta).await {
             Ok(_) => Ok(()),
-            Err(EngineError::Rejected(rejection)) if rejection.code == "not_enough_tickets" => Err(Failure::SoldOut),
-            Err(EngineError::Overloaded { .. } | EngineError::Unavailable { .. }) => Err(Failure::Retry),
+            Err(EngineError::Rejected(rejection)) if rejection.code == "not_enough_tickets" => {
+                Err(Failure::SoldOut)
+            }
+            Err(EngineError::Overloaded { .. } | EngineError::Unavailable { .. }) => {
+                Err(Failure::Retry)
+            }
             Err(other) => Err(Failure::Fatal(other.to_string())),
         }
     }
@@ -286,9 +338,17 @@ impl CqrsTarget {
             PersistedEventStore::new_event_store(repo)
         };
         let cqrs = CqrsFramework::new(event_store, vec![], RaffleServices::system());
-        let this = Self { cqrs, raffle_id: Uuid::now_v7() };
-        for command in [create_command(this.raffle_id, tickets), RaffleCommand::OpenSales] {
-            this.execute(command).await.map_err(|_| "could not set up the baseline raffle".to_owned())?;
+        let this = Self {
+            cqrs,
+            raffle_id: Uuid::now_v7(),
+        };
+        for command in [
+            create_command(this.raffle_id, tickets),
+            RaffleCommand::OpenSales,
+        ] {
+            this.execute(command)
+                .await
+                .map_err(|_| "could not set up the baseline raffle".to_owned())?;
         }
         Ok(this)
     }
@@ -300,7 +360,11 @@ impl Target for CqrsTarget {
     }
 
     async fn execute(&self, command: RaffleCommand) -> Result<(), Failure> {
-        match self.cqrs.execute(&self.raffle_id.to_string(), command).await {
+        match self
+            .cqrs
+            .execute(&self.raffle_id.to_string(), command)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(AggregateError::UserError(error)) => Err(classify(&error)),
             Err(AggregateError::AggregateConflict) => Err(Failure::Retry),
@@ -321,21 +385,39 @@ async fn cqrs_snapshots_are_sound(store: &Store) -> Result<bool, String> {
     let buyer = Buyer::parse("Check", "check@example.com", None).expect("valid");
     let mut commands = vec![create_command(raffle_id, 100), RaffleCommand::OpenSales];
     for _ in 0..5 {
-        commands.push(RaffleCommand::Reserve(Reserve { order_id: Uuid::new_v4(), buyer: buyer.clone(), selection: Selection::Random(2) }));
+        commands.push(RaffleCommand::Reserve(Reserve {
+            order_id: Uuid::new_v4(),
+            buyer: buyer.clone(),
+            selection: Selection::Random(2),
+        }));
     }
     for command in commands {
-        cqrs.execute(&id, command).await.map_err(|e| e.to_string())?;
+        cqrs.execute(&id, command)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    let snapshot_loaded = PersistedEventStore::<_, Raffle>::new_snapshot_store(PostgresEventRepository::new(store.pool().clone()), 2)
-        .load_aggregate(&id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let replayed = PersistedEventStore::<_, Raffle>::new_event_store(PostgresEventRepository::new(store.pool().clone()))
-        .load_aggregate(&id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let snapshot_loaded = PersistedEventStore::<_, Raffle>::new_snapshot_store(
+        PostgresEventRepository::new(store.pool().clone()),
+        2,
+    )
+    .load_aggregate(&id)
+    .await
+    .map_err(|e| e.to_string())?;
+    let replayed = PersistedEventStore::<_, Raffle>::new_event_store(PostgresEventRepository::new(
+        store.pool().clone(),
+    ))
+    .load_aggregate(&id)
+    .await
+    .map_err(|e| e.to_string())?;
     let sound = snapshot_loaded.aggregate == replayed.aggregate;
-    eprintln!("cqrs-es snapshot mode {}", if sound { "agrees with a full replay" } else { "DISAGREES with a full replay (events applied twice): baseline uses full replay" });
+    eprintln!(
+        "cqrs-es snapshot mode {}",
+        if sound {
+            "agrees with a full replay"
+        } else {
+            "DISAGREES with a full replay (events applied twice): baseline uses full replay"
+        }
+    );
     Ok(sound)
 }
 
@@ -360,7 +442,9 @@ async fn check_log(store: &Store, raffle_id: Uuid, tickets: u32) -> Result<u64, 
     for event in &events {
         raffle.apply_event(event);
         match event {
-            RaffleEvent::TicketsIssued { order_id, numbers, .. } => {
+            RaffleEvent::TicketsIssued {
+                order_id, numbers, ..
+            } => {
                 for n in numbers {
                     if owner.insert(*n, *order_id).is_some() {
                         oversold += 1;

@@ -6,8 +6,10 @@
 
 mod alloc;
 mod domain;
+mod engine;
 mod report;
 mod sys;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -28,12 +30,19 @@ enum Command {
     /// The Raffle aggregate in memory: build a sold-out raffle, measure resident memory,
     /// decision throughput and the snapshot, against a naive model built in the same run.
     Domain(domain::Args),
+    /// One hot raffle through Tombola's engine (group commit) against cqrs-es's
+    /// `CqrsFramework` + postgres-es, same aggregate and workload, real PostgreSQL.
+    Engine(engine::Args),
+    /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
+    Webhooks(webhooks::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
         Command::Domain(args) => domain::run(args),
+        Command::Engine(args) => engine::run(args),
+        Command::Webhooks(args) => webhooks::run(args),
     };
     report::finish(outcome)
 }

@@ -21,6 +21,8 @@ use tombola::payments::stripe::Stripe;
 use tombola::startup::Application;
 use uuid::Uuid;
 
+use crate::report::{BenchResult, Report};
+
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Concurrent connections sending deliveries.
@@ -49,9 +51,22 @@ pub struct Args {
 const SECRET: &str = "whsec_bench_secret";
 const DUPLICATE_PERCENT: u64 = 10;
 
-pub fn run(args: &Args) -> Result<serde_json::Value, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(run_async(args))
+pub fn run(args: &Args) -> BenchResult<Report> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let figures = runtime.block_on(run_async(args))?;
+    let mut failures = Vec::new();
+    if figures["duplicates_issued"] != 0 {
+        failures.push(format!(
+            "{} orders issued twice",
+            figures["duplicates_issued"]
+        ));
+    }
+    if figures["orders_paid"] != figures["orders_expected"] {
+        failures.push("not every paid order was issued".to_owned());
+    }
+    Report::new(&figures, failures)
 }
 
 struct Order {
@@ -63,12 +78,23 @@ struct Order {
 async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let (base, api_key, secret, store, server) = match &args.url {
         Some(url) => {
-            let database = std::env::var("DATABASE_URL").map_err(|_| "--url needs DATABASE_URL for the server's database".to_owned())?;
-            let store = tombola::store::Store::connect(&database, 4).await.map_err(|e| e.to_string())?;
-            (url.trim_end_matches('/').to_owned(), args.api_key.clone().unwrap_or_default(), args.secret.clone().unwrap_or_default(), store, None)
+            let database = std::env::var("DATABASE_URL")
+                .map_err(|_| "--url needs DATABASE_URL for the server's database".to_owned())?;
+            let store = tombola::store::Store::connect(&database, 4)
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                url.trim_end_matches('/').to_owned(),
+                args.api_key.clone().unwrap_or_default(),
+                args.secret.clone().unwrap_or_default(),
+                store,
+                None,
+            )
         }
         None => {
-            let (store, _) = tombola::testing::fresh_database(32).await.map_err(|e| e.to_string())?;
+            let (store, _) = tombola::testing::fresh_database(32)
+                .await
+                .map_err(|e| e.to_string())?;
             let serve = ServeArgs {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 rate_limit_per_key: 1_000_000,
@@ -82,13 +108,17 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
                 stripe_tolerance_secs: 300,
                 payment_workers: 4,
             };
-            let app = Application::build(&serve, store.clone()).await.map_err(|e| e.to_string())?;
+            let app = Application::build(&serve, store.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             let base = format!("http://127.0.0.1:{}", app.port());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(app.run_until_stopped(async move {
                 let _ = stopped.await;
             }));
-            let key = Keys::create(&store, Role::Admin, None, Some("bench")).await.map_err(|e| e.to_string())?;
+            let key = Keys::create(&store, Role::Admin, None, Some("bench"))
+                .await
+                .map_err(|e| e.to_string())?;
             (base, key, SECRET.to_owned(), store, Some((stop, handle)))
         }
     };
@@ -99,10 +129,16 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
 
     let deliveries = (u64::from(args.rate) * args.seconds) as usize;
     let unique = deliveries * (100 - DUPLICATE_PERCENT as usize) / 100 + 1;
-    eprintln!("webhooks bench: setting up {unique} reserved orders over {} raffles", args.raffles);
+    eprintln!(
+        "webhooks bench: setting up {unique} reserved orders over {} raffles",
+        args.raffles
+    );
     let orders = Arc::new(setup_orders(&client, &base, &api_key, args.raffles, unique).await?);
 
-    eprintln!("webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates)", args.rate);
+    eprintln!(
+        "webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates)",
+        args.rate
+    );
     let first_sent: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>> = Arc::default();
     let sent_bodies: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
@@ -123,12 +159,26 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
             next_unique += 1;
             ((delivery_body(order), String::new()), Some(order.order_id))
         };
-        let (client, base, secret, first_sent, sent_bodies) = (client.clone(), base.clone(), secret.clone(), first_sent.clone(), sent_bodies.clone());
+        let (client, base, secret, first_sent, sent_bodies) = (
+            client.clone(),
+            base.clone(),
+            secret.clone(),
+            first_sent.clone(),
+            sent_bodies.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let header = if body.1.is_empty() { Stripe::sign(&secret, Utc::now().timestamp(), body.0.as_bytes()) } else { body.1.clone() };
+            let header = if body.1.is_empty() {
+                Stripe::sign(&secret, Utc::now().timestamp(), body.0.as_bytes())
+            } else {
+                body.1.clone()
+            };
             if let Some(order_id) = order_id {
-                first_sent.lock().await.entry(order_id).or_insert_with(Utc::now);
+                first_sent
+                    .lock()
+                    .await
+                    .entry(order_id)
+                    .or_insert_with(Utc::now);
             }
             let t0 = Instant::now();
             let response = client
@@ -161,12 +211,17 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let acks = latencies.len();
 
     let expected: Vec<Uuid> = first_sent.lock().await.keys().copied().collect();
-    eprintln!("webhooks bench: waiting for {} orders to be issued", expected.len());
+    eprintln!(
+        "webhooks bench: waiting for {} orders to be issued",
+        expected.len()
+    );
     let issued = wait_for_issuance(&store, &expected).await?;
     let first_sent = first_sent.lock().await;
     let mut lags: Vec<i64> = issued
         .iter()
-        .filter_map(|(order, (_, at))| Some((*at - *first_sent.get(order)?).num_milliseconds().max(0)))
+        .filter_map(|(order, (_, at))| {
+            Some((*at - *first_sent.get(order)?).num_milliseconds().max(0))
+        })
         .collect();
     lags.sort_unstable();
     let duplicates_issued = issued.values().filter(|(count, _)| *count > 1).count();
@@ -175,8 +230,16 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         let _ = stop.send(());
         let _ = handle.await;
     }
-    let pct = |sorted: &[u64], p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).map_or(0.0, |us| *us as f64 / 1000.0);
-    let lag_pct = |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |sorted: &[u64], p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    let lag_pct = |p: f64| {
+        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     Ok(json!({
         "bench": "webhooks",
         "deliveries": deliveries,
@@ -221,7 +284,13 @@ fn delivery_body(order: &Order) -> String {
     .to_string()
 }
 
-async fn setup_orders(client: &reqwest::Client, base: &str, key: &str, raffles: usize, count: usize) -> Result<Vec<Order>, String> {
+async fn setup_orders(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    raffles: usize,
+    count: usize,
+) -> Result<Vec<Order>, String> {
     let mut raffle_ids = Vec::new();
     for i in 0..raffles {
         let body = json!({
@@ -234,16 +303,30 @@ async fn setup_orders(client: &reqwest::Client, base: &str, key: &str, raffles: 
             "draw_commitment": "19b25856e1c150ca834cffc8b59b23adbd0ec0389e58eb22b3b64768098d002b",
             "organizer_id": "bench",
         });
-        let raffle: serde_json::Value = post(client, &format!("{base}/v1/raffles"), key, &body).await?;
+        let raffle: serde_json::Value =
+            post(client, &format!("{base}/v1/raffles"), key, &body).await?;
         let id = raffle["id"].as_str().ok_or("no raffle id")?.to_owned();
-        post(client, &format!("{base}/v1/raffles/{id}/open"), key, &json!({})).await?;
+        post(
+            client,
+            &format!("{base}/v1/raffles/{id}/open"),
+            key,
+            &json!({}),
+        )
+        .await?;
         raffle_ids.push(Uuid::parse_str(&id).map_err(|e| e.to_string())?);
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let orders = Arc::new(Mutex::new(Vec::with_capacity(count)));
     let mut workers = Vec::new();
     for _ in 0..64 {
-        let (client, base, key, next, orders, raffle_ids) = (client.clone(), base.to_owned(), key.to_owned(), next.clone(), orders.clone(), raffle_ids.clone());
+        let (client, base, key, next, orders, raffle_ids) = (
+            client.clone(),
+            base.to_owned(),
+            key.to_owned(),
+            next.clone(),
+            orders.clone(),
+            raffle_ids.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -262,11 +345,24 @@ async fn setup_orders(client: &reqwest::Client, base: &str, key: &str, raffles: 
     for worker in workers {
         worker.await.map_err(|e| e.to_string())??;
     }
-    Ok(Arc::try_unwrap(orders).map_err(|_| "orders still shared")?.into_inner())
+    Ok(Arc::try_unwrap(orders)
+        .map_err(|_| "orders still shared")?
+        .into_inner())
 }
 
-async fn post(client: &reqwest::Client, url: &str, key: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let response = client.post(url).bearer_auth(key).json(body).send().await.map_err(|e| e.to_string())?;
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     let value: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -277,7 +373,10 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: &serde_json:
 
 /// Per order: how many `TicketsIssued` events, and when the first was recorded. Waits (up to
 /// two minutes) until every expected order has one.
-async fn wait_for_issuance(store: &tombola::store::Store, expected: &[Uuid]) -> Result<HashMap<Uuid, (i64, DateTime<Utc>)>, String> {
+async fn wait_for_issuance(
+    store: &tombola::store::Store,
+    expected: &[Uuid],
+) -> Result<HashMap<Uuid, (i64, DateTime<Utc>)>, String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
@@ -292,7 +391,9 @@ async fn wait_for_issuance(store: &tombola::store::Store, expected: &[Uuid]) -> 
             return rows
                 .into_iter()
                 .map(|(order, count, at)| {
-                    let at = DateTime::parse_from_rfc3339(&at).map_err(|e| e.to_string())?.with_timezone(&Utc);
+                    let at = DateTime::parse_from_rfc3339(&at)
+                        .map_err(|e| e.to_string())?
+                        .with_timezone(&Utc);
                     Ok((order, (count, at)))
                 })
                 .collect();
