@@ -36,16 +36,16 @@ CREATE TABLE raffle_snapshots
     taken_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per raffle, written in the same transaction as the events that change it: lets
--- the engine re-arm hold timers at start-up and the API list and scope raffles without
--- loading them.
+-- One row per raffle, written in the same transaction as the events that create it or
+-- change its status (not on every batch: the hot path stays one insert): lets the engine
+-- re-arm hold timers at start-up and the API list and scope raffles without loading them.
 CREATE TABLE raffles
 (
     raffle_id     uuid PRIMARY KEY,
     organizer_id  text        NOT NULL,
     title         text        NOT NULL,
     status        text        NOT NULL,
-    last_sequence bigint      NOT NULL,
+    status_sequence bigint    NOT NULL,
     created_at    timestamptz NOT NULL,
     updated_at    timestamptz NOT NULL
 );

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::payments::inbox;
+use crate::payments::intake::Delivery;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAck {
@@ -46,10 +46,16 @@ pub async fn stripe(
     let event = provider
         .parse(&body)
         .map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
-    let new =
-        inbox::store_delivery(state.engine.store(), provider.name(), &event, &payload).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::InvalidWebhook("body is not UTF-8".into()))?;
+    let new = payments
+        .intake
+        .submit(Delivery::new(provider.name(), event, body))
+        .await
+        .map_err(|reason| {
+            tracing::warn!(%reason, "delivery not stored");
+            ApiError::Unavailable { retry_after: std::time::Duration::from_secs(1) }
+        })?;
     if new {
         payments.wake.notify_one();
     }

@@ -290,6 +290,7 @@ impl Writer {
             .collect();
 
         let now = self.services.now();
+        let (status_before, created_before) = (self.state.status(), self.state.config().is_some());
         let mut batch = AppendBatch::default();
         let mut published = Vec::new();
         let mut results = Vec::with_capacity(commands.len());
@@ -387,12 +388,12 @@ impl Writer {
         if batch.is_empty() {
             return Ok(results);
         }
-        if !batch.events.is_empty() {
+        if !batch.events.is_empty() && (self.state.status(), created_before) != (status_before, true) {
             batch.registry = self.state.config().map(|config| crate::store::RegistryRow {
                 organizer_id: config.organizer_id.clone(),
                 title: config.title.clone(),
                 status: status_name(self.state.status()),
-                last_sequence: sequence,
+                status_sequence: sequence,
                 created_at: now,
             });
         }

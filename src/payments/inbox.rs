@@ -5,40 +5,7 @@ use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::provider::{PaymentAction, ProviderEvent};
 use crate::store::{Store, StoreError};
-
-/// Stores a verified delivery unless the same provider event is already there. Returns
-/// whether it was new.
-pub async fn store_delivery(
-    store: &Store,
-    provider: &str,
-    event: &ProviderEvent,
-    payload: &serde_json::Value,
-) -> Result<bool, StoreError> {
-    let status = if event.action == PaymentAction::Ignored {
-        "ignored"
-    } else {
-        "pending"
-    };
-    let inserted = sqlx::query(
-        "INSERT INTO payment_inbox \
-           (provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (provider, event_id) DO NOTHING",
-    )
-    .bind(provider)
-    .bind(&event.event_id)
-    .bind(&event.event_type)
-    .bind(payload)
-    .bind(event.action.payment_id())
-    .bind(event.raffle_id)
-    .bind(event.order_id)
-    .bind(status)
-    .execute(store.pool())
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
-}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueDelivery {
@@ -93,38 +60,54 @@ pub enum Settlement<'a> {
     },
 }
 
+/// Settles a batch of deliveries with one statement.
 pub async fn settle(
     tx: &mut Transaction<'_, Postgres>,
-    provider: &str,
-    event_id: &str,
-    settlement: Settlement<'_>,
+    settled: &[(&str, &str, Settlement<'_>)],
 ) -> Result<(), StoreError> {
-    let (status, outcome, error, next) = match settlement {
-        Settlement::Done { outcome } => ("done", Some(outcome), None, None),
-        Settlement::Rejected { error } => ("rejected", None, Some(error), None),
-        Settlement::Retry {
-            error,
-            next_attempt_at,
-            give_up,
-        } => (
-            if give_up { "failed" } else { "pending" },
-            None,
-            Some(error),
-            Some(next_attempt_at),
-        ),
-    };
+    let mut providers = Vec::with_capacity(settled.len());
+    let mut event_ids = Vec::with_capacity(settled.len());
+    let mut statuses = Vec::with_capacity(settled.len());
+    let mut outcomes = Vec::with_capacity(settled.len());
+    let mut errors = Vec::with_capacity(settled.len());
+    let mut next_attempts = Vec::with_capacity(settled.len());
+    for (provider, event_id, settlement) in settled {
+        let (status, outcome, error, next) = match settlement {
+            Settlement::Done { outcome } => ("done", Some(*outcome), None, None),
+            Settlement::Rejected { error } => ("rejected", None, Some(*error), None),
+            Settlement::Retry {
+                error,
+                next_attempt_at,
+                give_up,
+            } => (
+                if *give_up { "failed" } else { "pending" },
+                None,
+                Some(*error),
+                Some(*next_attempt_at),
+            ),
+        };
+        providers.push(*provider);
+        event_ids.push(*event_id);
+        statuses.push(status);
+        outcomes.push(outcome);
+        errors.push(error);
+        next_attempts.push(next);
+    }
     sqlx::query(
-        "UPDATE payment_inbox SET status = $3, outcome = COALESCE($4, outcome), last_error = $5, \
-           attempts = attempts + 1, next_attempt_at = COALESCE($6, next_attempt_at), \
-           processed_at = CASE WHEN $3 IN ('done', 'rejected') THEN now() END \
-         WHERE provider = $1 AND event_id = $2",
+        "UPDATE payment_inbox i SET status = t.status, outcome = COALESCE(t.outcome, i.outcome), \
+           last_error = t.error, attempts = i.attempts + 1, \
+           next_attempt_at = COALESCE(t.next_attempt_at, i.next_attempt_at), \
+           processed_at = CASE WHEN t.status IN ('done', 'rejected') THEN now() END \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::timestamptz[]) AS t(provider, event_id, status, outcome, error, next_attempt_at) \
+         WHERE i.provider = t.provider AND i.event_id = t.event_id",
     )
-    .bind(provider)
-    .bind(event_id)
-    .bind(status)
-    .bind(outcome)
-    .bind(error)
-    .bind(next)
+    .bind(&providers)
+    .bind(&event_ids)
+    .bind(&statuses)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&next_attempts)
     .execute(&mut **tx)
     .await?;
     Ok(())

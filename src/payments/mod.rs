@@ -7,6 +7,7 @@
 //! causes a harmless second attempt.
 
 pub mod inbox;
+pub mod intake;
 pub mod provider;
 pub mod stripe;
 pub mod worker;

@@ -20,21 +20,24 @@ use crate::store::Source;
 
 /// Attempts before a delivery is marked failed (about a day and a half of backoff).
 pub const MAX_ATTEMPTS: i32 = 12;
-const BATCH: i64 = 16;
+/// Deliveries per worker transaction; applied concurrently, so they share group commits.
+const BATCH: i64 = 128;
 
 #[derive(Clone)]
 pub struct PaymentsIn {
     pub engine: Engine,
     pub providers: Arc<HashMap<&'static str, Arc<dyn PaymentProvider>>>,
     pub wake: Arc<Notify>,
+    pub intake: super::intake::Intake,
 }
 
 impl PaymentsIn {
     pub fn new(engine: Engine, providers: Vec<Arc<dyn PaymentProvider>>) -> Self {
         Self {
-            engine,
             providers: Arc::new(providers.into_iter().map(|p| (p.name(), p)).collect()),
             wake: Arc::new(Notify::new()),
+            intake: super::intake::Intake::start(engine.store().clone(), 65_536),
+            engine,
         }
     }
 
@@ -86,22 +89,28 @@ impl PaymentsIn {
     /// Processes one batch of due deliveries; returns how many.
     pub async fn process_due(&self) -> Result<usize, crate::store::StoreError> {
         let (mut tx, applied) = self.take_and_apply().await?;
-        for (delivery, result) in &applied {
-            let settlement = match result {
-                Ok(outcome) => Settlement::Done { outcome },
-                Err(Failure::Rejected(error)) => Settlement::Rejected { error },
-                Err(Failure::Retry(error)) => {
-                    let attempt = delivery.attempts + 1;
-                    let delay = retry_delay(attempt);
-                    Settlement::Retry {
-                        error,
-                        next_attempt_at: Utc::now()
-                            + chrono::Duration::from_std(delay).unwrap_or_default(),
-                        give_up: attempt >= MAX_ATTEMPTS,
+        let settled: Vec<_> = applied
+            .iter()
+            .map(|(delivery, result)| {
+                let settlement = match result {
+                    Ok(outcome) => Settlement::Done { outcome },
+                    Err(Failure::Rejected(error)) => Settlement::Rejected { error },
+                    Err(Failure::Retry(error)) => {
+                        let attempt = delivery.attempts + 1;
+                        Settlement::Retry {
+                            error,
+                            next_attempt_at: Utc::now()
+                                + chrono::Duration::from_std(retry_delay(attempt))
+                                    .unwrap_or_default(),
+                            give_up: attempt >= MAX_ATTEMPTS,
+                        }
                     }
-                }
-            };
-            inbox::settle(&mut tx, &delivery.provider, &delivery.event_id, settlement).await?;
+                };
+                (delivery.provider.as_str(), delivery.event_id.as_str(), settlement)
+            })
+            .collect();
+        if !settled.is_empty() {
+            inbox::settle(&mut tx, &settled).await?;
         }
         tx.commit().await?;
         Ok(applied.len())

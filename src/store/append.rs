@@ -23,7 +23,7 @@ pub struct NewEvent {
 pub struct AppendBatch {
     pub events: Vec<NewEvent>,
     pub idempotency: Vec<IdempotencyRecord>,
-    /// Registry row after this batch.
+    /// Registry row, when this batch created the raffle or changed its status.
     pub registry: Option<RegistryRow>,
 }
 
@@ -32,7 +32,8 @@ pub struct RegistryRow {
     pub organizer_id: String,
     pub title: String,
     pub status: &'static str,
-    pub last_sequence: u64,
+    /// The sequence of the event that set `status`.
+    pub status_sequence: u64,
     pub created_at: DateTime<Utc>,
 }
 
@@ -67,38 +68,16 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let aggregate_id = raffle_id.to_string();
         if !batch.events.is_empty() {
-            let mut sequences = Vec::with_capacity(batch.events.len());
-            let mut types = Vec::with_capacity(batch.events.len());
-            let mut versions = Vec::with_capacity(batch.events.len());
-            let mut payloads = Vec::with_capacity(batch.events.len());
-            let mut metadata = Vec::with_capacity(batch.events.len());
-            let mut orders = Vec::with_capacity(batch.events.len());
-            for event in &batch.events {
-                orders.push(event.order_id);
-                sequences.push(event.sequence as i64);
-                types.push(event.event_type);
-                versions.push(event.event_version);
-                payloads.push(event.payload.as_str());
-                metadata.push(event.metadata.as_str());
-            }
-            sqlx::query(
-                "INSERT INTO events \
-                   (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-                    metadata, order_id) \
-                 SELECT $1, $2, t.seq, t.etype, t.ever, t.payload::json, t.meta::json, t.order_id \
-                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                             $8::uuid[]) AS t(seq, etype, ever, payload, meta, order_id)",
-            )
-            .bind(RAFFLE_STREAM)
-            .bind(&aggregate_id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(&orders)
-            .execute(&mut *tx)
-            .await?;
+            // Binary COPY: measured faster than a multi-row INSERT for a group commit's rows.
+            // A duplicate (aggregate, sequence) still fails the primary key: the conflict.
+            let mut copy = tx
+                .copy_in_raw(
+                    "COPY events (aggregate_type, aggregate_id, sequence, event_type, \
+                     event_version, payload, metadata, order_id) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            copy.send(copy_rows(&aggregate_id, &batch.events)).await?;
+            copy.finish().await?;
         }
         if !batch.idempotency.is_empty() {
             let scopes: Vec<&str> = batch.idempotency.iter().map(|r| r.scope.as_str()).collect();
@@ -130,17 +109,17 @@ impl Store {
         if let Some(row) = &batch.registry {
             sqlx::query(
                 "INSERT INTO raffles \
-                   (raffle_id, organizer_id, title, status, last_sequence, created_at, updated_at) \
+                   (raffle_id, organizer_id, title, status, status_sequence, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, now()) \
                  ON CONFLICT (raffle_id) DO UPDATE \
-                   SET status = EXCLUDED.status, last_sequence = EXCLUDED.last_sequence, \
+                   SET status = EXCLUDED.status, status_sequence = EXCLUDED.status_sequence, \
                        updated_at = now()",
             )
             .bind(raffle_id)
             .bind(&row.organizer_id)
             .bind(&row.title)
             .bind(row.status)
-            .bind(row.last_sequence as i64)
+            .bind(row.status_sequence as i64)
             .bind(row.created_at)
             .execute(&mut *tx)
             .await?;
@@ -180,4 +159,38 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// The events in PostgreSQL's binary COPY format: a header, then per row a field count and
+/// each field as length + bytes (`json` takes its text, `bigint` 8 bytes big-endian, `uuid`
+/// 16 bytes, NULL length -1), then a trailer.
+fn copy_rows(aggregate_id: &str, events: &[NewEvent]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let size: usize = events
+        .iter()
+        .map(|e| e.payload.len() + e.metadata.len() + 160)
+        .sum();
+    let mut out = Vec::with_capacity(21 + size);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for event in events {
+        out.extend_from_slice(&8i16.to_be_bytes());
+        field(&mut out, RAFFLE_STREAM.as_bytes());
+        field(&mut out, aggregate_id.as_bytes());
+        field(&mut out, &(event.sequence as i64).to_be_bytes());
+        field(&mut out, event.event_type.as_bytes());
+        field(&mut out, event.event_version.as_bytes());
+        field(&mut out, event.payload.as_bytes());
+        field(&mut out, event.metadata.as_bytes());
+        match event.order_id {
+            Some(order_id) => field(&mut out, order_id.as_bytes()),
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
