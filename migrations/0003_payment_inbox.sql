@@ -5,7 +5,7 @@ CREATE TABLE payment_inbox
     provider        text        NOT NULL,
     event_id        text        NOT NULL,
     event_type      text        NOT NULL,
-    payload         jsonb       NOT NULL,
+    payload         json        NOT NULL,
     -- What the delivery is about, when it says so (refunds find their order through it).
     payment_id      text,
     raffle_id       uuid,

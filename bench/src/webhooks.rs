@@ -139,84 +139,87 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates)",
         args.rate
     );
-    let first_sent: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>> = Arc::default();
-    let sent_bodies: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(deliveries);
+    // Every delivery is prepared (and signed) before the clock starts, so the senders only
+    // send; a duplicate is an exact copy (same body, same signature) of an earlier one.
+    let now = Utc::now().timestamp();
+    let mut plans: Vec<(Arc<str>, Arc<str>, Option<Uuid>)> = Vec::with_capacity(deliveries);
     let mut next_unique = 0;
     for i in 0..deliveries {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let permit = permits.clone().acquire_owned().await.expect("semaphore");
-        let duplicate = i % 10 == 9 && !sent_bodies.lock().await.is_empty();
-        let (body, order_id) = if duplicate {
-            let bodies = sent_bodies.lock().await;
-            (bodies[i % bodies.len()].clone(), None)
+        if i % 10 == 9 {
+            let (body, header, _) = plans[i - 5].clone();
+            plans.push((body, header, None));
         } else {
             let order = &orders[next_unique % orders.len()];
             next_unique += 1;
-            ((delivery_body(order), String::new()), Some(order.order_id))
-        };
-        let (client, base, secret, first_sent, sent_bodies) = (
+            let body = delivery_body(order);
+            let header = Stripe::sign(&secret, now, body.as_bytes());
+            plans.push((body.into(), header.into(), Some(order.order_id)));
+        }
+    }
+    let plans = Arc::new(plans);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut senders = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        let (client, url, plans, next) = (
             client.clone(),
-            base.clone(),
-            secret.clone(),
-            first_sent.clone(),
-            sent_bodies.clone(),
+            format!("{base}/v1/webhooks/stripe"),
+            plans.clone(),
+            next.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let header = if body.1.is_empty() {
-                Stripe::sign(&secret, Utc::now().timestamp(), body.0.as_bytes())
-            } else {
-                body.1.clone()
-            };
-            if let Some(order_id) = order_id {
-                first_sent
-                    .lock()
-                    .await
-                    .entry(order_id)
-                    .or_insert_with(Utc::now);
+        senders.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut first_sent = Vec::new();
+            let mut failed = 0u64;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((body, header, order_id)) = plans.get(i) else {
+                    break;
+                };
+                tokio::time::sleep_until((started + interval * i as u32).into()).await;
+                if let Some(order_id) = order_id {
+                    first_sent.push((*order_id, Utc::now()));
+                }
+                let t0 = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("stripe-signature", header.as_ref())
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        latencies.push(t0.elapsed().as_micros() as u64)
+                    }
+                    _ => failed += 1,
+                }
             }
-            let t0 = Instant::now();
-            let response = client
-                .post(format!("{base}/v1/webhooks/stripe"))
-                .header("stripe-signature", &header)
-                .header("content-type", "application/json")
-                .body(body.0.clone())
-                .send()
-                .await;
-            let latency = t0.elapsed();
-            let ok = matches!(&response, Ok(r) if r.status().is_success());
-            if ok && order_id.is_some() {
-                sent_bodies.lock().await.push((body.0, header));
-            }
-            (latency, ok)
+            (latencies, first_sent, failed)
         }));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut latencies = Vec::with_capacity(deliveries);
+    let mut first_sent: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
     let mut failed = 0u64;
-    for task in tasks {
-        let (latency, ok) = task.await.map_err(|e| e.to_string())?;
-        if ok {
-            latencies.push(latency.as_micros() as u64);
-        } else {
-            failed += 1;
+    for sender in senders {
+        let (l, sent, f) = sender.await.map_err(|e| e.to_string())?;
+        latencies.extend(l);
+        for (order, at) in sent {
+            first_sent.entry(order).or_insert(at);
         }
+        failed += f;
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     let acks = latencies.len();
 
-    let expected: Vec<Uuid> = first_sent.lock().await.keys().copied().collect();
+    let expected: Vec<Uuid> = first_sent.keys().copied().collect();
     eprintln!(
         "webhooks bench: waiting for {} orders to be issued",
         expected.len()
     );
     let issued = wait_for_issuance(&store, &expected).await?;
-    let first_sent = first_sent.lock().await;
     let mut lags: Vec<i64> = issued
         .iter()
         .filter_map(|(order, (_, at))| {

@@ -116,7 +116,7 @@ async fn insert(
     let rows: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO payment_inbox \
            (provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status) \
-         SELECT t.provider, t.event_id, t.event_type, t.payload::jsonb, t.payment_id, \
+         SELECT t.provider, t.event_id, t.event_type, t.payload::json, t.payment_id, \
                 t.raffle_id, t.order_id, t.status \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], \
                      $7::uuid[], $8::text[]) \
