@@ -54,7 +54,9 @@ pub async fn stripe(
         .await
         .map_err(|reason| {
             tracing::warn!(%reason, "delivery not stored");
-            ApiError::Unavailable { retry_after: std::time::Duration::from_secs(1) }
+            ApiError::Unavailable {
+                retry_after: std::time::Duration::from_secs(1),
+            }
         })?;
     if new {
         payments.wake.notify_one();

@@ -388,7 +388,9 @@ impl Writer {
         if batch.is_empty() {
             return Ok(results);
         }
-        if !batch.events.is_empty() && (self.state.status(), created_before) != (status_before, true) {
+        if !batch.events.is_empty()
+            && (self.state.status(), created_before) != (status_before, true)
+        {
             batch.registry = self.state.config().map(|config| crate::store::RegistryRow {
                 organizer_id: config.organizer_id.clone(),
                 title: config.title.clone(),

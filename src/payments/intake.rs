@@ -137,7 +137,10 @@ async fn insert(
     Ok(rows
         .into_iter()
         .filter_map(|(provider, event_id)| {
-            providers.iter().find(|p| **p == provider).map(|p| (*p, event_id))
+            providers
+                .iter()
+                .find(|p| **p == provider)
+                .map(|p| (*p, event_id))
         })
         .collect())
 }

@@ -119,7 +119,11 @@ impl PaymentsIn {
                         }
                     }
                 };
-                (delivery.provider.as_str(), delivery.event_id.as_str(), settlement)
+                (
+                    delivery.provider.as_str(),
+                    delivery.event_id.as_str(),
+                    settlement,
+                )
             })
             .collect();
         if !settled.is_empty() {
@@ -146,8 +150,38 @@ impl PaymentsIn {
     async fn take_and_apply(&self) -> Result<AppliedBatch, crate::store::StoreError> {
         let mut tx = self.engine.store().pool().begin().await?;
         let due = inbox::take_due(&mut tx, BATCH).await?;
-        // Concurrently: commands for one raffle then share its writer's group commit.
-        let results = futures::future::join_all(due.iter().map(|d| self.apply(d))).await;
+        // Deliveries about one payment are applied in the order they are due; different
+        // payments concurrently, so commands for one raffle share its writer's group commit.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (index, delivery) in due.iter().enumerate() {
+            let payment = delivery.payment_id.as_deref();
+            match payment.and_then(|p| group_of.get(p)) {
+                Some(&group) => groups[group].push(index),
+                None => {
+                    if let Some(payment) = payment {
+                        group_of.insert(payment, groups.len());
+                    }
+                    groups.push(vec![index]);
+                }
+            }
+        }
+        let mut results: Vec<Option<Result<String, Failure>>> = due.iter().map(|_| None).collect();
+        let due_ref = &due;
+        let applied = futures::future::join_all(groups.iter().map(|group| async move {
+            let mut out = Vec::with_capacity(group.len());
+            for &index in group {
+                out.push((index, self.apply(&due_ref[index]).await));
+            }
+            out
+        }))
+        .await;
+        for (index, result) in applied.into_iter().flatten() {
+            results[index] = Some(result);
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.expect("every delivery applied"));
         Ok((tx, due.into_iter().zip(results).collect()))
     }
 
