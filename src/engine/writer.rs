@@ -290,6 +290,8 @@ impl Writer {
             .collect();
 
         let now = self.services.now();
+        // Nobody listening in-process (a bare engine): skip copying events for them.
+        let publishing = self.engine.inner.published.receiver_count() > 0;
         let (status_before, created_before) = (self.state.status(), self.state.config().is_some());
         let mut batch = AppendBatch::default();
         let mut published = Vec::new();
@@ -351,12 +353,14 @@ impl Writer {
                             metadata: metadata.to_json(),
                             order_id: event.order_id(),
                         });
-                        published.push(StoredEvent {
-                            raffle_id: self.raffle_id,
-                            sequence,
-                            event: event.clone(),
-                            metadata,
-                        });
+                        if publishing {
+                            published.push(StoredEvent {
+                                raffle_id: self.raffle_id,
+                                sequence,
+                                event: event.clone(),
+                                metadata,
+                            });
+                        }
                         sequenced.push(SequencedEvent { sequence, event });
                     }
                     Ok(Applied {

@@ -30,7 +30,7 @@ pub struct ChainInput<'a> {
 }
 
 pub fn event_hash(input: &ChainInput<'_>, metadata: &EventMetadata) -> String {
-    let chained = serde_json::to_string(&metadata.chained_fields()).expect("string map");
+    let chained = metadata.chained_json();
     let mut hasher = Sha256::new();
     for part in [
         "tombola-chain-v1",
