@@ -197,10 +197,10 @@ async fn a_slow_request_is_503_and_a_retry_with_its_key_is_safe() {
         .send()
     };
 
-    // The writer's commit waits on a lock the test holds, past the request's time limit.
+    // The writer's commit waits on a lock the test holds (inserts into the event log are
+    // blocked), past the request's time limit.
     let mut lock = app.store.pool().begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM raffles WHERE raffle_id = $1 FOR UPDATE")
-        .bind(raffle)
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();

@@ -15,11 +15,10 @@ async fn requests_in_flight_at_shutdown_are_answered_and_none_is_lost() {
     let mut app = spawn_app().await;
     let raffle = app.raffle_on_sale(json!({"ticket_count": 1000})).await;
 
-    // Hold the raffle's registry row: the writer's next commit waits on it, so requests are
-    // certainly in flight when the signal comes.
+    // Block inserts into the event log: the writer's next commit waits on the lock, so
+    // requests are certainly in flight when the signal comes.
     let mut lock = app.store.pool().begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM raffles WHERE raffle_id = $1 FOR UPDATE")
-        .bind(raffle)
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();
