@@ -99,8 +99,11 @@ impl Raffle {
             }
         });
         section(&mut out, |out| {
-            let mut partial: Vec<(u32, i64)> =
-                orders.partial_refunds.iter().map(|(p, a)| (*p, *a)).collect();
+            let mut partial: Vec<(u32, i64)> = orders
+                .partial_refunds
+                .iter()
+                .map(|(p, a)| (*p, *a))
+                .collect();
             partial.sort_unstable();
             out.extend_from_slice(&(partial.len() as u32).to_le_bytes());
             for (pos, amount) in partial {
@@ -143,7 +146,10 @@ impl Raffle {
         let (book, payments) = std::thread::scope(|scope| {
             let payments = scope.spawn(|| decode_payments(payments_section));
             let book = decode_orders(orders_section, limits_buyers);
-            (book, payments.join().expect("payment decoding does not panic"))
+            (
+                book,
+                payments.join().expect("payment decoding does not panic"),
+            )
         });
         let mut book = book?;
         book.payments = payments?;
