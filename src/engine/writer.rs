@@ -435,7 +435,8 @@ impl Writer {
         let store = self.engine.inner.store.clone();
         let (raffle_id, sequence, hash) =
             (self.raffle_id, self.last_sequence, self.last_hash.clone());
-        tokio::spawn(async move {
+        // Tracked with the writers, so shutdown waits for the save.
+        self.engine.inner.tasks.spawn(async move {
             if let Err(error) = store
                 .save_snapshot(raffle_id, sequence, &hash, &bytes)
                 .await
