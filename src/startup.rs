@@ -24,6 +24,7 @@ pub struct Application {
     engine: Engine,
     payments: Option<PaymentsIn>,
     payment_workers: usize,
+    listener_task: tokio::task::AbortHandle,
 }
 
 impl Application {
@@ -40,7 +41,7 @@ impl Application {
         );
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
-        spawn_remote_commit_listener(engine.clone(), store);
+        let listener_task = spawn_remote_commit_listener(engine.clone(), store);
         let secrets: Vec<String> = args
             .stripe_webhook_secrets
             .iter()
@@ -65,6 +66,7 @@ impl Application {
             engine,
             payments,
             payment_workers: args.payment_workers,
+            listener_task,
         })
     }
 
@@ -105,6 +107,7 @@ impl Application {
             workers.wait().await;
         }
         self.engine.shutdown().await;
+        self.listener_task.abort();
         tracing::info!("stopped");
         Ok(())
     }
@@ -112,7 +115,7 @@ impl Application {
 
 /// Other nodes' commits arrive by NOTIFY; resident raffles catch up so reads stay fresh.
 /// (Correctness never depends on it: appends are conditional on the stream's sequence.)
-fn spawn_remote_commit_listener(engine: Engine, store: Store) {
+fn spawn_remote_commit_listener(engine: Engine, store: Store) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut attempt = 0;
         loop {
@@ -137,7 +140,8 @@ fn spawn_remote_commit_listener(engine: Engine, store: Store) {
             attempt += 1;
             tokio::time::sleep(crate::engine::backoff(attempt.min(8))).await;
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// Resolves on SIGINT or SIGTERM.

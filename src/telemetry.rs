@@ -9,7 +9,8 @@ pub fn init_logging() {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = if std::env::var("TOMBOLA_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

@@ -103,7 +103,7 @@ impl Keys {
         if role != Role::Admin && organizer_id.is_none_or(|o| o.trim().is_empty()) {
             return Err(ApiError::invalid(
                 "organizer",
-                "organizer and client keys need an organizer",
+                "required for organizer and client keys",
             ));
         }
         let key_id = Uuid::new_v4();
