@@ -36,6 +36,19 @@ pub enum RaffleStatus {
     Cancelled,
 }
 
+impl RaffleStatus {
+    /// The stable name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::OnSale => "on_sale",
+            Self::Closed => "closed",
+            Self::Drawn => "drawn",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Raffle {
     pub(crate) config: Option<Box<RaffleConfig>>,

@@ -42,6 +42,16 @@ pub enum LatePaymentPolicy {
     Refund,
 }
 
+impl LatePaymentPolicy {
+    /// The stable name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Substitute => "substitute",
+            Self::Refund => "refund",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaffleConfig {
     pub raffle_id: Uuid,
@@ -231,6 +241,34 @@ mod tests {
             price_minor: 50,
         }]);
         assert_eq!(cfg.price_for(3), 30);
+    }
+
+    #[test]
+    fn status_and_policy_names_are_their_json_names() {
+        use crate::{OrderStatus, RaffleStatus};
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        for s in [
+            RaffleStatus::Draft,
+            RaffleStatus::OnSale,
+            RaffleStatus::Closed,
+            RaffleStatus::Drawn,
+            RaffleStatus::Cancelled,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for s in [
+            OrderStatus::Reserved,
+            OrderStatus::Paid,
+            OrderStatus::Released,
+            OrderStatus::Expired,
+            OrderStatus::Refunded,
+            OrderStatus::RefundRequired,
+        ] {
+            assert_eq!(s.as_str(), json(serde_json::to_value(s).unwrap()));
+        }
+        for p in [LatePaymentPolicy::Refund, LatePaymentPolicy::Substitute] {
+            assert_eq!(p.as_str(), json(serde_json::to_value(p).unwrap()));
+        }
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The stable name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Paid => "paid",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Refunded => "refunded",
+            Self::RefundRequired => "refund_required",
+        }
+    }
+
     /// Live orders own their numbers.
     pub fn is_live(self) -> bool {
         matches!(self, Self::Reserved | Self::Paid)

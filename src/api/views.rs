@@ -74,7 +74,7 @@ impl RaffleBody {
             id: c.raffle_id,
             title: c.title.clone(),
             organizer_id: c.organizer_id.clone(),
-            status: crate::engine::status_name(raffle.status()).to_owned(),
+            status: raffle.status().as_str().to_owned(),
             ticket_count: c.ticket_count,
             first_number: c.first_number,
             number_width: c.number_width,
@@ -101,10 +101,7 @@ impl RaffleBody {
                 })
                 .collect(),
             draw_commitment: c.draw_commitment.clone(),
-            late_payment_policy: serde_json::to_value(c.late_payment_policy)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            late_payment_policy: c.late_payment_policy.as_str().to_owned(),
             available: raffle.available_count(),
             reserved: raffle.reserved_count(),
             sold: raffle.sold_count(),
@@ -202,10 +199,7 @@ impl OrderBody {
         Self {
             order_id: view.order_id,
             raffle_id,
-            status: serde_json::to_value(view.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            status: view.status.as_str().to_owned(),
             numbers: view.numbers,
             amount: view.amount_minor,
             currency: view.currency.to_string(),

@@ -24,8 +24,8 @@ use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
 
 pub use errors::{EngineError, Rejection};
 use registry::Registry;
+pub use writer::backoff;
 use writer::Message;
-pub use writer::{backoff, status_name};
 
 #[derive(Clone)]
 pub struct EngineConfig {

@@ -398,7 +398,7 @@ impl Writer {
             batch.registry = self.state.config().map(|config| crate::store::RegistryRow {
                 organizer_id: config.organizer_id.clone(),
                 title: config.title.clone(),
-                status: status_name(self.state.status()),
+                status: self.state.status().as_str(),
                 status_sequence: sequence,
                 created_at: now,
             });
@@ -457,17 +457,6 @@ fn replay(response: &serde_json::Value) -> Result<Applied, EngineError> {
         Err(error) => Err(EngineError::unavailable(format!(
             "stored response unreadable: {error}"
         ))),
-    }
-}
-
-pub fn status_name(status: tombola_domain::RaffleStatus) -> &'static str {
-    use tombola_domain::RaffleStatus::*;
-    match status {
-        Draft => "draft",
-        OnSale => "on_sale",
-        Closed => "closed",
-        Drawn => "drawn",
-        Cancelled => "cancelled",
     }
 }
 

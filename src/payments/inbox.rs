@@ -11,7 +11,8 @@ use crate::store::{Store, StoreError};
 pub struct DueDelivery {
     pub provider: String,
     pub event_id: String,
-    pub payload: serde_json::Value,
+    /// The body as received (the column is `json`, which keeps the text).
+    pub payload: String,
     pub payment_id: Option<String>,
     pub attempts: i32,
 }
@@ -22,7 +23,7 @@ pub async fn take_due(
     limit: i64,
 ) -> Result<Vec<DueDelivery>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT provider, event_id, payload, payment_id, attempts FROM payment_inbox \
+        "SELECT provider, event_id, payload::text AS payload, payment_id, attempts FROM payment_inbox \
          WHERE status = 'pending' AND next_attempt_at <= now() \
          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )

@@ -189,10 +189,8 @@ impl PaymentsIn {
         let provider = self.provider(&delivery.provider).ok_or_else(|| {
             Failure::Retry(format!("provider {} is not configured", delivery.provider))
         })?;
-        let body =
-            serde_json::to_vec(&delivery.payload).map_err(|e| Failure::Rejected(e.to_string()))?;
         let event = provider
-            .parse(&body)
+            .parse(delivery.payload.as_bytes())
             .map_err(|e| Failure::Rejected(e.to_string()))?;
         let Some(payment_id) = event.action.payment_id().map(str::to_owned) else {
             return Ok("ignored".into());
