@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tombola::engine::{Applied, Engine, EngineConfig, EngineError};
 use tombola::store::{Source, Store};
 use tombola_domain::{
-    Buyer, FixedClock, OrderStatus, Raffle, RaffleCommand, RaffleEvent, Selection,
+    Buyer, FixedClock, OrderStatus, Raffle, RaffleCommand, RaffleEvent, RefundReason, Selection,
 };
 use uuid::Uuid;
 
@@ -1354,6 +1354,94 @@ async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
     let state = engine_state(&engine, raffle_id).await;
     assert_eq!(state, db.store.load_raffle(raffle_id).await.unwrap().raffle);
     assert_eq!(state.available_count(), 100);
+    assert_eq!(verify_chain(&pool, raffle_id).await, Ok(log.len() as u64));
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// Commands decided on top of a batch whose append then fails are decided again on the
+/// reloaded state: they neither commit on top of it nor fail with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_decided_behind_a_failed_append_are_decided_again() {
+    let (engine, db) = start_engine(EngineConfig::default()).await;
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    let pool = db.pool().clone();
+    // Appending the reservation of buyer "Poison" fails, half a second in.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.payload::text LIKE '%Poison%' THEN \
+             PERFORM pg_sleep(0.5); \
+             RAISE EXCEPTION 'injected append failure'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER fail_poison BEFORE INSERT ON events \
+           FOR EACH ROW EXECUTE FUNCTION fail_poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let phantom = Uuid::new_v4();
+    let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
+    let failing = {
+        let engine = engine.clone();
+        let command = reserve_numbers(phantom, poison, &[7]);
+        tokio::spawn(async move { engine.execute(raffle_id, command, meta()).await })
+    };
+    // While that append runs, these are decided on top of it: number 7 looks taken and
+    // the phantom order looks payable.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rival = Uuid::new_v4();
+    let buyer = Buyer::parse("Rival", "rival@example.com", None).unwrap();
+    let (rivalling, paying) = {
+        let (first, second) = (engine.clone(), engine.clone());
+        let reserve = reserve_numbers(rival, buyer, &[7]);
+        let pay = payment(phantom, "pi_phantom", PRICE_MINOR);
+        (
+            tokio::spawn(async move { first.execute(raffle_id, reserve, meta()).await }),
+            tokio::spawn(async move { second.execute(raffle_id, pay, webhook_meta()).await }),
+        )
+    };
+    let failed = failing.await.unwrap();
+    assert!(
+        matches!(failed, Err(EngineError::Unavailable { .. })),
+        "{failed:?}"
+    );
+    // Decided again without the phantom reservation: 7 is free, and the payment is for an
+    // unknown order (recorded, to be refunded; nothing issued).
+    let reserved = rivalling.await.unwrap().expect("number 7 was never taken");
+    let paid = paying.await.unwrap().expect("a payment is always recorded");
+    let events: Vec<_> = paid.events.iter().map(|e| &e.event).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                RaffleEvent::PaymentRecorded { .. },
+                RaffleEvent::RefundRequired {
+                    reason: RefundReason::UnknownOrder,
+                    ..
+                }
+            ]
+        ),
+        "{events:?}"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER fail_poison ON events;")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let log = log(&db.store, raffle_id).await;
+    assert_in_log(&log, &reserved);
+    assert_eq!(
+        reservations(log.iter().map(|s| &s.event)).get(&rival),
+        Some(&vec![7])
+    );
+    assert!(!reservations(log.iter().map(|s| &s.event)).contains_key(&phantom));
+    let state = engine_state(&engine, raffle_id).await;
+    assert_eq!(state, db.store.load_raffle(raffle_id).await.unwrap().raffle);
     assert_eq!(verify_chain(&pool, raffle_id).await, Ok(log.len() as u64));
 
     engine.shutdown().await;

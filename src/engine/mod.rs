@@ -6,6 +6,8 @@
 //! sequence keeps several nodes correct: a conflict means another node wrote first, so the
 //! writer reloads and decides again. The engine knows nothing of HTTP.
 
+mod commit_thread;
+mod decide;
 mod errors;
 mod registry;
 mod writer;
@@ -117,6 +119,7 @@ pub struct Engine {
 
 struct Inner {
     store: Store,
+    commits: Arc<commit_thread::CommitThread>,
     config: EngineConfig,
     registry: Registry,
     published: broadcast::Sender<Arc<Committed>>,
@@ -127,9 +130,13 @@ struct Inner {
 impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Self {
         let (published, _) = broadcast::channel(4096);
+        // As tokio does for its own workers: a process that cannot start a thread is done.
+        let commits =
+            Arc::new(commit_thread::CommitThread::start(&store).expect("the commit thread starts"));
         Self {
             inner: Arc::new(Inner {
                 store,
+                commits,
                 config,
                 registry: Registry::default(),
                 published,

@@ -1,21 +1,32 @@
-//! A raffle's single writer: the group-commit loop, hold timers and eviction.
+//! A raffle's single writer: the pipelined group-commit loop, hold timers and eviction.
+//!
+//! Commands are decided as they arrive, on top of everything decided before, and wait in
+//! the pending batch. At most one append runs at a time; when it commits, its callers are
+//! answered and the pending batch's append starts at once, so the database never waits for
+//! the writer to decide. An append that fails voids everything decided after it: the state
+//! is reloaded and those commands are decided again. Reads, catch-ups and snapshots first
+//! let everything decided commit, so they only ever see committed state.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tombola_domain::{Raffle, RaffleCommand, RaffleServices};
 use uuid::Uuid;
 
-use super::{Applied, CommandMeta, Committed, Engine, EngineError, Rejection, SequencedEvent};
-use crate::store::chain::{self, ChainInput};
-use crate::store::{
-    AppendBatch, AppendError, EventMetadata, IdempotencyRecord, NewEvent, StoredEvent,
-    RAFFLE_STREAM,
-};
+use super::decide::{Decided, Decider, KnownKeys, Position};
+use super::{Applied, CommandMeta, Committed, Engine, EngineError};
+use crate::store::{AppendBatch, AppendError, StoredEvent};
+
+/// Most messages taken from the queue per turn of the loop: a finished append is noticed
+/// (and the next one started) between turns, so a turn must stay short.
+const TURN: usize = 64;
+
+/// What an event costs to store, roughly (payload, metadata, index entries; measured
+/// 700–900 bytes): the unit that spaces out snapshots of large raffles.
+const STORED_BYTES_PER_EVENT: usize = 512;
 
 pub(crate) enum Message {
     Command(Box<CommandRequest>),
@@ -32,12 +43,56 @@ pub(crate) struct CommandRequest {
     pub reply: oneshot::Sender<Result<Applied, EngineError>>,
 }
 
-/// What an idempotency record keeps: the first answer, replayed to every retry.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum StoredResponse {
-    Applied(Applied),
-    Rejected(Rejection),
+/// Decided commands and what committing them stores: the pending batch, then in flight.
+struct Batch {
+    requests: Vec<CommandRequest>,
+    results: Vec<Result<Applied, EngineError>>,
+    append: AppendBatch,
+    published: Vec<StoredEvent>,
+    end: Position,
+}
+
+impl Batch {
+    fn new(requests: Vec<CommandRequest>, decided: Decided) -> Self {
+        Self {
+            requests,
+            results: decided.results,
+            append: decided.batch,
+            published: decided.published,
+            end: decided.end,
+        }
+    }
+
+    fn extend(&mut self, requests: Vec<CommandRequest>, decided: Decided) {
+        self.requests.extend(requests);
+        self.results.extend(decided.results);
+        self.append.events.extend(decided.batch.events);
+        self.append.idempotency.extend(decided.batch.idempotency);
+        if decided.batch.registry.is_some() {
+            self.append.registry = decided.batch.registry;
+        }
+        self.published.extend(decided.published);
+        self.end = decided.end;
+    }
+}
+
+/// A batch whose append is running (or ran). Its callers are answered once it commits.
+struct InFlight {
+    requests: Vec<CommandRequest>,
+    results: Vec<Result<Applied, EngineError>>,
+    published: Vec<StoredEvent>,
+    end: Position,
+    keys: Vec<(String, String)>,
+    events: usize,
+    /// None once finished, or from the start when there is nothing to store (every
+    /// command refused or replayed).
+    task: Option<JoinHandle<Result<(), AppendError>>>,
+    outcome: Option<Result<(), AppendFailure>>,
+}
+
+struct AppendFailure {
+    conflict: bool,
+    reason: String,
 }
 
 struct Writer {
@@ -45,13 +100,23 @@ struct Writer {
     raffle_id: Uuid,
     aggregate_id: String,
     state: Raffle,
-    last_sequence: u64,
-    last_hash: String,
+    /// The stream's last committed event.
+    committed: Position,
+    /// The last event decided: `committed` plus the batches in flight and pending.
+    tip: Position,
     snapshot_sequence: u64,
+    /// Size of the last snapshot written: large raffles snapshot less often.
+    snapshot_bytes: usize,
     services: RaffleServices,
     /// In-memory state may hold uncommitted events and could not be reloaded: stop.
     poisoned: bool,
+    /// After a failed append, due holds wait a moment rather than retry in a tight loop.
     expiry_retry_at: Option<Instant>,
+    in_flight: Option<InFlight>,
+    pending: Option<Batch>,
+    /// Idempotency records decided but not yet committed: a retry in a later batch must
+    /// find them.
+    uncommitted_keys: KnownKeys,
 }
 
 pub(crate) async fn run(
@@ -78,18 +143,27 @@ pub(crate) async fn run(
     let mut idle_deadline = Instant::now() + config.evict_after;
     loop {
         let expiry_in = writer.expiry_due_in();
-        let evictable = writer.state.next_expiry().is_none() || writer.state.config().is_none();
+        let in_flight = writer.in_flight.is_some();
+        // A full pending batch takes nothing more until the append ahead of it commits.
+        let room = config.max_batch.saturating_sub(writer.pending_len());
+        let evictable =
+            !in_flight && (writer.state.next_expiry().is_none() || writer.state.config().is_none());
         tokio::select! {
             biased;
-            // Due holds go first, and without a timer round-trip: under sustained load the
-            // queue is never empty, and a timer polled after it would never fire.
-            _ = hold_timer(expiry_in), if expiry_in.is_some() => {
+            // A finished append goes first: its callers wait, and so does the next batch.
+            () = writer.append_finished(), if in_flight => {
+                writer.advance().await;
+                writer.maybe_snapshot();
+            }
+            // Due holds before queued commands, without a timer round-trip: under sustained
+            // load the queue is never empty, and a timer polled after it would never fire.
+            _ = hold_timer(expiry_in), if expiry_in.is_some() && room > 0 => {
                 writer.expire_due_holds().await;
             }
-            message = receiver.recv() => {
+            message = receiver.recv(), if room > 0 => {
                 let Some(first) = message else { break };
                 let mut batch = vec![first];
-                while batch.len() < config.max_batch {
+                while batch.len() < room.min(TURN) {
                     match receiver.try_recv() {
                         Ok(message) => batch.push(message),
                         Err(_) => break,
@@ -106,14 +180,18 @@ pub(crate) async fn run(
         }
         // A raffle that does not exist, or a writer whose state is suspect, does not stay.
         let leave = writer.poisoned || (writer.state.config().is_none() && receiver.is_empty());
-        if leave && registry.retire(raffle_id, generation, &mut receiver, writer.poisoned) {
-            break;
+        if leave {
+            writer.flush().await;
+            if registry.retire(raffle_id, generation, &mut receiver, writer.poisoned) {
+                break;
+            }
         }
     }
     // Retired: the receiver is closed, but what was queued before still gets decided.
     while let Ok(message) = receiver.try_recv() {
         writer.process(vec![message]).await;
     }
+    writer.flush().await;
 }
 
 /// Ready at once when a hold is due, otherwise after `wait`.
@@ -131,27 +209,40 @@ impl Writer {
             engine.inner.config.clock.clone(),
             Box::new(rand_chacha::ChaCha12Rng::from_os_rng()),
         );
+        let committed = Position {
+            sequence: loaded.last_sequence,
+            hash: loaded.last_hash,
+        };
         Ok(Self {
             raffle_id,
             aggregate_id: raffle_id.to_string(),
             state: loaded.raffle,
-            last_sequence: loaded.last_sequence,
-            last_hash: loaded.last_hash,
-            snapshot_sequence: loaded.last_sequence,
+            tip: committed.clone(),
+            snapshot_sequence: committed.sequence,
+            snapshot_bytes: 0,
+            committed,
             services,
             poisoned: false,
             expiry_retry_at: None,
+            in_flight: None,
+            pending: None,
+            uncommitted_keys: KnownKeys::new(),
             engine,
         })
     }
 
-    /// Discards in-memory state and reads the committed stream again.
+    /// Discards in-memory state and reads the committed stream again. Whatever was decided
+    /// and not committed is void; the caller owns deciding it again.
     async fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+        self.uncommitted_keys.clear();
         match self.engine.inner.store.load_raffle(self.raffle_id).await {
             Ok(loaded) => {
                 self.state = loaded.raffle;
-                self.last_sequence = loaded.last_sequence;
-                self.last_hash = loaded.last_hash;
+                self.committed = Position {
+                    sequence: loaded.last_sequence,
+                    hash: loaded.last_hash,
+                };
+                self.tip = self.committed.clone();
                 self.poisoned = false;
                 Ok(())
             }
@@ -160,6 +251,12 @@ impl Writer {
                 Err(error)
             }
         }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending
+            .as_ref()
+            .map_or(0, |batch| batch.requests.len())
     }
 
     fn expiry_due_in(&self) -> Option<Duration> {
@@ -172,8 +269,9 @@ impl Writer {
         Some(wait.max(backoff))
     }
 
+    /// Decides the expiry like any command; nobody waits for its answer.
     async fn expire_due_holds(&mut self) {
-        let (reply, answer) = oneshot::channel();
+        let (reply, _) = oneshot::channel();
         let request = CommandRequest {
             command: RaffleCommand::ExpireDueHolds,
             meta: CommandMeta::system("expiry"),
@@ -181,27 +279,9 @@ impl Writer {
         };
         self.process(vec![Message::Command(Box::new(request))])
             .await;
-        self.expiry_retry_at = match answer.await {
-            Ok(Ok(_)) => None,
-            _ => Some(Instant::now() + Duration::from_secs(1)),
-        };
     }
 
     async fn process(&mut self, batch: Vec<Message>) {
-        // A poisoned writer's state may hold events that never committed (its reload after
-        // a failed append failed too): nothing may be decided or read against it. This
-        // happens to the commands that were queued when the writer retired.
-        if self.poisoned {
-            if let Err(error) = self.reload().await {
-                let error = EngineError::unavailable(&error);
-                for message in batch {
-                    if let Message::Command(request) = message {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
-                }
-                return;
-            }
-        }
         let mut commands = Vec::new();
         let mut reads = Vec::new();
         let mut catch_up = 0;
@@ -213,19 +293,35 @@ impl Writer {
                 Message::Refresh => {}
             }
         }
-        if catch_up > self.last_sequence {
+        if self.poisoned || catch_up > self.committed.sequence || self.snapshot_due() {
+            self.flush().await;
+            self.maybe_snapshot();
+        }
+        // A poisoned writer's state may hold events that never committed (its reload after
+        // a failed append failed too): nothing may be decided or read against it. This
+        // happens to the commands that were queued when the writer retired.
+        if self.poisoned {
+            if let Err(error) = self.reload().await {
+                answer_all(commands, &EngineError::unavailable(&error));
+                return;
+            }
+        }
+        if catch_up > self.committed.sequence {
             if let Err(error) = self.catch_up().await {
                 tracing::warn!(raffle_id = %self.raffle_id, %error, "catch-up failed");
             }
         }
         if !commands.is_empty() {
-            let results = self.commit_with_retries(&commands).await;
-            for (request, result) in commands.into_iter().zip(results) {
-                let _ = request.reply.send(result);
+            self.decide_pending(commands).await;
+            if self.in_flight.is_none() {
+                self.start_pending();
             }
         }
-        for read in reads {
-            read(&self.state);
+        if !reads.is_empty() {
+            self.flush().await;
+            for read in reads {
+                read(&self.state);
+            }
         }
     }
 
@@ -234,183 +330,240 @@ impl Writer {
             .engine
             .inner
             .store
-            .events_after(self.raffle_id, self.last_sequence)
+            .events_after(self.raffle_id, self.committed.sequence)
             .await?;
         for stored in events {
             self.state.apply_event(&stored.event);
-            self.last_sequence = stored.sequence;
-            self.last_hash = stored.metadata.hash;
+            self.committed = Position {
+                sequence: stored.sequence,
+                hash: stored.metadata.hash,
+            };
         }
+        self.tip = self.committed.clone();
         Ok(())
     }
 
-    async fn commit_with_retries(
+    /// Decides `requests` from the tip and adds them to the pending batch.
+    async fn decide_pending(&mut self, requests: Vec<CommandRequest>) {
+        match self.decide(&requests).await {
+            Ok(decided) => match &mut self.pending {
+                Some(pending) => pending.extend(requests, decided),
+                None => self.pending = Some(Batch::new(requests, decided)),
+            },
+            Err(error) => answer_all(requests, &EngineError::unavailable(&error)),
+        }
+    }
+
+    /// Decides `requests` from the tip, after looking up their idempotency keys.
+    async fn decide(
         &mut self,
-        commands: &[CommandRequest],
+        requests: &[CommandRequest],
+    ) -> Result<Decided, crate::store::StoreError> {
+        let mut known = KnownKeys::new();
+        let mut lookups = Vec::new();
+        for idempotency in requests.iter().filter_map(|r| r.meta.idempotency.as_ref()) {
+            let id = (idempotency.scope.clone(), idempotency.key.clone());
+            match self.uncommitted_keys.get(&id) {
+                Some(record) => {
+                    known.insert(id, record.clone());
+                }
+                None => lookups.push(idempotency),
+            }
+        }
+        for record in self.engine.inner.store.find_idempotency(&lookups).await? {
+            known.insert((record.scope.clone(), record.key.clone()), record);
+        }
+        let decider = Decider {
+            raffle_id: self.raffle_id,
+            aggregate_id: &self.aggregate_id,
+            services: &self.services,
+            publishing: self.engine.inner.published.receiver_count() > 0,
+        };
+        let decided = decider.decide(&mut self.state, &self.tip, requests, &mut known);
+        for record in &decided.batch.idempotency {
+            let id = (record.scope.clone(), record.key.clone());
+            self.uncommitted_keys.insert(id, record.clone());
+        }
+        self.tip = decided.end.clone();
+        Ok(decided)
+    }
+
+    /// Starts the pending batch's append. Only with nothing in flight: a batch commits
+    /// after the one before it, never alongside.
+    fn start_pending(&mut self) {
+        debug_assert!(self.in_flight.is_none());
+        let Some(batch) = self.pending.take() else {
+            return;
+        };
+        let keys = batch
+            .append
+            .idempotency
+            .iter()
+            .map(|record| (record.scope.clone(), record.key.clone()))
+            .collect();
+        let events = batch.append.events.len();
+        let task = (!batch.append.is_empty()).then(|| {
+            self.engine
+                .inner
+                .commits
+                .append(self.raffle_id, batch.append)
+        });
+        self.in_flight = Some(InFlight {
+            requests: batch.requests,
+            results: batch.results,
+            published: batch.published,
+            end: batch.end,
+            keys,
+            events,
+            outcome: task.is_none().then_some(Ok(())),
+            task,
+        });
+    }
+
+    /// Resolves once the append in flight has finished. Cancel-safe: the outcome is kept
+    /// for [`Self::settle`].
+    async fn append_finished(&mut self) {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return;
+        };
+        if let Some(task) = flight.task.as_mut() {
+            let outcome = task.await;
+            flight.task = None;
+            flight.outcome = Some(match outcome {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(AppendFailure {
+                    conflict: matches!(error, AppendError::Conflict),
+                    reason: error.to_string(),
+                }),
+                Err(error) => Err(AppendFailure {
+                    conflict: false,
+                    reason: format!("the append task failed: {error}"),
+                }),
+            });
+        }
+    }
+
+    /// Settles the batch in flight, then starts the pending one.
+    async fn advance(&mut self) {
+        self.settle().await;
+        if self.in_flight.is_none() {
+            self.start_pending();
+        }
+    }
+
+    /// Lets everything decided commit (or fail): afterwards the state is the committed
+    /// stream.
+    async fn flush(&mut self) {
+        while self.in_flight.is_some() || self.pending.is_some() {
+            if self.in_flight.is_none() {
+                self.start_pending();
+            }
+            self.settle().await;
+        }
+    }
+
+    /// Waits for the batch in flight and answers its callers: with its results once it
+    /// committed (after starting the pending batch's append). Otherwise the state is reloaded, the batch is decided again and appended
+    /// in place (a conflict: another node wrote first) or refused as retryable, and the
+    /// pending batch, decided on top of it, is decided again.
+    async fn settle(&mut self) {
+        self.append_finished().await;
+        let Some(flight) = self.in_flight.take() else {
+            return;
+        };
+        let failure = match flight.outcome {
+            Some(Err(failure)) => failure,
+            _ => {
+                for key in &flight.keys {
+                    self.uncommitted_keys.remove(key);
+                }
+                self.expiry_retry_at = None;
+                let commands = flight.requests.len();
+                self.commit_done(flight.end, flight.published, commands, flight.events);
+                // The next append first: the database should not wait while callers wake.
+                self.start_pending();
+                answer(flight.requests, flight.results);
+                return;
+            }
+        };
+        self.expiry_retry_at = Some(Instant::now() + Duration::from_secs(1));
+        let void = self.pending.take().map(|batch| batch.requests);
+        let reloaded = self.reload().await;
+        let results = if failure.conflict && reloaded.is_ok() {
+            self.commit_in_place(&flight.requests).await
+        } else {
+            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append failed");
+            let error = EngineError::unavailable(&failure.reason);
+            flight.requests.iter().map(|_| Err(error.clone())).collect()
+        };
+        answer(flight.requests, results);
+        if let Some(requests) = void {
+            if self.poisoned {
+                answer_all(requests, &EngineError::unavailable(&failure.reason));
+            } else {
+                self.decide_pending(requests).await;
+            }
+        }
+    }
+
+    /// Another node appended first: decide again on its events and append right away,
+    /// with backoff, until it commits or the retries run out.
+    async fn commit_in_place(
+        &mut self,
+        requests: &[CommandRequest],
     ) -> Vec<Result<Applied, EngineError>> {
         let max_retries = self.engine.inner.config.max_conflict_retries;
-        let mut attempt = 0;
+        let mut attempt = 1;
         loop {
-            let error = match self.try_commit(commands).await {
-                Ok(results) => return results,
+            tokio::time::sleep(backoff(attempt)).await;
+            let decided = match self.decide(requests).await {
+                Ok(decided) => decided,
+                Err(error) => {
+                    let error = EngineError::unavailable(&error);
+                    return requests.iter().map(|_| Err(error.clone())).collect();
+                }
+            };
+            let outcome = if decided.batch.is_empty() {
+                Ok(())
+            } else {
+                self.engine
+                    .inner
+                    .store
+                    .append(self.raffle_id, &decided.batch)
+                    .await
+            };
+            let error = match outcome {
+                Ok(()) => {
+                    self.uncommitted_keys.clear();
+                    let events = decided.batch.events.len();
+                    self.commit_done(decided.end, decided.published, requests.len(), events);
+                    return decided.results;
+                }
                 Err(error) => error,
             };
-            // State holds events that did not commit: it must go, whatever happened.
             let reloaded = self.reload().await;
             match error {
-                AppendError::Conflict if attempt < max_retries && reloaded.is_ok() => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+                AppendError::Conflict if attempt < max_retries && reloaded.is_ok() => attempt += 1,
                 error => {
                     tracing::warn!(raffle_id = %self.raffle_id, %error, attempt, "append failed");
                     let error = EngineError::unavailable(&error);
-                    return commands.iter().map(|_| Err(error.clone())).collect();
+                    return requests.iter().map(|_| Err(error.clone())).collect();
                 }
             }
         }
     }
 
-    /// Decides every command, appends all events in one transaction, and only then updates
-    /// the writer's position. On `Err` the in-memory state must be reloaded.
-    async fn try_commit(
+    /// A batch committed: move the committed position and tell listeners.
+    fn commit_done(
         &mut self,
-        commands: &[CommandRequest],
-    ) -> Result<Vec<Result<Applied, EngineError>>, AppendError> {
-        let store = self.engine.inner.store.clone();
-        let keyed: Vec<_> = commands
-            .iter()
-            .filter_map(|c| c.meta.idempotency.as_ref())
-            .collect();
-        let mut known: HashMap<(String, String), IdempotencyRecord> = store
-            .find_idempotency(&keyed)
-            .await?
-            .into_iter()
-            .map(|record| ((record.scope.clone(), record.key.clone()), record))
-            .collect();
-
-        let now = self.services.now();
-        // Nobody listening in-process (a bare engine): skip copying events for them.
-        let publishing = self.engine.inner.published.receiver_count() > 0;
-        let (status_before, created_before) = (self.state.status(), self.state.config().is_some());
-        let mut batch = AppendBatch::default();
-        let mut published = Vec::new();
-        let mut results = Vec::with_capacity(commands.len());
-        let mut sequence = self.last_sequence;
-        let mut hash = self.last_hash.clone();
-        for request in commands {
-            let meta = &request.meta;
-            if let Some(idempotency) = &meta.idempotency {
-                let id = (idempotency.scope.clone(), idempotency.key.clone());
-                if let Some(record) = known.get(&id) {
-                    results.push(if record.request_hash == idempotency.request_hash {
-                        replay(&record.response)
-                    } else {
-                        Err(EngineError::IdempotencyConflict)
-                    });
-                    continue;
-                }
-            }
-            let result = match self.state.decide(request.command.clone(), &self.services) {
-                Ok(events) => {
-                    let mut sequenced = Vec::with_capacity(events.len());
-                    for event in events {
-                        self.state.apply_event(&event);
-                        sequence += 1;
-                        let payload = serde_json::to_string(&event).expect("events serialize");
-                        let mut metadata = EventMetadata {
-                            actor: meta.actor.clone(),
-                            source: meta.source,
-                            request_id: meta.request_id.clone(),
-                            correlation_id: meta
-                                .correlation_id
-                                .clone()
-                                .unwrap_or_else(|| meta.request_id.clone()),
-                            causation_id: meta
-                                .causation_id
-                                .clone()
-                                .unwrap_or_else(|| meta.request_id.clone()),
-                            idempotency_key: meta.idempotency.as_ref().map(|i| i.key.clone()),
-                            recorded_at: now,
-                            prev_hash: hash,
-                            hash: String::new(),
-                        };
-                        let input = ChainInput {
-                            aggregate_type: RAFFLE_STREAM,
-                            aggregate_id: &self.aggregate_id,
-                            sequence,
-                            event_type: event.name(),
-                            event_version: "1",
-                            payload: &payload,
-                        };
-                        metadata.hash = chain::event_hash(&input, &metadata);
-                        hash = metadata.hash.clone();
-                        batch.events.push(NewEvent {
-                            sequence,
-                            event_type: event.name(),
-                            event_version: "1",
-                            payload,
-                            metadata: metadata.to_json(),
-                            order_id: event.order_id(),
-                        });
-                        if publishing {
-                            published.push(StoredEvent {
-                                raffle_id: self.raffle_id,
-                                sequence,
-                                event: event.clone(),
-                                metadata,
-                            });
-                        }
-                        sequenced.push(SequencedEvent { sequence, event });
-                    }
-                    Ok(Applied {
-                        events: sequenced,
-                        replayed: false,
-                    })
-                }
-                Err(error) => Err(EngineError::Rejected(Rejection::from(&error))),
-            };
-            if let Some(idempotency) = &meta.idempotency {
-                let response = match &result {
-                    Ok(applied) => StoredResponse::Applied(applied.clone()),
-                    Err(EngineError::Rejected(rejection)) => {
-                        StoredResponse::Rejected(rejection.clone())
-                    }
-                    Err(_) => unreachable!("decisions only reject"),
-                };
-                let record = IdempotencyRecord {
-                    scope: idempotency.scope.clone(),
-                    key: idempotency.key.clone(),
-                    request_hash: idempotency.request_hash.clone(),
-                    response: serde_json::to_value(response).expect("responses serialize"),
-                };
-                batch.idempotency.push(record.clone());
-                known.insert((record.scope.clone(), record.key.clone()), record);
-            }
-            results.push(result);
-        }
-        if batch.is_empty() {
-            return Ok(results);
-        }
-        if !batch.events.is_empty()
-            && (self.state.status(), created_before) != (status_before, true)
-        {
-            batch.registry = self.state.config().map(|config| crate::store::RegistryRow {
-                organizer_id: config.organizer_id.clone(),
-                title: config.title.clone(),
-                status: self.state.status().as_str(),
-                status_sequence: sequence,
-                created_at: now,
-            });
-        }
-        let started = std::time::Instant::now();
-        store.append(self.raffle_id, &batch).await?;
-        metrics::histogram!("tombola_engine_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("tombola_engine_batch_commands").record(commands.len() as f64);
-        metrics::histogram!("tombola_engine_batch_events").record(batch.events.len() as f64);
-        self.last_sequence = sequence;
-        self.last_hash = hash;
+        end: Position,
+        published: Vec<StoredEvent>,
+        commands: usize,
+        events: usize,
+    ) {
+        self.committed = end;
+        metrics::histogram!("tombola_engine_batch_commands").record(commands as f64);
+        metrics::histogram!("tombola_engine_batch_events").record(events as f64);
         if !published.is_empty() {
             let _ = self
                 .engine
@@ -421,20 +574,32 @@ impl Writer {
                     events: published,
                 }));
         }
-        self.maybe_snapshot();
-        Ok(results)
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// Every `snapshot_every` events, or once the events since the last snapshot took about
+    /// as much storage as it did: a 10M-ticket raffle's snapshot is megabytes, and writing
+    /// one every few thousand events would double what the database writes.
+    fn snapshot_due(&self) -> bool {
         let every = self.engine.inner.config.snapshot_every;
-        if every == 0 || self.last_sequence - self.snapshot_sequence < every {
+        let by_size = (self.snapshot_bytes / STORED_BYTES_PER_EVENT) as u64;
+        every != 0 && self.tip.sequence - self.snapshot_sequence >= every.max(by_size)
+    }
+
+    /// Saves a snapshot off the hot path when one is due and the state is exactly the
+    /// committed stream (nothing in flight or pending).
+    fn maybe_snapshot(&mut self) {
+        if !self.snapshot_due() || self.tip != self.committed {
             return;
         }
-        self.snapshot_sequence = self.last_sequence;
+        self.snapshot_sequence = self.committed.sequence;
         let bytes = self.state.encode_snapshot();
+        self.snapshot_bytes = bytes.len();
         let store = self.engine.inner.store.clone();
-        let (raffle_id, sequence, hash) =
-            (self.raffle_id, self.last_sequence, self.last_hash.clone());
+        let (raffle_id, sequence, hash) = (
+            self.raffle_id,
+            self.committed.sequence,
+            self.committed.hash.clone(),
+        );
         // Tracked with the writers, so shutdown waits for the save.
         self.engine.inner.tasks.spawn(async move {
             if let Err(error) = store
@@ -447,16 +612,15 @@ impl Writer {
     }
 }
 
-fn replay(response: &serde_json::Value) -> Result<Applied, EngineError> {
-    match serde_json::from_value(response.clone()) {
-        Ok(StoredResponse::Applied(applied)) => Ok(Applied {
-            replayed: true,
-            ..applied
-        }),
-        Ok(StoredResponse::Rejected(rejection)) => Err(EngineError::Rejected(rejection)),
-        Err(error) => Err(EngineError::unavailable(format!(
-            "stored response unreadable: {error}"
-        ))),
+fn answer(requests: Vec<CommandRequest>, results: Vec<Result<Applied, EngineError>>) {
+    for (request, result) in requests.into_iter().zip(results) {
+        let _ = request.reply.send(result);
+    }
+}
+
+fn answer_all(requests: Vec<CommandRequest>, error: &EngineError) {
+    for request in requests {
+        let _ = request.reply.send(Err(error.clone()));
     }
 }
 

@@ -49,10 +49,26 @@ impl Store {
         let options = PgConnectOptions::from_str(database_url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            // A ping per checkout is one more round trip on every group commit. A dead
+            // connection instead fails its statement, which every caller already handles
+            // as retryable, and sqlx drops it.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// A store on the same database with a pool of its own, as large as this one's.
+    /// Opens nothing yet: connections open on first use, on the caller's runtime.
+    pub fn sibling(&self) -> Self {
+        let options = (*self.pool.connect_options()).clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(self.pool.options().get_max_connections())
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Self { pool }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -1,0 +1,198 @@
+//! Turning a batch of commands into what one group commit stores: each command decided in
+//! order against live state, its events sequenced, given metadata and chained, and its
+//! idempotency record prepared. Nothing here touches the database.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tombola_domain::{Raffle, RaffleServices};
+use uuid::Uuid;
+
+use super::writer::CommandRequest;
+use super::{Applied, EngineError, Rejection, SequencedEvent};
+use crate::store::chain::{self, ChainInput};
+use crate::store::{
+    AppendBatch, EventMetadata, IdempotencyRecord, NewEvent, RegistryRow, StoredEvent,
+    RAFFLE_STREAM,
+};
+
+/// What an idempotency record keeps: the first answer, replayed to every retry.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredResponse {
+    Applied(Applied),
+    Rejected(Rejection),
+}
+
+/// Idempotency records by (scope, key).
+pub(super) type KnownKeys = HashMap<(String, String), IdempotencyRecord>;
+
+/// Where a stream stands: its last sequence and that event's chain hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Position {
+    pub sequence: u64,
+    pub hash: String,
+}
+
+/// A decided batch: the answers it will give once committed and what to store for them.
+pub(super) struct Decided {
+    pub results: Vec<Result<Applied, EngineError>>,
+    pub batch: AppendBatch,
+    /// The committed events as published in-process (empty when nobody listens).
+    pub published: Vec<StoredEvent>,
+    /// The stream's position once this batch is committed.
+    pub end: Position,
+}
+
+pub(super) struct Decider<'a> {
+    pub raffle_id: Uuid,
+    pub aggregate_id: &'a str,
+    pub services: &'a RaffleServices,
+    /// Copy events for in-process subscribers (skipped for a bare engine).
+    pub publishing: bool,
+}
+
+impl Decider<'_> {
+    /// Decides `requests` in order from `start`, applying their events to `state`. `known`
+    /// holds the idempotency records already stored or decided; this batch's are added.
+    pub fn decide(
+        &self,
+        state: &mut Raffle,
+        start: &Position,
+        requests: &[CommandRequest],
+        known: &mut KnownKeys,
+    ) -> Decided {
+        let now = self.services.now();
+        let (status_before, created_before) = (state.status(), state.config().is_some());
+        let mut batch = AppendBatch::default();
+        let mut published = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        let mut sequence = start.sequence;
+        let mut hash = start.hash.clone();
+        for request in requests {
+            let meta = &request.meta;
+            if let Some(idempotency) = &meta.idempotency {
+                let id = (idempotency.scope.clone(), idempotency.key.clone());
+                if let Some(record) = known.get(&id) {
+                    results.push(if record.request_hash == idempotency.request_hash {
+                        replay(&record.response)
+                    } else {
+                        Err(EngineError::IdempotencyConflict)
+                    });
+                    continue;
+                }
+            }
+            let result = match state.decide(request.command.clone(), self.services) {
+                Ok(events) => {
+                    let mut sequenced = Vec::with_capacity(events.len());
+                    for event in events {
+                        state.apply_event(&event);
+                        sequence += 1;
+                        let payload = serde_json::to_string(&event).expect("events serialize");
+                        let mut metadata = EventMetadata {
+                            actor: meta.actor.clone(),
+                            source: meta.source,
+                            request_id: meta.request_id.clone(),
+                            correlation_id: meta
+                                .correlation_id
+                                .clone()
+                                .unwrap_or_else(|| meta.request_id.clone()),
+                            causation_id: meta
+                                .causation_id
+                                .clone()
+                                .unwrap_or_else(|| meta.request_id.clone()),
+                            idempotency_key: meta.idempotency.as_ref().map(|i| i.key.clone()),
+                            recorded_at: now,
+                            prev_hash: hash,
+                            hash: String::new(),
+                        };
+                        let input = ChainInput {
+                            aggregate_type: RAFFLE_STREAM,
+                            aggregate_id: self.aggregate_id,
+                            sequence,
+                            event_type: event.name(),
+                            event_version: "1",
+                            payload: &payload,
+                        };
+                        metadata.hash = chain::event_hash(&input, &metadata);
+                        hash = metadata.hash.clone();
+                        batch.events.push(NewEvent {
+                            sequence,
+                            event_type: event.name(),
+                            event_version: "1",
+                            payload,
+                            metadata: metadata.to_json(),
+                            order_id: event.order_id(),
+                        });
+                        if self.publishing {
+                            published.push(StoredEvent {
+                                raffle_id: self.raffle_id,
+                                sequence,
+                                event: event.clone(),
+                                metadata,
+                            });
+                        }
+                        sequenced.push(SequencedEvent { sequence, event });
+                    }
+                    Ok(Applied {
+                        events: sequenced,
+                        replayed: false,
+                    })
+                }
+                Err(error) => Err(EngineError::Rejected(Rejection::from(&error))),
+            };
+            if let Some(idempotency) = &meta.idempotency {
+                let response = match &result {
+                    Ok(applied) => StoredResponse::Applied(applied.clone()),
+                    Err(EngineError::Rejected(rejection)) => {
+                        StoredResponse::Rejected(rejection.clone())
+                    }
+                    Err(_) => unreachable!("decisions only reject"),
+                };
+                let record = IdempotencyRecord {
+                    scope: idempotency.scope.clone(),
+                    key: idempotency.key.clone(),
+                    request_hash: idempotency.request_hash.clone(),
+                    response: serde_json::to_value(response).expect("responses serialize"),
+                };
+                batch.idempotency.push(record.clone());
+                known.insert((record.scope.clone(), record.key.clone()), record);
+            }
+            results.push(result);
+        }
+        if !batch.events.is_empty() && (state.status(), created_before) != (status_before, true) {
+            batch.registry = registry_row(state, sequence, now);
+        }
+        Decided {
+            results,
+            batch,
+            published,
+            end: Position { sequence, hash },
+        }
+    }
+}
+
+/// The registry row for a batch that created the raffle or changed its status.
+fn registry_row(state: &Raffle, sequence: u64, now: DateTime<Utc>) -> Option<RegistryRow> {
+    state.config().map(|config| RegistryRow {
+        organizer_id: config.organizer_id.clone(),
+        title: config.title.clone(),
+        status: state.status().as_str(),
+        status_sequence: sequence,
+        created_at: now,
+    })
+}
+
+fn replay(response: &serde_json::Value) -> Result<Applied, EngineError> {
+    match serde_json::from_value(response.clone()) {
+        Ok(StoredResponse::Applied(applied)) => Ok(Applied {
+            replayed: true,
+            ..applied
+        }),
+        Ok(StoredResponse::Rejected(rejection)) => Err(EngineError::Rejected(rejection)),
+        Err(error) => Err(EngineError::unavailable(format!(
+            "stored response unreadable: {error}"
+        ))),
+    }
+}
