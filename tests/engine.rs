@@ -1447,3 +1447,59 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     engine.shutdown().await;
     db.drop_database().await;
 }
+
+/// A node that is behind may refuse a command that the stream, further on, allows. Such a
+/// refusal has no event to collide on; it must still not be stored as the key's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_behind_stores_no_stale_refusal() {
+    let db = TestDb::new(8).await;
+    let (ahead, behind) = (
+        Engine::new(db.store.clone(), EngineConfig::default()),
+        Engine::new(db.connect(4).await, EngineConfig::default()),
+    );
+    let raffle_id = open_raffle(&ahead, 100, |_| {}).await;
+    // `behind` loads the raffle now and hears nothing of what `ahead` does next (bare
+    // engines have no NOTIFY listener).
+    assert_eq!(
+        engine_state(&behind, raffle_id).await.available_count(),
+        100
+    );
+    let order = Uuid::new_v4();
+    ahead
+        .execute(raffle_id, reserve_numbers(order, buyer(1), &[5]), meta())
+        .await
+        .unwrap();
+
+    // To `behind` the order does not exist yet: a refusal decided there is stale.
+    let release = RaffleCommand::Release { order_id: order };
+    let answer = behind
+        .execute(
+            raffle_id,
+            release.clone(),
+            keyed_meta("k-release", b"release"),
+        )
+        .await;
+    let released = answer.expect("decided again on the stream as it is");
+    assert!(!released.replayed);
+    assert!(
+        matches!(released.events.as_slice(), [e] if matches!(e.event, RaffleEvent::ReservationReleased { .. })),
+        "{released:?}"
+    );
+    // Both nodes now give the retry the same, stored answer.
+    for node in [&ahead, &behind] {
+        let retry = node
+            .execute(
+                raffle_id,
+                release.clone(),
+                keyed_meta("k-release", b"release"),
+            )
+            .await
+            .unwrap();
+        assert!(retry.replayed);
+        assert_eq!(retry.events, released.events);
+    }
+
+    ahead.shutdown().await;
+    behind.shutdown().await;
+    db.drop_database().await;
+}

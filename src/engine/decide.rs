@@ -65,7 +65,10 @@ impl Decider<'_> {
     ) -> Decided {
         let now = self.services.now();
         let (status_before, created_before) = (state.status(), state.config().is_some());
-        let mut batch = AppendBatch::default();
+        let mut batch = AppendBatch {
+            base_sequence: start.sequence,
+            ..AppendBatch::default()
+        };
         let mut published = Vec::new();
         let mut results = Vec::with_capacity(requests.len());
         let mut sequence = start.sequence;

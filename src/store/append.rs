@@ -21,6 +21,8 @@ pub struct NewEvent {
 
 #[derive(Debug, Default)]
 pub struct AppendBatch {
+    /// The stream's last sequence when the batch was decided.
+    pub base_sequence: u64,
     pub events: Vec<NewEvent>,
     pub idempotency: Vec<IdempotencyRecord>,
     /// Registry row, when this batch created the raffle or changed its status.
@@ -78,6 +80,19 @@ impl Store {
                 .await?;
             copy.send(copy_rows(&aggregate_id, &batch.events)).await?;
             copy.finish().await?;
+        } else if !batch.idempotency.is_empty() {
+            // No event to collide on: these answers (refusals, replays) were decided at
+            // `base_sequence`, and a node that was behind must not store them as final.
+            let last: Option<i64> = sqlx::query_scalar(
+                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(RAFFLE_STREAM)
+            .bind(&aggregate_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if last.unwrap_or(0) as u64 != batch.base_sequence {
+                return Err(AppendError::Conflict);
+            }
         }
         if !batch.idempotency.is_empty() {
             let scopes: Vec<&str> = batch.idempotency.iter().map(|r| r.scope.as_str()).collect();
