@@ -52,6 +52,13 @@ impl CommitThread {
         })
     }
 
+    /// Closes the thread's connections (the thread itself stops with the engine).
+    pub async fn close(&self) {
+        let pool = self.store.pool().clone();
+        // Closing talks to the server over sockets owned by the commit thread's runtime.
+        let _ = self.handle.spawn(async move { pool.close().await }).await;
+    }
+
     /// Appends `batch` to the raffle's stream on the commit thread.
     pub fn append(
         self: &Arc<Self>,

@@ -275,5 +275,7 @@ impl Engine {
         self.inner.registry.clear();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        // Every append has settled: the commit thread's connections can say goodbye.
+        self.inner.commits.close().await;
     }
 }
