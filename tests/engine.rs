@@ -1277,6 +1277,26 @@ async fn idle_raffles_without_holds_leave_memory_and_come_back() {
 
 // ----- 11. a failed append whose reload fails too -----
 
+/// Fault injection: an append holding an event that mentions "Poison" fails after
+/// `seconds` (dropped with `DROP TRIGGER fail_poison ON events`).
+async fn fail_appends_of_poison(pool: &sqlx::PgPool, seconds: f64) {
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.payload::text LIKE '%Poison%' THEN \
+             PERFORM pg_sleep({seconds}); \
+             RAISE EXCEPTION 'injected append failure'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER fail_poison BEFORE INSERT ON events \
+           FOR EACH ROW EXECUTE FUNCTION fail_poison();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
     let (engine, db) = start_engine(EngineConfig::default()).await;
@@ -1284,22 +1304,11 @@ async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
     let pool = db.pool().clone();
     // Fault injection: appending the reservation of buyer "Poison" fails after a second, and
     // while the snapshot table is away, reloading a raffle fails too.
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF NEW.payload::text LIKE '%Poison%' THEN \
-             PERFORM pg_sleep(1); \
-             RAISE EXCEPTION 'injected append failure'; \
-           END IF; \
-           RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER fail_poison BEFORE INSERT ON events \
-           FOR EACH ROW EXECUTE FUNCTION fail_poison(); \
-         ALTER TABLE raffle_snapshots RENAME TO raffle_snapshots_away;",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    fail_appends_of_poison(&pool, 1.0).await;
+    sqlx::raw_sql("ALTER TABLE raffle_snapshots RENAME TO raffle_snapshots_away;")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     let phantom = Uuid::new_v4();
     let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
@@ -1368,21 +1377,7 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     let raffle_id = open_raffle(&engine, 100, |_| {}).await;
     let pool = db.pool().clone();
     // Appending the reservation of buyer "Poison" fails, half a second in.
-    sqlx::raw_sql(
-        "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF NEW.payload::text LIKE '%Poison%' THEN \
-             PERFORM pg_sleep(0.5); \
-             RAISE EXCEPTION 'injected append failure'; \
-           END IF; \
-           RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER fail_poison BEFORE INSERT ON events \
-           FOR EACH ROW EXECUTE FUNCTION fail_poison();",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    fail_appends_of_poison(&pool, 0.5).await;
 
     let phantom = Uuid::new_v4();
     let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
