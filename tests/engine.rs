@@ -1279,6 +1279,20 @@ async fn idle_raffles_without_holds_leave_memory_and_come_back() {
 
 /// Fault injection: an append holding an event that mentions "Poison" fails after
 /// `seconds` (dropped with `DROP TRIGGER fail_poison ON events`).
+/// Starts the reservation of `number` by buyer "Poison" for a new order: (order, answer).
+fn reserve_as_poison(
+    engine: &Engine,
+    raffle_id: Uuid,
+    number: u32,
+) -> (Uuid, tokio::task::JoinHandle<Result<Applied, EngineError>>) {
+    let order = Uuid::new_v4();
+    let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
+    let command = reserve_numbers(order, poison, &[number]);
+    let engine = engine.clone();
+    let answer = tokio::spawn(async move { engine.execute(raffle_id, command, meta()).await });
+    (order, answer)
+}
+
 async fn fail_appends_of_poison(pool: &sqlx::PgPool, seconds: f64) {
     sqlx::raw_sql(&format!(
         "CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -1310,13 +1324,7 @@ async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
         .await
         .unwrap();
 
-    let phantom = Uuid::new_v4();
-    let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
-    let failing = {
-        let engine = engine.clone();
-        let command = reserve_numbers(phantom, poison, &[7]);
-        tokio::spawn(async move { engine.execute(raffle_id, command, meta()).await })
-    };
+    let (phantom, failing) = reserve_as_poison(&engine, raffle_id, 7);
     // While that append hangs, a payment for the same order queues up behind it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let paying = {
@@ -1379,13 +1387,7 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     // Appending the reservation of buyer "Poison" fails, half a second in.
     fail_appends_of_poison(&pool, 0.5).await;
 
-    let phantom = Uuid::new_v4();
-    let poison = Buyer::parse("Poison", "poison@example.com", None).unwrap();
-    let failing = {
-        let engine = engine.clone();
-        let command = reserve_numbers(phantom, poison, &[7]);
-        tokio::spawn(async move { engine.execute(raffle_id, command, meta()).await })
-    };
+    let (phantom, failing) = reserve_as_poison(&engine, raffle_id, 7);
     // While that append runs, these are decided on top of it: number 7 looks taken and
     // the phantom order looks payable.
     tokio::time::sleep(Duration::from_millis(200)).await;
