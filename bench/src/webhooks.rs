@@ -181,11 +181,15 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
                 let Some((body, header, order_id)) = plans.get(i) else {
                     break;
                 };
-                tokio::time::sleep_until((started + interval * i as u32).into()).await;
+                // Latency counts from when the delivery was due, not from when a busy
+                // sender got to it: an open loop must not hide its own queueing.
+                let due = started + interval * i as u32;
+                tokio::time::sleep_until(due.into()).await;
                 if let Some(order_id) = order_id {
-                    first_sent.push((*order_id, Utc::now()));
+                    let late = chrono::Duration::from_std(due.elapsed()).unwrap_or_default();
+                    first_sent.push((*order_id, Utc::now() - late));
                 }
-                let t0 = Instant::now();
+                let t0 = due;
                 let response = client
                     .post(&url)
                     .header("stripe-signature", header.as_ref())
