@@ -58,7 +58,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TOMBOLA_QUEUE_CAPACITY", default_value_t = 4096)]
     pub queue_capacity: usize,
 
-    /// Write a raffle snapshot every this many events.
+    /// Write a raffle snapshot at most every this many events (large raffles wait longer:
+    /// until the events since the last snapshot add up to about its size). 0 = never.
     #[arg(long, env = "TOMBOLA_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
 

@@ -35,7 +35,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Most commands decided in one group commit.
     pub max_batch: usize,
-    /// Write a snapshot after this many events since the last one.
+    /// Write a snapshot after this many events since the last one, at least (large raffles
+    /// wait until those events add up to about the snapshot's size). 0 = never.
     pub snapshot_every: u64,
     /// Unload a raffle with no live holds after this long without commands.
     pub evict_after: Duration,
