@@ -1332,10 +1332,25 @@ async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
         let command = payment(phantom, "pi_phantom", PRICE_MINOR);
         tokio::spawn(async move { engine.execute(raffle_id, command, webhook_meta()).await })
     };
+    // And a read, which must not see the reservation that is about to fail.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reading = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .read(raffle_id, |raffle| raffle.available_count())
+                .await
+        })
+    };
     let failed = failing.await.unwrap();
     assert!(
         matches!(failed, Err(EngineError::Unavailable { .. })),
         "{failed:?}"
+    );
+    let read = reading.await.unwrap();
+    assert!(
+        matches!(read, Ok(100) | Err(EngineError::Unavailable { .. })),
+        "a read saw uncommitted state: {read:?}"
     );
     let paid = paying.await.unwrap();
 

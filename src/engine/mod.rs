@@ -43,8 +43,6 @@ pub struct EngineConfig {
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
     pub clock: Arc<dyn Clock>,
-    /// Identifies this node in NOTIFY payloads, so it ignores its own.
-    pub node_id: String,
 }
 
 impl Default for EngineConfig {
@@ -56,7 +54,6 @@ impl Default for EngineConfig {
             evict_after: Duration::from_secs(600),
             max_conflict_retries: 8,
             clock: Arc::new(SystemClock),
-            node_id: Uuid::new_v4().to_string(),
         }
     }
 }

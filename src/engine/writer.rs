@@ -110,7 +110,7 @@ struct Writer {
     services: RaffleServices,
     /// In-memory state may hold uncommitted events and could not be reloaded: stop.
     poisoned: bool,
-    /// After a failed append, due holds wait a moment rather than retry in a tight loop.
+    /// After a failed expiry, due holds wait a moment rather than retry in a tight loop.
     expiry_retry_at: Option<Instant>,
     in_flight: Option<InFlight>,
     pending: Option<Batch>,
@@ -145,7 +145,7 @@ pub(crate) async fn run(
         let expiry_in = writer.expiry_due_in();
         let in_flight = writer.in_flight.is_some();
         // A full pending batch takes nothing more until the append ahead of it commits.
-        let room = config.max_batch.saturating_sub(writer.pending_len());
+        let room = config.max_batch.max(1).saturating_sub(writer.pending_len());
         let evictable =
             !in_flight && (writer.state.next_expiry().is_none() || writer.state.config().is_none());
         tokio::select! {
@@ -219,7 +219,7 @@ impl Writer {
             state: loaded.raffle,
             tip: committed.clone(),
             snapshot_sequence: committed.sequence,
-            snapshot_bytes: 0,
+            snapshot_bytes: loaded.snapshot_bytes,
             committed,
             services,
             poisoned: false,
@@ -269,9 +269,11 @@ impl Writer {
         Some(wait.max(backoff))
     }
 
-    /// Decides the expiry like any command; nobody waits for its answer.
+    /// Expires due holds in a batch of their own, so that an expiry that keeps failing
+    /// backs off on its own outcome and takes no caller's command down with it.
     async fn expire_due_holds(&mut self) {
-        let (reply, _) = oneshot::channel();
+        self.flush().await;
+        let (reply, answer) = oneshot::channel();
         let request = CommandRequest {
             command: RaffleCommand::ExpireDueHolds,
             meta: CommandMeta::system("expiry"),
@@ -279,6 +281,11 @@ impl Writer {
         };
         self.process(vec![Message::Command(Box::new(request))])
             .await;
+        self.flush().await;
+        self.expiry_retry_at = match answer.await {
+            Ok(Ok(_)) => None,
+            _ => Some(Instant::now() + Duration::from_secs(1)),
+        };
     }
 
     async fn process(&mut self, batch: Vec<Message>) {
@@ -293,7 +300,10 @@ impl Writer {
                 Message::Refresh => {}
             }
         }
-        if self.poisoned || catch_up > self.committed.sequence || self.snapshot_due() {
+        // A notification at or below the tip is this node's own commit, or another node's
+        // that the batch in flight will collide with (and reload on): not worth a flush.
+        let behind = catch_up > self.tip.sequence;
+        if self.poisoned || behind || self.snapshot_due() {
             self.flush().await;
             self.maybe_snapshot();
         }
@@ -306,7 +316,7 @@ impl Writer {
                 return;
             }
         }
-        if catch_up > self.committed.sequence {
+        if behind && catch_up > self.committed.sequence {
             if let Err(error) = self.catch_up().await {
                 tracing::warn!(raffle_id = %self.raffle_id, %error, "catch-up failed");
             }
@@ -319,6 +329,11 @@ impl Writer {
         }
         if !reads.is_empty() {
             self.flush().await;
+            // A failed append whose reload failed too leaves uncommitted events in the
+            // state: read only after a reload; dropped reads answer "unavailable".
+            if self.poisoned && self.reload().await.is_err() {
+                return;
+            }
             for read in reads {
                 read(&self.state);
             }
@@ -473,11 +488,11 @@ impl Writer {
         };
         let failure = match flight.outcome {
             Some(Err(failure)) => failure,
-            _ => {
+            None => unreachable!("append_finished ran to completion"),
+            Some(Ok(())) => {
                 for key in &flight.keys {
                     self.uncommitted_keys.remove(key);
                 }
-                self.expiry_retry_at = None;
                 let commands = flight.requests.len();
                 self.commit_done(flight.end, flight.published, commands, flight.events);
                 // The next append first: the database should not wait while callers wake.
@@ -486,7 +501,6 @@ impl Writer {
                 return;
             }
         };
-        self.expiry_retry_at = Some(Instant::now() + Duration::from_secs(1));
         let void = self.pending.take().map(|batch| batch.requests);
         let reloaded = self.reload().await;
         let results = if failure.conflict && reloaded.is_ok() {

@@ -19,6 +19,8 @@ pub struct LoadedRaffle {
     pub raffle: Raffle,
     pub last_sequence: u64,
     pub last_hash: String,
+    /// Size of the snapshot it was loaded from (0: none).
+    pub snapshot_bytes: usize,
 }
 
 impl Store {
@@ -32,6 +34,7 @@ impl Store {
         .await?;
         let mut loaded = match snapshot {
             Some((last_sequence, last_hash, payload)) => {
+                let snapshot_bytes = payload.len();
                 let raffle = tokio::task::spawn_blocking(move || Raffle::decode_snapshot(&payload))
                     .await
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?
@@ -40,12 +43,14 @@ impl Store {
                     raffle,
                     last_sequence: last_sequence as u64,
                     last_hash,
+                    snapshot_bytes,
                 }
             }
             None => LoadedRaffle {
                 raffle: Raffle::default(),
                 last_sequence: 0,
                 last_hash: GENESIS.to_owned(),
+                snapshot_bytes: 0,
             },
         };
         for stored in self.events_after(raffle_id, loaded.last_sequence).await? {

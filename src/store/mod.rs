@@ -49,18 +49,17 @@ impl Store {
         let options = PgConnectOptions::from_str(database_url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            // A ping per checkout is one more round trip on every group commit. A dead
-            // connection instead fails its statement, which every caller already handles
-            // as retryable, and sqlx drops it.
-            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
         Ok(Self { pool })
     }
 
-    /// A store on the same database with a pool of its own, as large as this one's.
-    /// Opens nothing yet: connections open on first use, on the caller's runtime.
+    /// A store on the same database with a pool of its own, as large as this one's, that
+    /// does not ping on checkout: one more round trip on every group commit. A dead
+    /// connection fails its append instead, and the writer reloads through this store's
+    /// pool, which does ping. Opens nothing yet: connections open on first use, on the
+    /// caller's runtime.
     pub fn sibling(&self) -> Self {
         let options = (*self.pool.connect_options()).clone();
         let pool = PgPoolOptions::new()
