@@ -24,12 +24,15 @@ use crate::store::{AppendBatch, AppendError, StoredEvent};
 /// (and the next one started) between turns, so a turn must stay short.
 const TURN: usize = 64;
 
-/// A large raffle's next snapshot waits for one event per this many bytes of its last one.
+/// A large raffle's next snapshot (after one of [`LARGE_SNAPSHOT`] or more) waits for one
+/// event per this many bytes of its last one.
 /// An event costs ~1 KB to store, so snapshots add at most ~1/8 to what the database
 /// writes (at 512 the engine bench's 10M raffle stalled on them: p99 175–375 ms, against
 /// 82–85 ms at 128). The price is replay on load: a sold-out 10M raffle (218 MB) may replay
 /// up to 1.7M events after its snapshot.
 const SNAPSHOT_BYTES_PER_EVENT: usize = 128;
+/// Below this a snapshot is cheap whatever the raffle does: `snapshot_every` alone rules.
+const LARGE_SNAPSHOT: usize = 1 << 20;
 
 pub(crate) enum Message {
     Command(Box<CommandRequest>),
@@ -598,7 +601,11 @@ impl Writer {
     /// snapshot is megabytes.
     fn snapshot_due(&self) -> bool {
         let every = self.engine.inner.config.snapshot_every;
-        let by_size = (self.snapshot_bytes / SNAPSHOT_BYTES_PER_EVENT) as u64;
+        let by_size = if self.snapshot_bytes >= LARGE_SNAPSHOT {
+            (self.snapshot_bytes / SNAPSHOT_BYTES_PER_EVENT) as u64
+        } else {
+            0
+        };
         every != 0 && self.tip.sequence - self.snapshot_sequence >= every.max(by_size)
     }
 
