@@ -44,3 +44,19 @@ pub async fn fresh_database(max_connections: u32) -> Result<(Store, String), Sto
     store.migrate().await?;
     Ok((store, url))
 }
+
+/// Drops the database `url` names, terminating whatever is still connected to it: the
+/// other half of [`fresh_database`].
+pub async fn drop_database(url: &str) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    let name = options
+        .get_database()
+        .map(str::to_owned)
+        .ok_or_else(|| sqlx::Error::Configuration("the url names no database".into()))?;
+    let mut admin = options.database("postgres").connect().await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    Ok(())
+}

@@ -2,15 +2,12 @@
 //! role and request helpers. Arrange / Act / Assert in the tests; the plumbing lives here.
 //! Server logs are printed only when `TEST_LOG` is set.
 
-use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tombola::api::auth::{Keys, Role};
@@ -284,18 +281,9 @@ impl TestApp {
             self.stopped().await;
         }
         self.store.pool().close().await;
-        let options = PgConnectOptions::from_str(&self.db_url).expect("database url");
-        let name = options.get_database().expect("a database name").to_owned();
-        let mut admin = options
-            .database("postgres")
-            .connect()
-            .await
-            .expect("connect to the server");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
+        tombola::testing::drop_database(&self.db_url)
             .await
             .expect("drop the test database");
-        let _ = admin.close().await;
     }
 }
 

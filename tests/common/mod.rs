@@ -6,11 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::PgPool;
 use tombola::engine::{Applied, CommandMeta, Engine, EngineConfig, EngineError};
 use tombola::store::chain::{event_hash, ChainInput, GENESIS};
 use tombola::store::{
@@ -59,21 +57,9 @@ impl TestDb {
 
 /// Drops the database `url` names, terminating whatever is still connected to it.
 pub async fn drop_database(url: &str) {
-    let options = PgConnectOptions::from_str(url).expect("database url");
-    let name = options
-        .get_database()
-        .expect("url names a database")
-        .to_owned();
-    let mut admin = options
-        .database("postgres")
-        .connect()
-        .await
-        .expect("connect to the server");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
+    tombola::testing::drop_database(url)
         .await
         .expect("drop the test database");
-    let _ = admin.close().await;
 }
 
 /// An engine on a fresh database.

@@ -3,7 +3,6 @@
 //! a hand-cranked inbox worker, and reads of the inbox and the event log.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -185,18 +183,9 @@ impl TestServer {
                 .expect("the server task did not panic");
         }
         self.store.pool().close().await;
-        let options = PgConnectOptions::from_str(&self.database_url).expect("database url");
-        let name = options.get_database().expect("a database").to_owned();
-        let mut admin = options
-            .database("postgres")
-            .connect()
-            .await
-            .expect("connect");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
+        tombola::testing::drop_database(&self.database_url)
             .await
             .expect("drop the test database");
-        let _ = admin.close().await;
     }
 
     // ----- the API, as an admin -----
