@@ -221,11 +221,8 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     let acks = latencies.len();
-    let ack_ms = |p: f64| {
-        latencies
-            .get(((acks as f64 * p) as usize).min(acks.saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
+    // Microseconds in, milliseconds (to two decimals) out.
+    let ack_ms = |p: f64| (percentile(&latencies, p).unwrap_or(0) as f64 / 10.0).round() / 100.0;
     eprintln!(
         "webhooks bench: {acks} acks in {:.1} s ({:.0}/s), p50 {:.1} ms, p99 {:.1} ms, {failed} failed",
         elapsed.as_secs_f64(),
@@ -258,16 +255,6 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         let _ = stop.send(());
         let _ = handle.await;
     }
-    let pct = |sorted: &[u64], p: f64| {
-        sorted
-            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
-    let lag_pct = |p: f64| {
-        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(json!({
         "bench": "webhooks",
         "deliveries": deliveries,
@@ -276,14 +263,20 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "acks": acks,
         "failed": failed,
         "acks_per_sec": (acks as f64 / elapsed.as_secs_f64()).round(),
-        "ack_p50_ms": (pct(&latencies, 0.50) * 100.0).round() / 100.0,
-        "ack_p99_ms": (pct(&latencies, 0.99) * 100.0).round() / 100.0,
+        "ack_p50_ms": ack_ms(0.50),
+        "ack_p99_ms": ack_ms(0.99),
         "orders_paid": issued.len(),
         "orders_expected": expected.len(),
-        "issue_lag_p50_ms": lag_pct(0.50),
-        "issue_lag_p99_ms": lag_pct(0.99),
+        "issue_lag_p50_ms": percentile(&lags, 0.50).unwrap_or(0),
+        "issue_lag_p99_ms": percentile(&lags, 0.99).unwrap_or(0),
         "duplicates_issued": duplicates_issued,
     }))
+}
+
+/// The value below which a fraction `p` of `sorted` lies.
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let index = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(index).copied()
 }
 
 fn delivery_body(order: &Order) -> String {
