@@ -101,6 +101,23 @@ struct AppendFailure {
     reason: String,
 }
 
+impl AppendFailure {
+    /// What a finished append task came to.
+    fn check(outcome: Result<Result<(), AppendError>, tokio::task::JoinError>) -> Result<(), Self> {
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Self {
+                conflict: matches!(error, AppendError::Conflict),
+                reason: error.to_string(),
+            }),
+            Err(error) => Err(Self {
+                conflict: false,
+                reason: format!("the append task failed: {error}"),
+            }),
+        }
+    }
+}
+
 struct Writer {
     engine: Engine,
     raffle_id: Uuid,
@@ -450,17 +467,7 @@ impl Writer {
         if let Some(task) = flight.task.as_mut() {
             let outcome = task.await;
             flight.task = None;
-            flight.outcome = Some(match outcome {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(AppendFailure {
-                    conflict: matches!(error, AppendError::Conflict),
-                    reason: error.to_string(),
-                }),
-                Err(error) => Err(AppendFailure {
-                    conflict: false,
-                    reason: format!("the append task failed: {error}"),
-                }),
-            });
+            flight.outcome = Some(AppendFailure::check(outcome));
         }
     }
 
@@ -526,8 +533,9 @@ impl Writer {
         }
     }
 
-    /// Another node appended first: decide again on its events and append right away,
-    /// with backoff, until it commits or the retries run out.
+    /// Another node appended first: decide again on its events and append (on the commit
+    /// thread, like every append) without a pipeline, with backoff, until it commits or the
+    /// retries run out.
     async fn commit_in_place(
         &mut self,
         requests: &[CommandRequest],
@@ -543,33 +551,33 @@ impl Writer {
                     return requests.iter().map(|_| Err(error.clone())).collect();
                 }
             };
+            let events = decided.batch.events.len();
             let outcome = if decided.batch.is_empty() {
                 Ok(())
             } else {
-                self.engine
+                let task = self
+                    .engine
                     .inner
-                    .store
-                    .append(self.raffle_id, &decided.batch)
-                    .await
+                    .commits
+                    .append(self.raffle_id, decided.batch);
+                AppendFailure::check(task.await)
             };
-            let error = match outcome {
+            let failure = match outcome {
                 Ok(()) => {
                     self.uncommitted_keys.clear();
-                    let events = decided.batch.events.len();
                     self.commit_done(decided.end, decided.published, requests.len(), events);
                     return decided.results;
                 }
-                Err(error) => error,
+                Err(failure) => failure,
             };
             let reloaded = self.reload().await;
-            match error {
-                AppendError::Conflict if attempt < max_retries && reloaded.is_ok() => attempt += 1,
-                error => {
-                    tracing::warn!(raffle_id = %self.raffle_id, %error, attempt, "append failed");
-                    let error = EngineError::unavailable(&error);
-                    return requests.iter().map(|_| Err(error.clone())).collect();
-                }
+            if !(failure.conflict && attempt < max_retries && reloaded.is_ok()) {
+                let reason = &failure.reason;
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, attempt, "append failed");
+                let error = EngineError::unavailable(reason);
+                return requests.iter().map(|_| Err(error.clone())).collect();
             }
+            attempt += 1;
         }
     }
 
