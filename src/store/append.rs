@@ -139,14 +139,21 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(last) = batch.events.last() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(EVENTS_CHANNEL)
-                .bind(format!("{raffle_id}:{}", last.sequence))
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Tells other nodes (LISTEN on [`EVENTS_CHANNEL`]) that streams grew, as `raffle:sequence`
+    /// notices. Sent after the appends commit, never inside them: a transaction that notifies
+    /// holds PostgreSQL's global notify lock through its commit's WAL flush, so every raffle's
+    /// group commit queued behind every other's. A notify-only transaction does not wait for
+    /// a flush, and nothing depends on notices for correctness.
+    pub async fn announce(&self, notices: &[String]) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, notice) FROM UNNEST($2::text[]) AS notice")
+            .bind(EVENTS_CHANNEL)
+            .bind(notices)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
