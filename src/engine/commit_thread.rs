@@ -39,7 +39,7 @@ impl CommitThread {
                 // Connections belong to the runtime that opens them: this pool's open here.
                 let own = {
                     let _entered = runtime.enter();
-                    let own = store.sibling();
+                    let own = store.sibling("tombola-commit");
                     tokio::spawn(announce(own.clone(), tips));
                     own
                 };

@@ -46,7 +46,7 @@ impl Store {
     }
 
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(database_url)?;
+        let options = PgConnectOptions::from_str(database_url)?.application_name("tombola");
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -59,9 +59,11 @@ impl Store {
     /// does not ping on checkout: one more round trip on every group commit. A dead
     /// connection fails its append instead, and the writer reloads through this store's
     /// pool, which does ping. Opens nothing yet: connections open on first use, on the
-    /// caller's runtime.
-    pub fn sibling(&self) -> Self {
-        let options = (*self.pool.connect_options()).clone();
+    /// caller's runtime. `role` names its connections in `pg_stat_activity`.
+    pub fn sibling(&self, role: &str) -> Self {
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(role);
         let pool = PgPoolOptions::new()
             .max_connections(self.pool.options().get_max_connections())
             .acquire_timeout(Duration::from_secs(10))
