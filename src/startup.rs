@@ -48,10 +48,12 @@ impl Application {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
-        let payments = (!secrets.is_empty()).then(|| {
+        let payments = if secrets.is_empty() {
+            None
+        } else {
             let stripe = Stripe::new(secrets, args.stripe_tolerance_secs);
-            PaymentsIn::new(engine.clone(), vec![Arc::new(stripe)])
-        });
+            Some(PaymentsIn::new(engine.clone(), vec![Arc::new(stripe)])?)
+        };
         let state = AppState::new(
             engine.clone(),
             RateLimits::new(args.rate_limit_per_key, args.rate_limit_per_ip),

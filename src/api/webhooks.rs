@@ -58,9 +58,6 @@ pub async fn stripe(
                 retry_after: std::time::Duration::from_secs(1),
             }
         })?;
-    if new {
-        payments.wake.notify_one();
-    }
     Ok(axum::Json(WebhookAck {
         received: true,
         duplicate: !new,

@@ -62,9 +62,10 @@ pub enum Settlement<'a> {
     },
 }
 
-/// Settles a batch of deliveries with one statement.
+/// Settles a batch of deliveries with one statement. Only rows still pending change: a
+/// leased row that a poller settled meanwhile keeps that settlement.
 pub async fn settle(
-    tx: &mut Transaction<'_, Postgres>,
+    executor: impl sqlx::PgExecutor<'_>,
     settled: &[(&str, &str, Settlement<'_>)],
 ) -> Result<(), StoreError> {
     let mut providers = Vec::with_capacity(settled.len());
@@ -102,7 +103,7 @@ pub async fn settle(
            processed_at = CASE WHEN t.status IN ('done', 'rejected') THEN now() END \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                      $6::timestamptz[]) AS t(provider, event_id, status, outcome, error, next_attempt_at) \
-         WHERE i.provider = t.provider AND i.event_id = t.event_id",
+         WHERE i.provider = t.provider AND i.event_id = t.event_id AND i.status = 'pending'",
     )
     .bind(&providers)
     .bind(&event_ids)
@@ -110,7 +111,7 @@ pub async fn settle(
     .bind(&outcomes)
     .bind(&errors)
     .bind(&next_attempts)
-    .execute(&mut **tx)
+    .execute(executor)
     .await?;
     Ok(())
 }

@@ -2,25 +2,31 @@
 //! which stores everything waiting with one multi-row insert and one commit, then answers
 //! each handler. A provider is answered only once its delivery is durable, and a burst of
 //! deliveries costs one fsync instead of one each.
+//!
+//! While this node runs inbox workers, new deliveries are also handed to them in memory,
+//! already parsed, and their rows are stored leased to this node for [`LEASE`]: pollers
+//! leave them alone until then, so the fast path needs no row lock and no second read. If
+//! the node dies first, the lease runs out and any node's poller applies the delivery.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use super::provider::{PaymentAction, ProviderEvent};
 use crate::store::{Store, StoreError};
 
+/// How long a delivery handed to this node's workers is theirs alone. Far above any issue
+/// lag seen under load; a longer lease only delays recovery after a crash.
+pub const LEASE: Duration = Duration::from_secs(30);
+
 /// A verified delivery, ready to store.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub provider: &'static str,
-    pub event_id: String,
-    pub event_type: String,
-    pub payment_id: Option<String>,
-    pub raffle_id: Option<Uuid>,
-    pub order_id: Option<Uuid>,
-    pub ignored: bool,
+    pub event: ProviderEvent,
     /// The raw body, stored as received.
     pub body: String,
 }
@@ -29,16 +35,18 @@ impl Delivery {
     pub fn new(provider: &'static str, event: ProviderEvent, body: String) -> Self {
         Self {
             provider,
-            payment_id: event.action.payment_id().map(str::to_owned),
-            ignored: event.action == PaymentAction::Ignored,
-            event_id: event.event_id,
-            event_type: event.event_type,
-            raffle_id: event.raffle_id,
-            order_id: event.order_id,
+            event,
             body,
         }
     }
+
+    fn ignored(&self) -> bool {
+        self.event.action == PaymentAction::Ignored
+    }
 }
+
+/// Where new deliveries go once stored, when this node's workers take them in memory.
+pub type Handoff = mpsc::Sender<Delivery>;
 
 type Reply = oneshot::Sender<Result<bool, String>>;
 
@@ -47,14 +55,38 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub struct Intake {
     sender: mpsc::Sender<(Delivery, Reply)>,
+    handoff: Arc<OnceLock<Handoff>>,
 }
 
 impl Intake {
-    /// Starts the intake task; it ends when every `Intake` clone is dropped.
-    pub fn start(store: Store, capacity: usize) -> Self {
+    /// Starts the intake on a thread of its own, with connections of its own that skip the
+    /// checkout ping. On the runtime that serves requests, each insert's reply waited in the
+    /// run queue behind hundreds of HTTP tasks, and every acknowledgement waited with it.
+    /// The thread ends when every `Intake` clone is dropped.
+    /// `wake` is notified when a stored delivery is left to the pollers.
+    pub fn start(store: Store, capacity: usize, wake: Arc<Notify>) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel(capacity);
-        tokio::spawn(run(store, receiver));
-        Self { sender }
+        let handoff = Arc::new(OnceLock::new());
+        let handoff_used = handoff.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("tombola-intake".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let own = store.sibling("tombola-intake");
+                    run(&own, receiver, &handoff_used, &wake).await;
+                    own.pool().close().await;
+                })
+            })?;
+        Ok(Self { sender, handoff })
+    }
+
+    /// From now on, new deliveries are leased to this node and handed to `handoff`. Set
+    /// once; when its receiver is gone, deliveries go to the pollers again.
+    pub fn hand_off_to(&self, handoff: Handoff) {
+        let _ = self.handoff.set(handoff);
     }
 
     /// Stores the delivery unless the same provider event is already there; answers whether
@@ -68,7 +100,12 @@ impl Intake {
     }
 }
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<(Delivery, Reply)>) {
+async fn run(
+    store: &Store,
+    mut receiver: mpsc::Receiver<(Delivery, Reply)>,
+    handoff: &OnceLock<Handoff>,
+    wake: &Notify,
+) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -77,15 +114,37 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<(Delivery, Reply)>) {
                 Err(_) => break,
             }
         }
+        let handoff = handoff.get().filter(|h| !h.is_closed());
+        let lease = if handoff.is_some() {
+            LEASE
+        } else {
+            Duration::ZERO
+        };
         let deliveries: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
-        match insert(&store, &deliveries).await {
+        match insert(store, &deliveries, lease).await {
             Ok(inserted) => {
                 // Within one batch the same event may come twice: the first one is new.
                 let mut answered = HashSet::new();
+                let mut for_pollers = false;
                 for (delivery, reply) in batch {
-                    let key = (delivery.provider, delivery.event_id);
+                    let key = (delivery.provider, delivery.event.event_id.clone());
                     let new = inserted.contains(&key) && answered.insert(key);
                     let _ = reply.send(Ok(new));
+                    if !new || delivery.ignored() {
+                        continue;
+                    }
+                    match handoff {
+                        // Full or gone: the row waits out its lease, then a poller takes it.
+                        Some(handoff) => {
+                            if let Err(error) = handoff.try_send(delivery) {
+                                tracing::warn!(%error, "delivery left to the pollers");
+                            }
+                        }
+                        None => for_pollers = true,
+                    }
+                }
+                if for_pollers {
+                    wake.notify_one();
                 }
             }
             Err(error) => {
@@ -101,23 +160,25 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<(Delivery, Reply)>) {
 async fn insert(
     store: &Store,
     deliveries: &[&Delivery],
+    lease: Duration,
 ) -> Result<HashSet<(&'static str, String)>, StoreError> {
     let column = |f: fn(&Delivery) -> Option<&str>| -> Vec<Option<&str>> {
         deliveries.iter().map(|d| f(d)).collect()
     };
     let providers = column(|d| Some(d.provider));
-    let event_ids = column(|d| Some(&d.event_id));
-    let types = column(|d| Some(&d.event_type));
+    let event_ids = column(|d| Some(&d.event.event_id));
+    let types = column(|d| Some(&d.event.event_type));
     let bodies = column(|d| Some(&d.body));
-    let payments = column(|d| d.payment_id.as_deref());
-    let statuses = column(|d| Some(if d.ignored { "ignored" } else { "pending" }));
-    let raffles: Vec<Option<Uuid>> = deliveries.iter().map(|d| d.raffle_id).collect();
-    let orders: Vec<Option<Uuid>> = deliveries.iter().map(|d| d.order_id).collect();
+    let payments = column(|d| d.event.action.payment_id());
+    let statuses = column(|d| Some(if d.ignored() { "ignored" } else { "pending" }));
+    let raffles: Vec<Option<Uuid>> = deliveries.iter().map(|d| d.event.raffle_id).collect();
+    let orders: Vec<Option<Uuid>> = deliveries.iter().map(|d| d.event.order_id).collect();
     let rows: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO payment_inbox \
-           (provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status) \
+           (provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status, \
+            next_attempt_at) \
          SELECT t.provider, t.event_id, t.event_type, t.payload::json, t.payment_id, \
-                t.raffle_id, t.order_id, t.status \
+                t.raffle_id, t.order_id, t.status, now() + make_interval(secs => $9) \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], \
                      $7::uuid[], $8::text[]) \
            AS t(provider, event_id, event_type, payload, payment_id, raffle_id, order_id, status) \
@@ -131,6 +192,7 @@ async fn insert(
     .bind(&raffles)
     .bind(&orders)
     .bind(&statuses)
+    .bind(lease.as_secs_f64())
     .fetch_all(store.pool())
     .await?;
     let providers: HashSet<&'static str> = deliveries.iter().map(|d| d.provider).collect();

@@ -1,26 +1,32 @@
-//! Inbox workers: take due deliveries (`FOR UPDATE SKIP LOCKED`), turn each into a raffle
-//! command, and settle the row in the same transaction that locked it. Failures retry with
-//! exponential backoff and proportional jitter and end up visible to operators.
+//! Inbox workers. New deliveries come from the intake in memory, on rows leased to this
+//! node: each is turned into a raffle command and its row settled, in batches. Pollers take
+//! everything else that is due (`FOR UPDATE SKIP LOCKED`): retries, deliveries whose lease
+//! ran out because a node died, and those stored while no worker ran; they settle each row
+//! in the transaction that locked it. Failures retry with exponential backoff and
+//! proportional jitter and end up visible to operators.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tombola_domain::{
     ProviderPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure, RefundOrder,
 };
 
 use super::inbox::{self, DueDelivery, Settlement};
+use super::intake::{Delivery, Intake};
 use super::provider::{PaymentAction, PaymentProvider, ProviderEvent};
 use crate::engine::{CommandMeta, Engine, EngineError};
 use crate::store::Source;
 
 /// Attempts before a delivery is marked failed (about a day and a half of backoff).
 pub const MAX_ATTEMPTS: i32 = 12;
-/// Deliveries per worker transaction; applied concurrently, so they share group commits.
+/// New deliveries waiting for a worker, beyond which they wait out their lease instead.
+const HANDOFF_CAPACITY: usize = 65_536;
+/// Deliveries per worker batch; applied concurrently, so they share group commits.
 const BATCH: i64 = 128;
 /// How long a worker lets deliveries gather after a partial batch: adds at most this to the
 /// issue lag, and saves a transaction per delivery under load.
@@ -31,30 +37,41 @@ pub struct PaymentsIn {
     pub engine: Engine,
     pub providers: Arc<HashMap<&'static str, Arc<dyn PaymentProvider>>>,
     pub wake: Arc<Notify>,
-    pub intake: super::intake::Intake,
+    pub intake: Intake,
 }
 
 impl PaymentsIn {
-    pub fn new(engine: Engine, providers: Vec<Arc<dyn PaymentProvider>>) -> Self {
-        Self {
+    pub fn new(engine: Engine, providers: Vec<Arc<dyn PaymentProvider>>) -> std::io::Result<Self> {
+        let wake = Arc::new(Notify::new());
+        Ok(Self {
             providers: Arc::new(providers.into_iter().map(|p| (p.name(), p)).collect()),
-            wake: Arc::new(Notify::new()),
-            intake: super::intake::Intake::start(engine.store().clone(), 65_536),
+            intake: Intake::start(engine.store().clone(), 65_536, wake.clone())?,
+            wake,
             engine,
-        }
+        })
     }
 
     pub fn provider(&self, name: &str) -> Option<Arc<dyn PaymentProvider>> {
         self.providers.get(name).cloned()
     }
 
-    /// Starts `workers` loops that run until `stop` is cancelled.
+    /// Starts `workers` loops for new deliveries and as many pollers, all running until
+    /// `stop` is cancelled. With 0, new deliveries stay in the inbox for whoever polls it.
     pub fn spawn_workers(
         &self,
         workers: usize,
         stop: CancellationToken,
     ) -> tokio_util::task::TaskTracker {
         let tracker = tokio_util::task::TaskTracker::new();
+        if workers > 0 {
+            let (handoff, fresh) = mpsc::channel(HANDOFF_CAPACITY);
+            self.intake.hand_off_to(handoff);
+            let fresh = Arc::new(tokio::sync::Mutex::new(fresh));
+            for _ in 0..workers {
+                let (this, stop, fresh) = (self.clone(), stop.clone(), fresh.clone());
+                tracker.spawn(async move { this.work_fresh(&fresh, stop).await });
+            }
+        }
         for _ in 0..workers {
             let this = self.clone();
             let stop = stop.clone();
@@ -99,38 +116,61 @@ impl PaymentsIn {
         }
     }
 
+    /// Applies new deliveries handed over by the intake, a batch at a time, and settles their
+    /// rows with one statement. No transaction: the rows are leased to this node, not locked.
+    /// If settling fails, the lease runs out and a poller applies them again, harmlessly.
+    async fn work_fresh(
+        &self,
+        fresh: &tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let batch = {
+                let mut fresh = tokio::select! {
+                    fresh = fresh.lock() => fresh,
+                    () = stop.cancelled() => return,
+                };
+                let first = tokio::select! {
+                    first = fresh.recv() => first,
+                    () = stop.cancelled() => return,
+                };
+                let Some(first) = first else { return };
+                let mut batch = vec![first];
+                while batch.len() < BATCH as usize {
+                    match fresh.try_recv() {
+                        Ok(delivery) => batch.push(delivery),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            let events: Vec<_> = batch.iter().map(|d| (d.provider, Ok(&d.event))).collect();
+            let results = self.apply_all(&events).await;
+            let settled = settlements(
+                batch
+                    .iter()
+                    .map(|d| (d.provider, d.event.event_id.as_str(), 0)),
+                &results,
+            );
+            if let Err(error) = inbox::settle(self.engine.store().pool(), &settled).await {
+                tracing::warn!(%error, "new deliveries applied but not settled");
+            }
+        }
+    }
+
     /// Processes one batch of due deliveries; returns how many.
     pub async fn process_due(&self) -> Result<usize, crate::store::StoreError> {
-        let (mut tx, applied) = self.take_and_apply().await?;
-        let settled: Vec<_> = applied
-            .iter()
-            .map(|(delivery, result)| {
-                let settlement = match result {
-                    Ok(outcome) => Settlement::Done { outcome },
-                    Err(Failure::Rejected(error)) => Settlement::Rejected { error },
-                    Err(Failure::Retry(error)) => {
-                        let attempt = delivery.attempts + 1;
-                        Settlement::Retry {
-                            error,
-                            next_attempt_at: Utc::now()
-                                + chrono::Duration::from_std(retry_delay(attempt))
-                                    .unwrap_or_default(),
-                            give_up: attempt >= MAX_ATTEMPTS,
-                        }
-                    }
-                };
-                (
-                    delivery.provider.as_str(),
-                    delivery.event_id.as_str(),
-                    settlement,
-                )
-            })
-            .collect();
+        let (mut tx, due, results) = self.take_and_apply().await?;
+        let settled = settlements(
+            due.iter()
+                .map(|d| (d.provider.as_str(), d.event_id.as_str(), d.attempts)),
+            &results,
+        );
         if !settled.is_empty() {
-            inbox::settle(&mut tx, &settled).await?;
+            inbox::settle(&mut *tx, &settled).await?;
         }
         tx.commit().await?;
-        Ok(applied.len())
+        Ok(due.len())
     }
 
     /// Test seam: does what [`Self::process_due`] does up to the point where the commands
@@ -140,9 +180,9 @@ impl PaymentsIn {
     /// Returns how many deliveries were applied.
     #[doc(hidden)]
     pub async fn process_due_then_crash(&self) -> Result<usize, crate::store::StoreError> {
-        let (tx, applied) = self.take_and_apply().await?;
+        let (tx, due, _) = self.take_and_apply().await?;
         drop(tx);
-        Ok(applied.len())
+        Ok(due.len())
     }
 
     /// Locks one batch of due deliveries and applies each; the rows are still to be settled
@@ -150,12 +190,42 @@ impl PaymentsIn {
     async fn take_and_apply(&self) -> Result<AppliedBatch, crate::store::StoreError> {
         let mut tx = self.engine.store().pool().begin().await?;
         let due = inbox::take_due(&mut tx, BATCH).await?;
-        // Deliveries about one payment are applied in the order they are due; different
-        // payments concurrently, so commands for one raffle share its writer's group commit.
+        let parsed: Vec<Result<ProviderEvent, Failure>> =
+            due.iter().map(|delivery| self.read(delivery)).collect();
+        let events: Vec<_> = due
+            .iter()
+            .zip(&parsed)
+            .map(|(delivery, event)| {
+                (
+                    delivery.provider.as_str(),
+                    event.as_ref().map_err(Failure::clone),
+                )
+            })
+            .collect();
+        let results = self.apply_all(&events).await;
+        Ok((tx, due, results))
+    }
+
+    /// A stored delivery's event, read again from its body.
+    fn read(&self, delivery: &DueDelivery) -> Result<ProviderEvent, Failure> {
+        let provider = self.provider(&delivery.provider).ok_or_else(|| {
+            Failure::Retry(format!("provider {} is not configured", delivery.provider))
+        })?;
+        provider
+            .parse(delivery.payload.as_bytes())
+            .map_err(|e| Failure::Rejected(e.to_string()))
+    }
+
+    /// Applies each event, in order per payment and concurrently across payments, so that
+    /// commands for one raffle share its writer's group commit. Results match `events`.
+    async fn apply_all(
+        &self,
+        events: &[(&str, Result<&ProviderEvent, Failure>)],
+    ) -> Vec<Result<String, Failure>> {
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut group_of: HashMap<&str, usize> = HashMap::new();
-        for (index, delivery) in due.iter().enumerate() {
-            let payment = delivery.payment_id.as_deref();
+        for (index, (_, event)) in events.iter().enumerate() {
+            let payment = event.as_ref().ok().and_then(|e| e.action.payment_id());
             match payment.and_then(|p| group_of.get(p)) {
                 Some(&group) => groups[group].push(index),
                 None => {
@@ -166,12 +236,17 @@ impl PaymentsIn {
                 }
             }
         }
-        let mut results: Vec<Option<Result<String, Failure>>> = due.iter().map(|_| None).collect();
-        let due_ref = &due;
+        let mut results: Vec<Option<Result<String, Failure>>> =
+            events.iter().map(|_| None).collect();
         let applied = futures::future::join_all(groups.iter().map(|group| async move {
             let mut out = Vec::with_capacity(group.len());
             for &index in group {
-                out.push((index, self.apply(&due_ref[index]).await));
+                let (provider, event) = &events[index];
+                let result = match event {
+                    Ok(event) => self.apply(provider, event).await,
+                    Err(failure) => Err(failure.clone()),
+                };
+                out.push((index, result));
             }
             out
         }))
@@ -179,25 +254,19 @@ impl PaymentsIn {
         for (index, result) in applied.into_iter().flatten() {
             results[index] = Some(result);
         }
-        let results = results
+        results
             .into_iter()
-            .map(|r| r.expect("every delivery applied"));
-        Ok((tx, due.into_iter().zip(results).collect()))
+            .map(|r| r.expect("every delivery applied"))
+            .collect()
     }
 
-    async fn apply(&self, delivery: &DueDelivery) -> Result<String, Failure> {
-        let provider = self.provider(&delivery.provider).ok_or_else(|| {
-            Failure::Retry(format!("provider {} is not configured", delivery.provider))
-        })?;
-        let event = provider
-            .parse(delivery.payload.as_bytes())
-            .map_err(|e| Failure::Rejected(e.to_string()))?;
+    async fn apply(&self, provider: &str, event: &ProviderEvent) -> Result<String, Failure> {
         let Some(payment_id) = event.action.payment_id().map(str::to_owned) else {
             return Ok("ignored".into());
         };
         let (raffle_id, order_id) = match (event.raffle_id, event.order_id) {
             (Some(raffle), Some(order)) => (raffle, order),
-            _ => inbox::find_order_of_payment(self.engine.store(), provider.name(), &payment_id)
+            _ => inbox::find_order_of_payment(self.engine.store(), provider, &payment_id)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?
                 // Deliveries arrive in any order: the one naming the order may be next.
@@ -207,9 +276,9 @@ impl PaymentsIn {
                     ))
                 })?,
         };
-        let command = command_for(provider.name(), &event, order_id);
+        let command = command_for(provider, event, order_id);
         let meta = CommandMeta {
-            actor: provider.name().to_owned(),
+            actor: provider.to_owned(),
             source: Source::Webhook,
             request_id: event.event_id.clone(),
             correlation_id: Some(payment_id),
@@ -233,12 +302,40 @@ impl PaymentsIn {
     }
 }
 
+/// How to settle each row, given what applying its delivery led to; `attempts` is how many
+/// times the row had been tried before.
+fn settlements<'a>(
+    rows: impl Iterator<Item = (&'a str, &'a str, i32)>,
+    results: &'a [Result<String, Failure>],
+) -> Vec<(&'a str, &'a str, Settlement<'a>)> {
+    rows.zip(results)
+        .map(|((provider, event_id, attempts), result)| {
+            let settlement = match result {
+                Ok(outcome) => Settlement::Done { outcome },
+                Err(Failure::Rejected(error)) => Settlement::Rejected { error },
+                Err(Failure::Retry(error)) => {
+                    let attempt = attempts + 1;
+                    Settlement::Retry {
+                        error,
+                        next_attempt_at: Utc::now()
+                            + chrono::Duration::from_std(retry_delay(attempt)).unwrap_or_default(),
+                        give_up: attempt >= MAX_ATTEMPTS,
+                    }
+                }
+            };
+            (provider, event_id, settlement)
+        })
+        .collect()
+}
+
 /// Locked rows (in their transaction) and what applying each one led to.
 type AppliedBatch = (
     sqlx::Transaction<'static, sqlx::Postgres>,
-    Vec<(DueDelivery, Result<String, Failure>)>,
+    Vec<DueDelivery>,
+    Vec<Result<String, Failure>>,
 );
 
+#[derive(Clone)]
 enum Failure {
     Rejected(String),
     Retry(String),

@@ -3,10 +3,14 @@
 //! point: the command reaches the raffle, then the transaction locking the inbox rows is
 //! dropped unsettled. The next pass must find the command already applied.
 
+use chrono::Utc;
 use serde_json::json;
+use tombola::payments::intake::{Delivery, LEASE};
+use tombola::payments::stripe::Stripe;
+use tombola::payments::PaymentProvider;
 
 use crate::stripe_events::{event_id, Payment};
-use crate::support::{Options, TestServer};
+use crate::support::{Options, TestServer, SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_settle_is_repaired_without_a_second_issue() {
@@ -64,5 +68,71 @@ async fn a_crash_after_a_refund_committed_refunds_once() {
     assert_eq!(row.outcome.as_deref(), Some("duplicate"));
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 1);
     assert_eq!(server.order_status(&order).await, "refunded");
+    server.stop().await;
+}
+
+/// A node stores a delivery, acknowledges it and hands it to its own workers in memory, then
+/// dies before they apply it. Its row is leased to that node, so pollers leave it alone at
+/// first (no double work while the node is alive); once the lease runs out, a poller
+/// applies it, and the tickets are issued once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_out() {
+    let server = TestServer::start(Options::default()).await;
+    let raffle = server.open_raffle(json!({})).await;
+    let order = server.reserve(raffle, &[31, 32], 1).await;
+    let payment = Payment::for_order(&order);
+    // What the webhook handler does, on the node whose intake the test holds.
+    let store = |event: serde_json::Value| {
+        let body = event.to_string();
+        let event = Stripe::new(vec![SECRET.to_owned()], 300)
+            .parse(body.as_bytes())
+            .expect("a valid event");
+        server
+            .payments
+            .intake
+            .submit(Delivery::new("stripe", event, body))
+    };
+    let id = event_id();
+
+    let (handoff, mut workers) = tokio::sync::mpsc::channel(8);
+    server.payments.intake.hand_off_to(handoff);
+    let stored_at = Utc::now();
+    assert!(store(payment.succeeded(&id)).await.expect("stored"));
+    let handed = workers.recv().await.expect("handed to the workers");
+    assert_eq!(handed.event.event_id, id);
+    // The node dies here: its workers never apply what they were handed.
+    drop((handed, workers));
+
+    let row = server.inbox_row(&id).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
+    let lease = row.next_attempt_at - stored_at;
+    assert!(
+        lease > chrono::Duration::from_std(LEASE).unwrap() - chrono::Duration::seconds(5),
+        "leased for {lease}"
+    );
+    assert_eq!(
+        server.payments.process_due().await.unwrap(),
+        0,
+        "a leased row is not due"
+    );
+    assert_eq!(server.count_events(&order, "TicketsIssued").await, 0);
+
+    server.make_due(&id).await; // the lease runs out
+    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    let row = server.inbox_row(&id).await;
+    assert_eq!(
+        (row.status.as_str(), row.outcome.as_deref()),
+        ("done", Some("tickets_issued"))
+    );
+    assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
+    assert_eq!(server.order_status(&order).await, "paid");
+
+    // With the workers gone, new deliveries are no longer leased: pollers take them at once.
+    let refund = event_id();
+    assert!(store(payment.refunded(&refund, payment.amount))
+        .await
+        .expect("stored"));
+    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.inbox_row(&refund).await.status, "done");
     server.stop().await;
 }

@@ -123,7 +123,8 @@ impl TestServer {
                         ..EngineConfig::default()
                     },
                 );
-                let payments = PaymentsIn::new(engine.clone(), vec![stripe()]);
+                let payments =
+                    PaymentsIn::new(engine.clone(), vec![stripe()]).expect("payments start");
                 let stop_workers = tokio_util::sync::CancellationToken::new();
                 let workers = payments.spawn_workers(options.workers, stop_workers.clone());
                 let state = AppState::new(
@@ -155,7 +156,7 @@ impl TestServer {
             .await
             .expect("an admin key");
         Self {
-            payments: PaymentsIn::new(engine.clone(), vec![stripe()]),
+            payments: PaymentsIn::new(engine.clone(), vec![stripe()]).expect("payments start"),
             store,
             engine,
             base: format!("http://{addr}"),
