@@ -218,12 +218,14 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     }
     let elapsed = started.elapsed();
     let commits = probe.stop().await?;
-    eprintln!(
-        "webhooks bench: baseline, {} single-row commits meanwhile: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        commits.len(),
+    let (commit_p50, commit_p99, commit_max) = (
         ms(percentile(&commits, 0.50)),
         ms(percentile(&commits, 0.99)),
-        ms(commits.last().copied())
+        ms(commits.last().copied()),
+    );
+    eprintln!(
+        "webhooks bench: baseline, {} single-row commits meanwhile: p50 {commit_p50:.1} ms, p99 {commit_p99:.1} ms, max {commit_max:.1} ms",
+        commits.len(),
     );
     latencies.sort_unstable();
     let acks = latencies.len();
@@ -275,9 +277,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "issue_lag_p50_ms": percentile(&lags, 0.50).unwrap_or(0),
         "issue_lag_p99_ms": percentile(&lags, 0.99).unwrap_or(0),
         "duplicates_issued": duplicates_issued,
-        "commit_probe_p50_ms": ms(percentile(&commits, 0.50)),
-        "commit_probe_p99_ms": ms(percentile(&commits, 0.99)),
-        "commit_probe_max_ms": ms(commits.last().copied()),
+        "commit_probe_p50_ms": commit_p50,
+        "commit_probe_p99_ms": commit_p99,
+        "commit_probe_max_ms": commit_max,
         "ack_p99_over_commit_p99": ((percentile(&latencies, 0.99).unwrap_or(0) as f64
             / percentile(&commits, 0.99).unwrap_or(1).max(1) as f64) * 10.0).round() / 10.0,
     }))
