@@ -62,20 +62,36 @@ pub enum Settlement<'a> {
     },
 }
 
-/// Settles a batch of deliveries with one statement. Only rows still pending change: a
-/// leased row that a poller settled meanwhile keeps that settlement.
+/// One row's settlement: `attempts` is how many tries the row had when it was taken.
+pub struct Settled<'a> {
+    pub provider: &'a str,
+    pub event_id: &'a str,
+    pub attempts: i32,
+    pub settlement: Settlement<'a>,
+}
+
+/// Settles a batch of deliveries with one statement. A row changes only if its attempt count
+/// is still the one it was taken with: a leased row that a poller took meanwhile keeps that
+/// poller's settlement.
+///
+/// The guard is the attempt count, not `status = 'pending'`: that predicate matches the
+/// partial queue index, which keeps an entry for every version of a row that was ever
+/// pending until vacuum removes it. With statistics saying few rows are pending, the planner
+/// drove the update from that index and visited about 900 buffers per call (31 per settled
+/// row, at 2,500 deliveries/s); joined on the primary key it is a few per row.
 pub async fn settle(
     executor: impl sqlx::PgExecutor<'_>,
-    settled: &[(&str, &str, Settlement<'_>)],
+    settled: &[Settled<'_>],
 ) -> Result<(), StoreError> {
     let mut providers = Vec::with_capacity(settled.len());
     let mut event_ids = Vec::with_capacity(settled.len());
+    let mut attempts = Vec::with_capacity(settled.len());
     let mut statuses = Vec::with_capacity(settled.len());
     let mut outcomes = Vec::with_capacity(settled.len());
     let mut errors = Vec::with_capacity(settled.len());
     let mut next_attempts = Vec::with_capacity(settled.len());
-    for (provider, event_id, settlement) in settled {
-        let (status, outcome, error, next) = match settlement {
+    for row in settled {
+        let (status, outcome, error, next) = match &row.settlement {
             Settlement::Done { outcome } => ("done", Some(*outcome), None, None),
             Settlement::Rejected { error } => ("rejected", None, Some(*error), None),
             Settlement::Retry {
@@ -89,8 +105,9 @@ pub async fn settle(
                 Some(*next_attempt_at),
             ),
         };
-        providers.push(*provider);
-        event_ids.push(*event_id);
+        providers.push(row.provider);
+        event_ids.push(row.event_id);
+        attempts.push(row.attempts);
         statuses.push(status);
         outcomes.push(outcome);
         errors.push(error);
@@ -101,12 +118,14 @@ pub async fn settle(
            last_error = t.error, attempts = i.attempts + 1, \
            next_attempt_at = COALESCE(t.next_attempt_at, i.next_attempt_at), \
            processed_at = CASE WHEN t.status IN ('done', 'rejected') THEN now() END \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::timestamptz[]) AS t(provider, event_id, status, outcome, error, next_attempt_at) \
-         WHERE i.provider = t.provider AND i.event_id = t.event_id AND i.status = 'pending'",
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], \
+                     $7::timestamptz[]) \
+           AS t(provider, event_id, attempts, status, outcome, error, next_attempt_at) \
+         WHERE i.provider = t.provider AND i.event_id = t.event_id AND i.attempts = t.attempts",
     )
     .bind(&providers)
     .bind(&event_ids)
+    .bind(&attempts)
     .bind(&statuses)
     .bind(&outcomes)
     .bind(&errors)

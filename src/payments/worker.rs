@@ -16,11 +16,11 @@ use tombola_domain::{
     ProviderPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure, RefundOrder,
 };
 
-use super::inbox::{self, DueDelivery, Settlement};
+use super::inbox::{self, DueDelivery, Settled, Settlement};
 use super::intake::{Delivery, Intake};
 use super::provider::{PaymentAction, PaymentProvider, ProviderEvent};
 use crate::engine::{CommandMeta, Engine, EngineError};
-use crate::store::Source;
+use crate::store::{Source, Store};
 
 /// Attempts before a delivery is marked failed (about a day and a half of backoff).
 pub const MAX_ATTEMPTS: i32 = 12;
@@ -35,6 +35,11 @@ const LINGER: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct PaymentsIn {
     pub engine: Engine,
+    /// The workers' own connections. What they write is redone if a crash loses it: a
+    /// settle lost leaves its row pending, and applying it again is a recorded duplicate.
+    /// So their commits do not wait for a WAL flush (the appends they follow already did),
+    /// and leave the disk to the acknowledgements that must.
+    inbox: Store,
     pub providers: Arc<HashMap<&'static str, Arc<dyn PaymentProvider>>>,
     pub wake: Arc<Notify>,
     pub intake: Intake,
@@ -46,6 +51,7 @@ impl PaymentsIn {
         Ok(Self {
             providers: Arc::new(providers.into_iter().map(|p| (p.name(), p)).collect()),
             intake: Intake::start(engine.store().clone(), 65_536, wake.clone())?,
+            inbox: engine.store().sibling_without_flush_wait("tombola-inbox"),
             wake,
             engine,
         })
@@ -152,7 +158,7 @@ impl PaymentsIn {
                     .map(|d| (d.provider, d.event.event_id.as_str(), 0)),
                 &results,
             );
-            if let Err(error) = inbox::settle(self.engine.store().pool(), &settled).await {
+            if let Err(error) = inbox::settle(self.inbox.pool(), &settled).await {
                 tracing::warn!(%error, "new deliveries applied but not settled");
             }
         }
@@ -188,7 +194,7 @@ impl PaymentsIn {
     /// Locks one batch of due deliveries and applies each; the rows are still to be settled
     /// in the returned transaction.
     async fn take_and_apply(&self) -> Result<AppliedBatch, crate::store::StoreError> {
-        let mut tx = self.engine.store().pool().begin().await?;
+        let mut tx = self.inbox.pool().begin().await?;
         let due = inbox::take_due(&mut tx, BATCH).await?;
         let parsed: Vec<Result<ProviderEvent, Failure>> =
             due.iter().map(|delivery| self.read(delivery)).collect();
@@ -266,7 +272,7 @@ impl PaymentsIn {
         };
         let (raffle_id, order_id) = match (event.raffle_id, event.order_id) {
             (Some(raffle), Some(order)) => (raffle, order),
-            _ => inbox::find_order_of_payment(self.engine.store(), provider, &payment_id)
+            _ => inbox::find_order_of_payment(&self.inbox, provider, &payment_id)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?
                 // Deliveries arrive in any order: the one naming the order may be next.
@@ -307,7 +313,7 @@ impl PaymentsIn {
 fn settlements<'a>(
     rows: impl Iterator<Item = (&'a str, &'a str, i32)>,
     results: &'a [Result<String, Failure>],
-) -> Vec<(&'a str, &'a str, Settlement<'a>)> {
+) -> Vec<Settled<'a>> {
     rows.zip(results)
         .map(|((provider, event_id, attempts), result)| {
             let settlement = match result {
@@ -323,7 +329,12 @@ fn settlements<'a>(
                     }
                 }
             };
-            (provider, event_id, settlement)
+            Settled {
+                provider,
+                event_id,
+                attempts,
+                settlement,
+            }
         })
         .collect()
 }

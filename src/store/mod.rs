@@ -61,9 +61,27 @@ impl Store {
     /// pool, which does ping. Opens nothing yet: connections open on first use, on the
     /// caller's runtime. `role` names its connections in `pg_stat_activity`.
     pub fn sibling(&self, role: &str) -> Self {
-        let options = (*self.pool.connect_options())
-            .clone()
-            .application_name(role);
+        self.sibling_with(
+            (*self.pool.connect_options())
+                .clone()
+                .application_name(role),
+        )
+    }
+
+    /// A [`Self::sibling`] whose commits return before their WAL is flushed
+    /// (`synchronous_commit = off`): for writes that are redone when a crash loses them, and
+    /// that no one is told about before then. WAL order still holds: such a commit survives
+    /// a crash only if everything committed before it does.
+    pub fn sibling_without_flush_wait(&self, role: &str) -> Self {
+        self.sibling_with(
+            (*self.pool.connect_options())
+                .clone()
+                .application_name(role)
+                .options([("synchronous_commit", "off")]),
+        )
+    }
+
+    fn sibling_with(&self, options: PgConnectOptions) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(self.pool.options().get_max_connections())
             .acquire_timeout(Duration::from_secs(10))
