@@ -1460,6 +1460,88 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     db.drop_database().await;
 }
 
+/// Raffles whose appends wait at the same moment commit in one statement. One batch the
+/// database refuses, and one raffle another node appended to first, must each fail on its
+/// own: every other raffle's commands in the group commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_or_conflicting_batch_fails_alone_in_a_shared_commit() {
+    let db = TestDb::new(10).await;
+    let engine = Engine::new(db.store.clone(), EngineConfig::default());
+    let other_node = Engine::new(db.connect(4).await, EngineConfig::default());
+    let mut raffles = Vec::new();
+    for _ in 0..8 {
+        raffles.push(open_raffle(&engine, 100, |_| {}).await);
+    }
+    let (early, rest) = raffles.split_at(2);
+    let (poisoned, stale, innocent) = (rest[0], rest[1], &rest[2..]);
+    // The other node sells number 1 of `stale`: this node's view of it is now behind.
+    let elsewhere = other_node
+        .execute(
+            stale,
+            reserve_numbers(Uuid::new_v4(), buyer(0), &[1]),
+            meta(),
+        )
+        .await
+        .unwrap();
+    fail_appends_of_poison(db.pool(), 0.0).await;
+
+    // Hold every append back: the first ones occupy the groups in flight, and what comes
+    // next queues up and commits as one group once the lock is gone.
+    let mut blocker = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let send = |raffle_id: Uuid, number: u32| {
+        let engine = engine.clone();
+        let command = reserve_numbers(Uuid::new_v4(), buyer(u64::from(number)), &[number]);
+        tokio::spawn(async move { engine.execute(raffle_id, command, meta()).await })
+    };
+    let mut answers: Vec<_> = early
+        .iter()
+        .map(|&raffle| (raffle, send(raffle, 2)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, refused) = reserve_as_poison(&engine, poisoned, 2);
+    // Decided on the stale view (1 looks free): the append conflicts, and the command is
+    // decided again on the stream as it is.
+    answers.push((stale, send(stale, 1)));
+    answers.extend(innocent.iter().map(|&raffle| (raffle, send(raffle, 2))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.rollback().await.unwrap();
+
+    let refused = refused.await.unwrap();
+    assert!(
+        matches!(refused, Err(EngineError::Unavailable { .. })),
+        "{refused:?}"
+    );
+    for (raffle_id, answer) in answers {
+        let answer = answer.await.unwrap();
+        let log = log(&db.store, raffle_id).await;
+        if raffle_id == stale {
+            let code = answer.as_ref().err().and_then(rejection_code);
+            assert!(
+                code.is_some_and(|code| SOLD_OUT_CODES.contains(&code)),
+                "number 1 of the stale raffle went elsewhere: {answer:?}"
+            );
+            assert_in_log(&log, &elsewhere);
+        } else {
+            assert_in_log(
+                &log,
+                &answer.expect("an innocent raffle's reservation commits"),
+            );
+        }
+        assert_eq!(
+            verify_chain(db.pool(), raffle_id).await,
+            Ok(log.len() as u64)
+        );
+    }
+
+    engine.shutdown().await;
+    other_node.shutdown().await;
+    db.drop_database().await;
+}
+
 /// A node that is behind may refuse a command that the stream, further on, allows. Such a
 /// refusal has no event to collide on; it must still not be stored as the key's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

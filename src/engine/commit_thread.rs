@@ -1,24 +1,44 @@
-//! Appends run on a thread of their own, with their own connections.
+//! Appends run on a thread of their own, with their own connections, and the appends of
+//! different raffles that wait at the same moment share one statement.
 //!
-//! A group commit is five round trips to PostgreSQL. On the runtime that serves requests,
-//! each reply waits in the run queue behind every caller the last commit woke (hundreds
-//! under load), and the database sits idle meanwhile: measured, that queueing took half of
-//! every append. Here nothing else competes, so replies are read as they arrive.
+//! Own thread: on the runtime that serves requests, each reply waited in the run queue
+//! behind every caller the last commit woke (hundreds under load), and the database sat idle
+//! meanwhile: measured, that queueing took half of every append.
+//!
+//! Shared statements: each raffle's writer already groups its commands into one batch per
+//! append, but with many raffles on sale each batch was small, and a statement's fixed cost
+//! (round trip, executor start, commit and WAL flush, wake-ups) was most of the database's
+//! work per event. So batches queue here, and each group of them, one per raffle, is one
+//! statement: all or none. When the database refuses a group (another node appended to one
+//! of its raffles first, or one batch is bad), its raffles append alone, so that each gets
+//! its own answer. A lost connection fails every member: the group may have committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use crate::store::{AppendBatch, AppendError, Store};
 
+/// Groups in flight at once. While one commits, the next gathers what arrives meanwhile.
+const GROUPS_IN_FLIGHT: usize = 2;
+/// Raffles per group; more wait for the next one.
+const MAX_GROUP: usize = 64;
+
+/// An append's outcome, once its group has committed (or failed).
+pub(super) type AppendOutcome = oneshot::Receiver<Result<(), AppendError>>;
+
+struct Append {
+    raffle_id: Uuid,
+    batch: AppendBatch,
+    done: oneshot::Sender<Result<(), AppendError>>,
+}
+
 pub(super) struct CommitThread {
     handle: tokio::runtime::Handle,
     store: Store,
-    /// Committed stream tips, for the announcer.
-    committed: mpsc::UnboundedSender<(Uuid, u64)>,
+    queue: mpsc::UnboundedSender<Append>,
     /// Dropped with the engine: the thread's runtime then stops.
     _stop: oneshot::Sender<()>,
 }
@@ -31,7 +51,7 @@ impl CommitThread {
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, own_store) = std::sync::mpsc::channel();
-        let (committed, tips) = mpsc::unbounded_channel();
+        let (queue, queued) = mpsc::unbounded_channel();
         let store = store.clone();
         std::thread::Builder::new()
             .name("tombola-commit".into())
@@ -40,7 +60,9 @@ impl CommitThread {
                 let own = {
                     let _entered = runtime.enter();
                     let own = store.sibling("tombola-commit");
+                    let (committed, tips) = mpsc::unbounded_channel();
                     tokio::spawn(announce(own.clone(), tips));
+                    tokio::spawn(commit_groups(own.clone(), queued, committed));
                     own
                 };
                 let _ = ready.send(own);
@@ -54,7 +76,7 @@ impl CommitThread {
         Ok(Self {
             handle,
             store,
-            committed,
+            queue,
             _stop: stop,
         })
     }
@@ -66,25 +88,119 @@ impl CommitThread {
         let _ = self.handle.spawn(async move { pool.close().await }).await;
     }
 
-    /// Appends `batch` to the raffle's stream on the commit thread.
-    pub fn append(
-        self: &Arc<Self>,
-        raffle_id: Uuid,
-        batch: AppendBatch,
-    ) -> JoinHandle<Result<(), AppendError>> {
-        let store = self.store.clone();
-        let committed = self.committed.clone();
-        self.handle.spawn(async move {
-            let started = std::time::Instant::now();
-            let outcome = store.append(raffle_id, &batch).await;
-            metrics::histogram!("tombola_engine_commit_seconds")
-                .record(started.elapsed().as_secs_f64());
-            if let (Ok(()), Some(last)) = (&outcome, batch.events.last()) {
-                let _ = committed.send((raffle_id, last.sequence));
-            }
-            outcome
-        })
+    /// Appends `batch` to the raffle's stream on the commit thread. A raffle has at most one
+    /// append queued or in flight: its writer waits for each before the next.
+    pub fn append(&self, raffle_id: Uuid, batch: AppendBatch) -> AppendOutcome {
+        let (done, outcome) = oneshot::channel();
+        // If the thread is gone, `done` is dropped with the message and the caller sees it.
+        let _ = self.queue.send(Append {
+            raffle_id,
+            batch,
+            done,
+        });
+        outcome
     }
+}
+
+/// Takes what is queued as groups, one batch per raffle, and commits each group; the next
+/// group forms while up to [`GROUPS_IN_FLIGHT`] are committing.
+async fn commit_groups(
+    store: Store,
+    mut queue: mpsc::UnboundedReceiver<Append>,
+    committed: mpsc::UnboundedSender<(Uuid, u64)>,
+) {
+    let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    let mut next: Option<Append> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next.take() {
+            Some(append) => append,
+            None => match queue.recv().await {
+                Some(append) => append,
+                None => return,
+            },
+        };
+        let mut raffles = HashSet::from([first.raffle_id]);
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            let Ok(append) = queue.try_recv() else { break };
+            // Never two batches of one raffle in a statement: the later one waits its turn.
+            if !raffles.insert(append.raffle_id) {
+                next = Some(append);
+                break;
+            }
+            group.push(append);
+        }
+        let (store, committed) = (store.clone(), committed.clone());
+        tokio::spawn(async move {
+            commit_group(&store, group, &committed).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_group(
+    store: &Store,
+    group: Vec<Append>,
+    committed: &mpsc::UnboundedSender<(Uuid, u64)>,
+) {
+    let started = std::time::Instant::now();
+    let (with_events, answers_only): (Vec<Append>, Vec<Append>) =
+        group.into_iter().partition(|a| !a.batch.events.is_empty());
+    let shared = async {
+        match with_events.len() {
+            0 => Vec::new(),
+            1 => vec![
+                store
+                    .append(with_events[0].raffle_id, &with_events[0].batch)
+                    .await,
+            ],
+            _ => {
+                let batches: Vec<(Uuid, &AppendBatch)> = with_events
+                    .iter()
+                    .map(|a| (a.raffle_id, &a.batch))
+                    .collect();
+                match store.append_all(&batches).await {
+                    Ok(()) => with_events.iter().map(|_| Ok(())).collect(),
+                    // Nothing was stored: each raffle appends alone, so that the one that
+                    // moved on (or whose batch the database refused) fails alone.
+                    Err(error) if error.stored_nothing() => {
+                        each(store, with_events.iter().map(|a| (a.raffle_id, &a.batch))).await
+                    }
+                    // Maybe stored: retrying could store a batch twice over.
+                    Err(error) => {
+                        let reason = error.to_string();
+                        with_events
+                            .iter()
+                            .map(|_| Err(AppendError::Shared(reason.clone())))
+                            .collect()
+                    }
+                }
+            }
+        }
+    };
+    // Answers without events check the stream's tip in a transaction of their own.
+    let alone = each(store, answers_only.iter().map(|a| (a.raffle_id, &a.batch)));
+    let (shared, alone) = tokio::join!(shared, alone);
+    metrics::histogram!("tombola_engine_commit_seconds").record(started.elapsed().as_secs_f64());
+    let outcomes = with_events.into_iter().zip(shared);
+    for (append, outcome) in outcomes.chain(answers_only.into_iter().zip(alone)) {
+        if let (Ok(()), Some(last)) = (&outcome, append.batch.events.last()) {
+            let _ = committed.send((append.raffle_id, last.sequence));
+        }
+        let _ = append.done.send(outcome);
+    }
+}
+
+/// Appends each batch on its own, concurrently.
+async fn each<'a>(
+    store: &Store,
+    batches: impl Iterator<Item = (Uuid, &'a AppendBatch)>,
+) -> Vec<Result<(), AppendError>> {
+    futures::future::join_all(batches.map(|(raffle_id, batch)| store.append(raffle_id, batch)))
+        .await
 }
 
 /// Announces committed stream tips to other nodes, one statement for everything that

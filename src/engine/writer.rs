@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tombola_domain::{Raffle, RaffleCommand, RaffleServices};
 use uuid::Uuid;
 
+use super::commit_thread::AppendOutcome;
 use super::decide::{Decided, Decider, KnownKeys, Position};
 use super::{Applied, CommandMeta, Committed, Engine, EngineError};
 use crate::store::{AppendBatch, AppendError, StoredEvent};
@@ -92,7 +92,7 @@ struct InFlight {
     events: usize,
     /// None once finished, or from the start when there is nothing to store (every
     /// command refused or replayed).
-    task: Option<JoinHandle<Result<(), AppendError>>>,
+    task: Option<AppendOutcome>,
     outcome: Option<Result<(), AppendFailure>>,
 }
 
@@ -102,8 +102,10 @@ struct AppendFailure {
 }
 
 impl AppendFailure {
-    /// What a finished append task came to.
-    fn check(outcome: Result<Result<(), AppendError>, tokio::task::JoinError>) -> Result<(), Self> {
+    /// What a finished append came to.
+    fn check(
+        outcome: Result<Result<(), AppendError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), Self> {
         match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Self {
@@ -112,7 +114,7 @@ impl AppendFailure {
             }),
             Err(error) => Err(Self {
                 conflict: false,
-                reason: format!("the append task failed: {error}"),
+                reason: format!("the commit thread dropped the append: {error}"),
             }),
         }
     }

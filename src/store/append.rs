@@ -1,6 +1,5 @@
 //! One group commit: all events of a writer's batch, the idempotency records of the
-//! commands in it and the raffle's registry row, in one transaction with one multi-row
-//! insert per table.
+//! commands in it and the raffle's registry row, in one statement (one round trip, atomic).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -47,6 +46,9 @@ pub enum AppendError {
     Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A statement shared with other raffles' appends failed (other than by a conflict).
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl From<sqlx::Error> for AppendError {
@@ -58,6 +60,17 @@ impl From<sqlx::Error> for AppendError {
     }
 }
 
+impl AppendError {
+    /// Whether the database reported the failure itself, so the statement certainly stored
+    /// nothing. A lost connection leaves that unknown: the commit may have happened.
+    pub fn stored_nothing(&self) -> bool {
+        matches!(
+            self,
+            Self::Conflict | Self::Store(StoreError::Database(sqlx::Error::Database(_)))
+        )
+    }
+}
+
 impl AppendBatch {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.idempotency.is_empty()
@@ -65,80 +78,119 @@ impl AppendBatch {
 }
 
 impl Store {
+    /// Appends one raffle's batch.
     #[tracing::instrument(skip_all, fields(raffle_id = %raffle_id, events = batch.events.len()))]
     pub async fn append(&self, raffle_id: Uuid, batch: &AppendBatch) -> Result<(), AppendError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let aggregate_id = raffle_id.to_string();
-        if !batch.events.is_empty() {
-            // Binary COPY: measured faster than a multi-row INSERT for a group commit's rows.
-            // A duplicate (aggregate, sequence) still fails the primary key: the conflict.
-            let mut copy = tx
-                .copy_in_raw(
-                    "COPY events (aggregate_type, aggregate_id, sequence, event_type, \
-                     event_version, payload, metadata, order_id) FROM STDIN (FORMAT binary)",
-                )
-                .await?;
-            copy.send(copy_rows(&aggregate_id, &batch.events)).await?;
-            copy.finish().await?;
-        } else if !batch.idempotency.is_empty() {
-            // No event to collide on: these answers (refusals, replays) were decided at
-            // `base_sequence`, and a node that was behind must not store them as final.
-            let last: Option<i64> = sqlx::query_scalar(
-                "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(RAFFLE_STREAM)
-            .bind(&aggregate_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if last.unwrap_or(0) as u64 != batch.base_sequence {
-                return Err(AppendError::Conflict);
+        if batch.events.is_empty() {
+            return self.store_answers(raffle_id, batch).await;
+        }
+        self.append_all(&[(raffle_id, batch)]).await
+    }
+
+    /// Appends the batches of several raffles, each with events, all or none: one statement,
+    /// so one round trip, committed on its own. (A transaction around a COPY took four round
+    /// trips: BEGIN, COPY, its data, COMMIT; with a few events per group commit, those were
+    /// most of the database's work per append.) A duplicate (aggregate, sequence) or
+    /// idempotency key fails the whole statement: the conflict.
+    #[tracing::instrument(skip_all, fields(batches = batches.len()))]
+    pub async fn append_all(&self, batches: &[(Uuid, &AppendBatch)]) -> Result<(), AppendError> {
+        let mut rows = EventRows::default();
+        let mut answers = Answers::default();
+        let mut registry = RegistryRows::default();
+        for (raffle_id, batch) in batches {
+            debug_assert!(
+                !batch.events.is_empty(),
+                "answers alone go through store_answers"
+            );
+            rows.add(*raffle_id, &batch.events);
+            answers.add(*raffle_id, &batch.idempotency);
+            if let Some(row) = &batch.registry {
+                registry.add(*raffle_id, row);
             }
         }
-        if !batch.idempotency.is_empty() {
-            let scopes: Vec<&str> = batch.idempotency.iter().map(|r| r.scope.as_str()).collect();
-            let keys: Vec<&str> = batch.idempotency.iter().map(|r| r.key.as_str()).collect();
-            let hashes: Vec<&[u8]> = batch
-                .idempotency
-                .iter()
-                .map(|r| r.request_hash.as_slice())
-                .collect();
-            let responses: Vec<String> = batch
-                .idempotency
-                .iter()
-                .map(|r| r.response.to_string())
-                .collect();
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, raffle_id, response) \
-                 SELECT t.scope, t.key, t.hash, $1, t.response::jsonb \
-                 FROM UNNEST($2::text[], $3::text[], $4::bytea[], $5::text[]) \
-                   AS t(scope, key, hash, response)",
-            )
-            .bind(raffle_id)
-            .bind(&scopes)
-            .bind(&keys)
-            .bind(&hashes)
-            .bind(&responses)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "WITH appended AS ( \
+               INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                                   event_version, payload, metadata, order_id) \
+               SELECT $1, e.raffle_id::text, e.sequence, e.event_type, e.event_version, \
+                      e.payload::json, e.metadata::json, e.order_id \
+               FROM UNNEST($2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                           $7::text[], $8::uuid[]) \
+                 AS e(raffle_id, sequence, event_type, event_version, payload, metadata, order_id) \
+             ), remembered AS ( \
+               INSERT INTO idempotency_keys (scope, key, request_hash, raffle_id, response) \
+               SELECT k.scope, k.key, k.hash, k.raffle_id, k.response::jsonb \
+               FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::bytea[], $13::text[]) \
+                 AS k(raffle_id, scope, key, hash, response) \
+             ) \
+             INSERT INTO raffles \
+               (raffle_id, organizer_id, title, status, status_sequence, created_at, updated_at) \
+             SELECT r.raffle_id, r.organizer_id, r.title, r.status, r.status_sequence, \
+                    r.created_at, now() \
+             FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
+                         $19::timestamptz[]) \
+               AS r(raffle_id, organizer_id, title, status, status_sequence, created_at) \
+             ON CONFLICT (raffle_id) DO UPDATE \
+               SET status = EXCLUDED.status, status_sequence = EXCLUDED.status_sequence, \
+                   updated_at = now()",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(&rows.raffles)
+        .bind(&rows.sequences)
+        .bind(&rows.types)
+        .bind(&rows.versions)
+        .bind(&rows.payloads)
+        .bind(&rows.metadata)
+        .bind(&rows.orders)
+        .bind(&answers.raffles)
+        .bind(&answers.scopes)
+        .bind(&answers.keys)
+        .bind(&answers.hashes)
+        .bind(&answers.responses)
+        .bind(&registry.raffles)
+        .bind(&registry.organizers)
+        .bind(&registry.titles)
+        .bind(&registry.statuses)
+        .bind(&registry.sequences)
+        .bind(&registry.created)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A batch with answers (refusals, replays) but no event. With no event to collide on,
+    /// the answers were decided at `base_sequence`, and a node that was behind must not store
+    /// them as final: the stream's tip is checked in the same transaction.
+    async fn store_answers(&self, raffle_id: Uuid, batch: &AppendBatch) -> Result<(), AppendError> {
+        if batch.idempotency.is_empty() {
+            return Ok(());
         }
-        if let Some(row) = &batch.registry {
-            sqlx::query(
-                "INSERT INTO raffles \
-                   (raffle_id, organizer_id, title, status, status_sequence, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, now()) \
-                 ON CONFLICT (raffle_id) DO UPDATE \
-                   SET status = EXCLUDED.status, status_sequence = EXCLUDED.status_sequence, \
-                       updated_at = now()",
-            )
-            .bind(raffle_id)
-            .bind(&row.organizer_id)
-            .bind(&row.title)
-            .bind(row.status)
-            .bind(row.status_sequence as i64)
-            .bind(row.created_at)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        if last.unwrap_or(0) as u64 != batch.base_sequence {
+            return Err(AppendError::Conflict);
         }
+        let mut answers = Answers::default();
+        answers.add(raffle_id, &batch.idempotency);
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, raffle_id, response) \
+             SELECT k.scope, k.key, k.hash, k.raffle_id, k.response::jsonb \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
+               AS k(raffle_id, scope, key, hash, response)",
+        )
+        .bind(&answers.raffles)
+        .bind(&answers.scopes)
+        .bind(&answers.keys)
+        .bind(&answers.hashes)
+        .bind(&answers.responses)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -183,36 +235,72 @@ impl Store {
     }
 }
 
-/// The events in PostgreSQL's binary COPY format: a header, then per row a field count and
-/// each field as length + bytes (`json` takes its text, `bigint` 8 bytes big-endian, `uuid`
-/// 16 bytes, NULL length -1), then a trailer.
-fn copy_rows(aggregate_id: &str, events: &[NewEvent]) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        out.extend_from_slice(bytes);
-    }
-    let size: usize = events
-        .iter()
-        .map(|e| e.payload.len() + e.metadata.len() + 160)
-        .sum();
-    let mut out = Vec::with_capacity(21 + size);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    for event in events {
-        out.extend_from_slice(&8i16.to_be_bytes());
-        field(&mut out, RAFFLE_STREAM.as_bytes());
-        field(&mut out, aggregate_id.as_bytes());
-        field(&mut out, &(event.sequence as i64).to_be_bytes());
-        field(&mut out, event.event_type.as_bytes());
-        field(&mut out, event.event_version.as_bytes());
-        field(&mut out, event.payload.as_bytes());
-        field(&mut out, event.metadata.as_bytes());
-        match event.order_id {
-            Some(order_id) => field(&mut out, order_id.as_bytes()),
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+/// Events of one or more raffles, as columns.
+#[derive(Default)]
+struct EventRows<'a> {
+    raffles: Vec<Uuid>,
+    sequences: Vec<i64>,
+    types: Vec<&'static str>,
+    versions: Vec<&'static str>,
+    payloads: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+    orders: Vec<Option<Uuid>>,
+}
+
+impl<'a> EventRows<'a> {
+    fn add(&mut self, raffle_id: Uuid, events: &'a [NewEvent]) {
+        for event in events {
+            self.raffles.push(raffle_id);
+            self.sequences.push(event.sequence as i64);
+            self.types.push(event.event_type);
+            self.versions.push(event.event_version);
+            self.payloads.push(&event.payload);
+            self.metadata.push(&event.metadata);
+            self.orders.push(event.order_id);
         }
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
+}
+
+/// Idempotency records, as columns.
+#[derive(Default)]
+struct Answers<'a> {
+    raffles: Vec<Uuid>,
+    scopes: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    responses: Vec<String>,
+}
+
+impl<'a> Answers<'a> {
+    fn add(&mut self, raffle_id: Uuid, records: &'a [IdempotencyRecord]) {
+        for record in records {
+            self.raffles.push(raffle_id);
+            self.scopes.push(&record.scope);
+            self.keys.push(&record.key);
+            self.hashes.push(&record.request_hash);
+            self.responses.push(record.response.to_string());
+        }
+    }
+}
+
+/// Registry rows, as columns.
+#[derive(Default)]
+struct RegistryRows<'a> {
+    raffles: Vec<Uuid>,
+    organizers: Vec<&'a str>,
+    titles: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    sequences: Vec<i64>,
+    created: Vec<DateTime<Utc>>,
+}
+
+impl<'a> RegistryRows<'a> {
+    fn add(&mut self, raffle_id: Uuid, row: &'a RegistryRow) {
+        self.raffles.push(raffle_id);
+        self.organizers.push(&row.organizer_id);
+        self.titles.push(&row.title);
+        self.statuses.push(row.status);
+        self.sequences.push(row.status_sequence as i64);
+        self.created.push(row.created_at);
+    }
 }
