@@ -1,4 +1,5 @@
-//! A counting global allocator: forwards to the system allocator and keeps the bytes
+//! A counting global allocator: forwards to mimalloc (the allocator of the `tombola`
+//! binary, so that a server started in process allocates as it does in production) and keeps the bytes
 //! currently allocated, their high-water mark, and the live bytes per power-of-two size
 //! class (which tells large tables and chunks apart from small per-item allocations).
 //!
@@ -7,16 +8,19 @@
 //! ([`crate::sys`]).
 
 // `GlobalAlloc` is an unsafe trait. This module only forwards each call unchanged to
-// `System` and updates counters, so the workspace's `unsafe_code = "deny"` is lifted here
+// `MiMalloc` and updates counters, so the workspace's `unsafe_code = "deny"` is lifted here
 // and nowhere else.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 /// Size classes: class `k` holds allocations of `2^k ..= 2^(k+1) - 1` bytes.
 pub const CLASSES: usize = usize::BITS as usize;
 
+static COUNTING: AtomicBool = AtomicBool::new(true);
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
@@ -29,20 +33,33 @@ fn class(size: usize) -> usize {
     (usize::BITS - 1 - size.max(1).leading_zeros()) as usize
 }
 
+/// Stops counting, for good (turned on again, frees of blocks never counted would make the
+/// counts wrong). Benchmarks that read no counts call it: with every thread updating the
+/// same counters, the counting cost a server under load about 6% of its CPU.
+pub fn stop_counting() {
+    COUNTING.store(false, Relaxed);
+}
+
 fn on_alloc(size: usize) {
+    if !COUNTING.load(Relaxed) {
+        return;
+    }
     let now = CURRENT.fetch_add(size, Relaxed) + size;
     PEAK.fetch_max(now, Relaxed);
     BY_CLASS[class(size)].fetch_add(size, Relaxed);
 }
 
 fn on_dealloc(size: usize) {
+    if !COUNTING.load(Relaxed) {
+        return;
+    }
     CURRENT.fetch_sub(size, Relaxed);
     BY_CLASS[class(size)].fetch_sub(size, Relaxed);
 }
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc(layout);
+        let ptr = MiMalloc.alloc(layout);
         if !ptr.is_null() {
             on_alloc(layout.size());
         }
@@ -50,7 +67,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc_zeroed(layout);
+        let ptr = MiMalloc.alloc_zeroed(layout);
         if !ptr.is_null() {
             on_alloc(layout.size());
         }
@@ -58,12 +75,12 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        MiMalloc.dealloc(ptr, layout);
         on_dealloc(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = System.realloc(ptr, layout, new_size);
+        let new = MiMalloc.realloc(ptr, layout, new_size);
         if !new.is_null() {
             on_dealloc(layout.size());
             on_alloc(new_size);

@@ -46,6 +46,7 @@ pub struct Args {
 const PRICE: i64 = 500;
 
 pub fn run(args: &Args) -> BenchResult<Report> {
+    crate::alloc::stop_counting();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

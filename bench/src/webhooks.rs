@@ -60,6 +60,7 @@ const SECRET: &str = "whsec_bench_secret";
 const DUPLICATE_PERCENT: u64 = 10;
 
 pub fn run(args: &Args) -> BenchResult<Report> {
+    crate::alloc::stop_counting();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -100,6 +100,8 @@ impl Intake {
     }
 }
 
+/// One insert at a time. Two in flight deadlocked: a duplicate delivery lands in one batch
+/// while its original is in the other, and each insert waits on a key the other holds.
 async fn run(
     store: &Store,
     mut receiver: mpsc::Receiver<(Delivery, Reply)>,
