@@ -22,9 +22,11 @@ use uuid::Uuid;
 use crate::store::{AppendBatch, AppendError, Store};
 
 /// Groups in flight at once. While one commits, the next gathers what arrives meanwhile.
-const GROUPS_IN_FLIGHT: usize = 2;
+/// With two, groups were smaller and took more of the CPU that acknowledgements wait for
+/// (webhooks bench, 5,000 deliveries/s: ack p99 47–49 ms against 69–77 ms).
+const GROUPS_IN_FLIGHT: usize = 1;
 /// Raffles per group; more wait for the next one.
-const MAX_GROUP: usize = 64;
+const MAX_GROUP: usize = 256;
 
 /// An append's outcome, once its group has committed (or failed).
 pub(super) type AppendOutcome = oneshot::Receiver<Result<(), AppendError>>;

@@ -135,6 +135,27 @@ pub async fn settle(
     Ok(())
 }
 
+/// Ends the leases of deliveries that this node's workers will not apply after all (the
+/// hand-off channel was full, or the node is stopping): they are due at once, for any
+/// node's pollers. A row a poller already took has moved past attempt 0 and stays as is.
+pub async fn release(
+    executor: impl sqlx::PgExecutor<'_>,
+    leased: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    let providers: Vec<&str> = leased.iter().map(|(provider, _)| *provider).collect();
+    let event_ids: Vec<&str> = leased.iter().map(|(_, event_id)| *event_id).collect();
+    sqlx::query(
+        "UPDATE payment_inbox i SET next_attempt_at = now() \
+         FROM UNNEST($1::text[], $2::text[]) AS t(provider, event_id) \
+         WHERE i.provider = t.provider AND i.event_id = t.event_id AND i.attempts = 0",
+    )
+    .bind(&providers)
+    .bind(&event_ids)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct InboxEntry {
     pub provider: String,

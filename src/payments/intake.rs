@@ -10,11 +10,12 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
+use super::inbox;
 use super::provider::{PaymentAction, ProviderEvent};
 use crate::store::{Store, StoreError};
 
@@ -29,6 +30,9 @@ pub struct Delivery {
     pub event: ProviderEvent,
     /// The raw body, stored as received.
     pub body: String,
+    /// When it was verified: workers leave a hand-off that waited too long of its lease to
+    /// the pollers.
+    pub received: Instant,
 }
 
 impl Delivery {
@@ -37,6 +41,7 @@ impl Delivery {
             provider,
             event,
             body,
+            received: Instant::now(),
         }
     }
 
@@ -128,6 +133,7 @@ async fn run(
                 // Within one batch the same event may come twice: the first one is new.
                 let mut answered = HashSet::new();
                 let mut for_pollers = false;
+                let mut not_handed = Vec::new();
                 for (delivery, reply) in batch {
                     let key = (delivery.provider, delivery.event.event_id.clone());
                     let new = inserted.contains(&key) && answered.insert(key);
@@ -136,13 +142,23 @@ async fn run(
                         continue;
                     }
                     match handoff {
-                        // Full or gone: the row waits out its lease, then a poller takes it.
                         Some(handoff) => {
-                            if let Err(error) = handoff.try_send(delivery) {
-                                tracing::warn!(%error, "delivery left to the pollers");
+                            if let Err(refused) = handoff.try_send(delivery) {
+                                let delivery = refused.into_inner();
+                                not_handed.push((delivery.provider, delivery.event.event_id));
                             }
                         }
                         None => for_pollers = true,
+                    }
+                }
+                // Full or gone: rather than wait out their leases, these go to the pollers.
+                if !not_handed.is_empty() {
+                    tracing::warn!(count = not_handed.len(), "deliveries left to the pollers");
+                    let leased: Vec<(&str, &str)> =
+                        not_handed.iter().map(|(p, e)| (*p, e.as_str())).collect();
+                    match inbox::release(store.pool(), &leased).await {
+                        Ok(()) => for_pollers = true,
+                        Err(error) => tracing::warn!(%error, "leases left to run out"),
                     }
                 }
                 if for_pollers {

@@ -17,7 +17,7 @@ use tombola_domain::{
 };
 
 use super::inbox::{self, DueDelivery, Settled, Settlement};
-use super::intake::{Delivery, Intake};
+use super::intake::{Delivery, Intake, LEASE};
 use super::provider::{PaymentAction, PaymentProvider, ProviderEvent};
 use crate::engine::{CommandMeta, Engine, EngineError};
 use crate::store::{Source, Store};
@@ -77,6 +77,12 @@ impl PaymentsIn {
                 let (this, stop, fresh) = (self.clone(), stop.clone(), fresh.clone());
                 tracker.spawn(async move { this.work_fresh(&fresh, stop).await });
             }
+            let this = self.clone();
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                stop.cancelled().await;
+                this.release_unapplied(&fresh).await;
+            });
         }
         for _ in 0..workers {
             let this = self.clone();
@@ -122,6 +128,29 @@ impl PaymentsIn {
         }
     }
 
+    /// Once the workers stop: what is still in the hand-off channel goes to the pollers (of
+    /// any node) at once, instead of waiting out its lease.
+    async fn release_unapplied(&self, fresh: &tokio::sync::Mutex<mpsc::Receiver<Delivery>>) {
+        let mut fresh = fresh.lock().await;
+        // From now on the intake stores new deliveries unleased, for the pollers.
+        fresh.close();
+        let mut unapplied = Vec::new();
+        while let Ok(delivery) = fresh.try_recv() {
+            unapplied.push(delivery);
+        }
+        if unapplied.is_empty() {
+            return;
+        }
+        let leased: Vec<(&str, &str)> = unapplied
+            .iter()
+            .map(|d| (d.provider, d.event.event_id.as_str()))
+            .collect();
+        match inbox::release(self.inbox.pool(), &leased).await {
+            Ok(()) => tracing::info!(count = leased.len(), "unapplied deliveries released"),
+            Err(error) => tracing::warn!(%error, "unapplied deliveries wait out their lease"),
+        }
+    }
+
     /// Applies new deliveries handed over by the intake, a batch at a time, and settles their
     /// rows with one statement. No transaction: the rows are leased to this node, not locked.
     /// If settling fails, the lease runs out and a poller applies them again, harmlessly.
@@ -150,6 +179,17 @@ impl PaymentsIn {
                 }
                 batch
             };
+            // Half its lease gone: a poller may take it any moment, so leave it to them
+            // rather than apply it twice (which only happens when the node is overloaded).
+            let (batch, stale): (Vec<Delivery>, Vec<Delivery>) = batch
+                .into_iter()
+                .partition(|d| d.received.elapsed() < LEASE / 2);
+            if !stale.is_empty() {
+                tracing::warn!(count = stale.len(), "deliveries too late for their lease");
+            }
+            if batch.is_empty() {
+                continue;
+            }
             let events: Vec<_> = batch.iter().map(|d| (d.provider, Ok(&d.event))).collect();
             let results = self.apply_all(&events).await;
             let settled = settlements(

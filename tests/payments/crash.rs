@@ -136,3 +136,109 @@ async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_o
     assert_eq!(server.inbox_row(&refund).await.status, "done");
     server.stop().await;
 }
+
+/// Stores `event` through the intake, as the webhook handler does (verified and parsed).
+async fn store_through_intake(server: &TestServer, event: serde_json::Value) -> bool {
+    let body = event.to_string();
+    let event = Stripe::new(vec![SECRET.to_owned()], 300)
+        .parse(body.as_bytes())
+        .expect("a valid event");
+    server
+        .payments
+        .intake
+        .submit(Delivery::new("stripe", event, body))
+        .await
+        .expect("stored")
+}
+
+/// Whether the row is due now (its lease, if any, is over).
+async fn is_due(server: &TestServer, event_id: &str) -> bool {
+    server.inbox_row(event_id).await.next_attempt_at <= Utc::now()
+}
+
+/// Waits (up to 10 s) for the rows to be due: a release happens after the answers.
+async fn wait_until_due(server: &TestServer, event_ids: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for event_id in event_ids {
+        while !is_due(server, event_id).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{event_id} was not released"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// When the workers' channel is full, a new delivery is not left to wait out its lease:
+/// it is due at once, and a poller applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_workers_cannot_take_goes_to_the_pollers_at_once() {
+    let server = TestServer::start(Options::default()).await;
+    let raffle = server.open_raffle(json!({})).await;
+    let first = server.reserve(raffle, &[41], 1).await;
+    let second = server.reserve(raffle, &[42], 1).await;
+    // Room for one; the "workers" never read.
+    let (handoff, _workers) = tokio::sync::mpsc::channel(1);
+    server.payments.intake.hand_off_to(handoff);
+
+    let (handed, overflow) = (event_id(), event_id());
+    assert!(store_through_intake(&server, Payment::for_order(&first).succeeded(&handed)).await);
+    assert!(store_through_intake(&server, Payment::for_order(&second).succeeded(&overflow)).await);
+
+    wait_until_due(&server, &[&overflow]).await;
+    assert!(
+        !is_due(&server, &handed).await,
+        "the handed delivery stays leased"
+    );
+    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.inbox_row(&overflow).await.status, "done");
+    assert_eq!(server.count_events(&second, "TicketsIssued").await, 1);
+    assert_eq!(server.count_events(&first, "TicketsIssued").await, 0);
+    server.stop().await;
+}
+
+/// Workers that stop with deliveries still waiting in their channel release those rows, so
+/// that any node's pollers take them now rather than after the lease. The one being
+/// applied when the stop came is finished and settled; everything is issued once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_workers_release_the_deliveries_they_had_not_started() {
+    let server = TestServer::start(Options::default()).await;
+    let raffle = server.open_raffle(json!({})).await;
+    let mut orders = Vec::new();
+    for number in 51..54 {
+        orders.push(server.reserve(raffle, &[number], 1).await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = server.payments.spawn_workers(1, stop.clone());
+    // Appends wait while the events table is locked: the one worker is stuck on the first
+    // delivery, and the next two wait in the channel.
+    let mut blocker = server.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let ids: Vec<String> = orders.iter().map(|_| event_id()).collect();
+    for (order, id) in orders.iter().zip(&ids) {
+        assert!(store_through_intake(&server, Payment::for_order(order).succeeded(id)).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!is_due(&server, &ids[0]).await);
+
+    stop.cancel();
+    wait_until_due(&server, &[&ids[1], &ids[2]]).await;
+    assert!(
+        !is_due(&server, &ids[0]).await,
+        "the one in progress keeps its lease"
+    );
+    blocker.rollback().await.unwrap();
+    workers.wait().await;
+
+    assert_eq!(server.inbox_row(&ids[0]).await.status, "done");
+    server.process_all().await;
+    for (order, id) in orders.iter().zip(&ids) {
+        assert_eq!(server.inbox_row(id).await.status, "done");
+        assert_eq!(server.count_events(order, "TicketsIssued").await, 1);
+    }
+    server.stop().await;
+}
