@@ -81,8 +81,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TOMBOLA_STRIPE_TOLERANCE_SECS", default_value_t = 300)]
     pub stripe_tolerance_secs: i64,
 
-    /// Workers applying inbox deliveries.
-    #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = 4)]
+    /// Workers applying new inbox deliveries, and as many pollers for the rest. Each applies
+    /// its batch concurrently across payments; more workers split the batches into more,
+    /// smaller statements (at 5,000 deliveries/s, 2 answered faster than 4).
+    #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = 2)]
     pub payment_workers: usize,
 }
 

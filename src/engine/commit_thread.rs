@@ -111,6 +111,8 @@ async fn commit_groups(
     mut queue: mpsc::UnboundedReceiver<Append>,
     committed: mpsc::UnboundedSender<(Uuid, u64)>,
 ) {
+    // Connect now: the first appends should not wait for a handshake.
+    drop(store.pool().acquire().await);
     let slots = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut next: Option<Append> = None;
     loop {

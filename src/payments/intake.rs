@@ -81,6 +81,8 @@ impl Intake {
             .spawn(move || {
                 runtime.block_on(async move {
                     let own = store.sibling("tombola-intake");
+                    // Connect now: the first deliveries should not wait for a handshake.
+                    drop(own.pool().acquire().await);
                     run(&own, receiver, &handoff_used, &wake).await;
                     own.pool().close().await;
                 })
