@@ -81,23 +81,12 @@ async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_o
     let raffle = server.open_raffle(json!({})).await;
     let order = server.reserve(raffle, &[31, 32], 1).await;
     let payment = Payment::for_order(&order);
-    // What the webhook handler does, on the node whose intake the test holds.
-    let store = |event: serde_json::Value| {
-        let body = event.to_string();
-        let event = Stripe::new(vec![SECRET.to_owned()], 300)
-            .parse(body.as_bytes())
-            .expect("a valid event");
-        server
-            .payments
-            .intake
-            .submit(Delivery::new("stripe", event, body))
-    };
     let id = event_id();
 
     let (handoff, mut workers) = tokio::sync::mpsc::channel(8);
     server.payments.intake.hand_off_to(handoff);
     let stored_at = Utc::now();
-    assert!(store(payment.succeeded(&id)).await.expect("stored"));
+    assert!(store_through_intake(&server, payment.succeeded(&id)).await);
     let handed = workers.recv().await.expect("handed to the workers");
     assert_eq!(handed.event.event_id, id);
     // The node dies here: its workers never apply what they were handed.
@@ -129,15 +118,14 @@ async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_o
 
     // With the workers gone, new deliveries are no longer leased: pollers take them at once.
     let refund = event_id();
-    assert!(store(payment.refunded(&refund, payment.amount))
-        .await
-        .expect("stored"));
+    assert!(store_through_intake(&server, payment.refunded(&refund, payment.amount)).await);
     assert_eq!(server.payments.process_due().await.unwrap(), 1);
     assert_eq!(server.inbox_row(&refund).await.status, "done");
     server.stop().await;
 }
 
-/// Stores `event` through the intake, as the webhook handler does (verified and parsed).
+/// Stores `event` through the intake, as the webhook handler does (verified and parsed), on
+/// the node whose intake the test holds.
 async fn store_through_intake(server: &TestServer, event: serde_json::Value) -> bool {
     let body = event.to_string();
     let event = Stripe::new(vec![SECRET.to_owned()], 300)
