@@ -1537,6 +1537,37 @@ async fn a_refused_or_conflicting_batch_fails_alone_in_a_shared_commit() {
         );
     }
 
+    // The same moment with nothing wrong in it: the innocent raffles' reservations commit in
+    // one statement, so in one transaction.
+    let mut blocker = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = send(early[0], 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let together: Vec<_> = innocent.iter().map(|&raffle| send(raffle, 3)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.rollback().await.unwrap();
+    first.await.unwrap().unwrap();
+    let mut orders = Vec::new();
+    for answer in together {
+        orders.push(order_of(&answer.await.unwrap().unwrap()));
+    }
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM events WHERE order_id = ANY($1)",
+    )
+    .bind(&orders)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        transactions,
+        1,
+        "{} raffles, one shared commit",
+        orders.len()
+    );
+
     engine.shutdown().await;
     other_node.shutdown().await;
     db.drop_database().await;

@@ -161,13 +161,16 @@ impl PaymentsIn {
     ) {
         loop {
             let batch = {
+                // Stop first: once stopping, take nothing more (what waits is released).
                 let mut fresh = tokio::select! {
-                    fresh = fresh.lock() => fresh,
+                    biased;
                     () = stop.cancelled() => return,
+                    fresh = fresh.lock() => fresh,
                 };
                 let first = tokio::select! {
-                    first = fresh.recv() => first,
+                    biased;
                     () = stop.cancelled() => return,
+                    first = fresh.recv() => first,
                 };
                 let Some(first) = first else { return };
                 let mut batch = vec![first];
@@ -179,13 +182,21 @@ impl PaymentsIn {
                 }
                 batch
             };
-            // Half its lease gone: a poller may take it any moment, so leave it to them
+            // Half its lease gone: a poller may take it any moment, so hand it to them now
             // rather than apply it twice (which only happens when the node is overloaded).
             let (batch, stale): (Vec<Delivery>, Vec<Delivery>) = batch
                 .into_iter()
                 .partition(|d| d.received.elapsed() < LEASE / 2);
             if !stale.is_empty() {
                 tracing::warn!(count = stale.len(), "deliveries too late for their lease");
+                let leased: Vec<(&str, &str)> = stale
+                    .iter()
+                    .map(|d| (d.provider, d.event.event_id.as_str()))
+                    .collect();
+                match inbox::release(self.inbox.pool(), &leased).await {
+                    Ok(()) => self.wake.notify_one(),
+                    Err(error) => tracing::warn!(%error, "late deliveries wait out their lease"),
+                }
             }
             if batch.is_empty() {
                 continue;

@@ -94,19 +94,32 @@ impl Store {
     /// idempotency key fails the whole statement: the conflict.
     #[tracing::instrument(skip_all, fields(batches = batches.len()))]
     pub async fn append_all(&self, batches: &[(Uuid, &AppendBatch)]) -> Result<(), AppendError> {
+        // Rows in one order on every node (raffle, then sequence; keys by scope and key):
+        // two nodes' groups that share raffles then collide on the first shared key, which
+        // fails one of them at once, instead of each holding a key the other waits for (a
+        // deadlock PostgreSQL breaks only after a second).
+        let mut batches = batches.to_vec();
+        batches.sort_unstable_by_key(|(raffle_id, _)| *raffle_id);
+        let mut records: Vec<(Uuid, &IdempotencyRecord)> = batches
+            .iter()
+            .flat_map(|(raffle_id, batch)| batch.idempotency.iter().map(|r| (*raffle_id, r)))
+            .collect();
+        records.sort_unstable_by(|(_, a), (_, b)| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
         let mut rows = EventRows::default();
         let mut answers = Answers::default();
         let mut registry = RegistryRows::default();
-        for (raffle_id, batch) in batches {
+        for (raffle_id, batch) in &batches {
             debug_assert!(
                 !batch.events.is_empty(),
                 "answers alone go through store_answers"
             );
             rows.add(*raffle_id, &batch.events);
-            answers.add(*raffle_id, &batch.idempotency);
             if let Some(row) = &batch.registry {
                 registry.add(*raffle_id, row);
             }
+        }
+        for (raffle_id, record) in records {
+            answers.add(raffle_id, std::slice::from_ref(record));
         }
         sqlx::query(
             "WITH appended AS ( \

@@ -158,6 +158,25 @@ async fn wait_until_due(server: &TestServer, event_ids: &[&str]) {
     }
 }
 
+/// Waits (up to 10 s) until an append waits for a lock: the worker is stuck in it.
+async fn wait_for_blocked_append(server: &TestServer) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'WITH appended%'",
+        )
+        .fetch_one(server.pool())
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no append got stuck");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// When the workers' channel is full, a new delivery is not left to wait out its lease:
 /// it is due at once, and a poller applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,9 +226,11 @@ async fn stopping_workers_release_the_deliveries_they_had_not_started() {
         .await
         .unwrap();
     let ids: Vec<String> = orders.iter().map(|_| event_id()).collect();
-    for (order, id) in orders.iter().zip(&ids) {
+    for (i, (order, id)) in orders.iter().zip(&ids).enumerate() {
         assert!(store_through_intake(&server, Payment::for_order(order).succeeded(id)).await);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if i == 0 {
+            wait_for_blocked_append(&server).await;
+        }
     }
     assert!(!is_due(&server, &ids[0]).await);
 
