@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1455,6 +1455,63 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     let state = engine_state(&engine, raffle_id).await;
     assert_eq!(state, db.store.load_raffle(raffle_id).await.unwrap().raffle);
     assert_eq!(verify_chain(&pool, raffle_id).await, Ok(log.len() as u64));
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// The connection drops between an append's commit and its reply. The error alone cannot
+/// tell whether it committed; the stream can. The callers get the answers the commit gave
+/// (not "unavailable" for a reservation that holds), and the raffle goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_was_lost_is_answered_as_committed() {
+    let lost = Arc::new(AtomicU32::new(0));
+    let (engine, db) = start_engine(EngineConfig {
+        lose_commit_replies: lost.clone(),
+        ..EngineConfig::default()
+    })
+    .await;
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    lost.store(1, Ordering::Relaxed);
+    let reserve = |i: u64, number: u32| {
+        engine.execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(i), &[number]),
+            meta(),
+        )
+    };
+    let held = reserve(1, 7)
+        .await
+        .expect("it committed, so it is answered as such");
+    assert_eq!(lost.load(Ordering::Relaxed), 0, "the reply was lost");
+    assert_in_log(&log(&db.store, raffle_id).await, &held);
+    // Once: 7 stays taken, and the raffle takes commands as before.
+    let code = reserve(2, 7)
+        .await
+        .err()
+        .as_ref()
+        .and_then(|e| rejection_code(e).map(str::to_owned));
+    assert!(
+        code.as_deref()
+            .is_some_and(|code| SOLD_OUT_CODES.contains(&code)),
+        "{code:?}"
+    );
+    let next = reserve(3, 8).await.unwrap();
+    let log = log(&db.store, raffle_id).await;
+    assert_in_log(&log, &next);
+    assert_eq!(
+        reservations(log.iter().map(|s| &s.event)).len(),
+        2,
+        "two reservations, none twice"
+    );
+    assert_eq!(
+        engine_state(&engine, raffle_id).await,
+        db.store.load_raffle(raffle_id).await.unwrap().raffle
+    );
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await,
+        Ok(log.len() as u64)
+    );
 
     engine.shutdown().await;
     db.drop_database().await;

@@ -14,6 +14,7 @@
 //! its own answer. A lost connection fails every member: the group may have committed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -46,7 +47,8 @@ pub(super) struct CommitThread {
 }
 
 impl CommitThread {
-    pub fn start(store: &Store) -> std::io::Result<Self> {
+    /// `lose_replies`: see `EngineConfig::lose_commit_replies`.
+    pub fn start(store: &Store, lose_replies: Arc<AtomicU32>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -64,7 +66,7 @@ impl CommitThread {
                     let own = store.sibling("tombola-commit");
                     let (committed, tips) = mpsc::unbounded_channel();
                     tokio::spawn(announce(own.clone(), tips));
-                    tokio::spawn(commit_groups(own.clone(), queued, committed));
+                    tokio::spawn(commit_groups(own.clone(), queued, committed, lose_replies));
                     own
                 };
                 let _ = ready.send(own);
@@ -110,6 +112,7 @@ async fn commit_groups(
     store: Store,
     mut queue: mpsc::UnboundedReceiver<Append>,
     committed: mpsc::UnboundedSender<(Uuid, u64)>,
+    lose_replies: Arc<AtomicU32>,
 ) {
     // Connect now: the first appends should not wait for a handshake.
     drop(store.pool().acquire().await);
@@ -137,9 +140,10 @@ async fn commit_groups(
             }
             group.push(append);
         }
-        let (store, committed) = (store.clone(), committed.clone());
+        let (store, committed, lose_replies) =
+            (store.clone(), committed.clone(), lose_replies.clone());
         tokio::spawn(async move {
-            commit_group(&store, group, &committed).await;
+            commit_group(&store, group, &committed, &lose_replies).await;
             drop(slot);
         });
     }
@@ -149,6 +153,7 @@ async fn commit_group(
     store: &Store,
     group: Vec<Append>,
     committed: &mpsc::UnboundedSender<(Uuid, u64)>,
+    lose_replies: &AtomicU32,
 ) {
     let started = std::time::Instant::now();
     let (with_events, answers_only): (Vec<Append>, Vec<Append>) =
@@ -194,6 +199,17 @@ async fn commit_group(
         if let (Ok(()), Some(last)) = (&outcome, append.batch.events.last()) {
             let _ = committed.send((append.raffle_id, last.sequence));
         }
+        let lost = outcome.is_ok()
+            && lose_replies
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        let outcome = if lost {
+            Err(AppendError::Shared(
+                "connection lost after the commit (injected)".into(),
+            ))
+        } else {
+            outcome
+        };
         let _ = append.done.send(outcome);
     }
 }

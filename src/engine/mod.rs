@@ -12,7 +12,7 @@ mod errors;
 mod registry;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ pub struct EngineConfig {
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
     pub clock: Arc<dyn Clock>,
+    /// Test seam: this many of the next appends that commit are reported to their writers
+    /// as failed, as when the connection drops between the commit and its reply.
+    #[doc(hidden)]
+    pub lose_commit_replies: Arc<AtomicU32>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             evict_after: Duration::from_secs(600),
             max_conflict_retries: 8,
             clock: Arc::new(SystemClock),
+            lose_commit_replies: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -129,8 +134,10 @@ impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Self {
         let (published, _) = broadcast::channel(4096);
         // As tokio does for its own workers: a process that cannot start a thread is done.
-        let commits =
-            Arc::new(commit_thread::CommitThread::start(&store).expect("the commit thread starts"));
+        let commits = Arc::new(
+            commit_thread::CommitThread::start(&store, config.lose_commit_replies.clone())
+                .expect("the commit thread starts"),
+        );
         Self {
             inner: Arc::new(Inner {
                 store,

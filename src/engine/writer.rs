@@ -518,7 +518,19 @@ impl Writer {
         };
         let void = self.pending.take().map(|batch| batch.requests);
         let reloaded = self.reload().await;
-        let results = if failure.conflict && reloaded.is_ok() {
+        // A failure the database did not report (a lost connection) may hide a commit: if
+        // the stream now ends exactly where this batch would have (sequence and chain hash),
+        // it did commit, and its callers get their answers.
+        let committed_after_all = !failure.conflict
+            && reloaded.is_ok()
+            && flight.events > 0
+            && self.committed == flight.end;
+        let results = if committed_after_all {
+            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append reply lost; it committed");
+            let commands = flight.requests.len();
+            self.commit_done(flight.end, flight.published, commands, flight.events);
+            flight.results
+        } else if failure.conflict && reloaded.is_ok() {
             self.commit_in_place(&flight.requests).await
         } else {
             tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append failed");
