@@ -341,7 +341,7 @@ impl Target {
         Ok(sender)
     }
 
-    /// Sends one delivery on the sender's connection (opened on first use); answers
+    /// Sends one delivery on the sender's connection (opened again after a failure); answers
     /// whether it was acknowledged with a 2xx.
     async fn deliver(
         &self,

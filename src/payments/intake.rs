@@ -48,6 +48,11 @@ impl Delivery {
     fn ignored(&self) -> bool {
         self.event.action == PaymentAction::Ignored
     }
+
+    /// The inbox row's key: provider and provider event id.
+    pub fn key(&self) -> (&str, &str) {
+        (self.provider, &self.event.event_id)
+    }
 }
 
 /// Where new deliveries go once stored, when this node's workers take them in memory.
@@ -146,8 +151,7 @@ async fn run(
                     match handoff {
                         Some(handoff) => {
                             if let Err(refused) = handoff.try_send(delivery) {
-                                let delivery = refused.into_inner();
-                                not_handed.push((delivery.provider, delivery.event.event_id));
+                                not_handed.push(refused.into_inner());
                             }
                         }
                         None => for_pollers = true,
@@ -156,8 +160,7 @@ async fn run(
                 // Full or gone: rather than wait out their leases, these go to the pollers.
                 if !not_handed.is_empty() {
                     tracing::warn!(count = not_handed.len(), "deliveries left to the pollers");
-                    let leased: Vec<(&str, &str)> =
-                        not_handed.iter().map(|(p, e)| (*p, e.as_str())).collect();
+                    let leased: Vec<_> = not_handed.iter().map(Delivery::key).collect();
                     match inbox::release(store.pool(), &leased).await {
                         Ok(()) => for_pollers = true,
                         Err(error) => tracing::warn!(%error, "leases left to run out"),

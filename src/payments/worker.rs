@@ -138,16 +138,24 @@ impl PaymentsIn {
         while let Ok(delivery) = fresh.try_recv() {
             unapplied.push(delivery);
         }
-        if unapplied.is_empty() {
+        self.leave_to_pollers(&unapplied, "unapplied at stop").await;
+    }
+
+    /// Ends the leases of deliveries these workers will not apply, so that pollers take
+    /// them now; if that fails, they wait out their leases.
+    async fn leave_to_pollers(&self, deliveries: &[Delivery], why: &str) {
+        if deliveries.is_empty() {
             return;
         }
-        let leased: Vec<(&str, &str)> = unapplied
-            .iter()
-            .map(|d| (d.provider, d.event.event_id.as_str()))
-            .collect();
+        tracing::warn!(
+            count = deliveries.len(),
+            why,
+            "deliveries left to the pollers"
+        );
+        let leased: Vec<_> = deliveries.iter().map(Delivery::key).collect();
         match inbox::release(self.inbox.pool(), &leased).await {
-            Ok(()) => tracing::info!(count = leased.len(), "unapplied deliveries released"),
-            Err(error) => tracing::warn!(%error, "unapplied deliveries wait out their lease"),
+            Ok(()) => self.wake.notify_one(),
+            Err(error) => tracing::warn!(%error, why, "deliveries wait out their leases"),
         }
     }
 
@@ -187,26 +195,18 @@ impl PaymentsIn {
             let (batch, stale): (Vec<Delivery>, Vec<Delivery>) = batch
                 .into_iter()
                 .partition(|d| d.received.elapsed() < LEASE / 2);
-            if !stale.is_empty() {
-                tracing::warn!(count = stale.len(), "deliveries too late for their lease");
-                let leased: Vec<(&str, &str)> = stale
-                    .iter()
-                    .map(|d| (d.provider, d.event.event_id.as_str()))
-                    .collect();
-                match inbox::release(self.inbox.pool(), &leased).await {
-                    Ok(()) => self.wake.notify_one(),
-                    Err(error) => tracing::warn!(%error, "late deliveries wait out their lease"),
-                }
-            }
+            self.leave_to_pollers(&stale, "too late for their lease")
+                .await;
             if batch.is_empty() {
                 continue;
             }
             let events: Vec<_> = batch.iter().map(|d| (d.provider, Ok(&d.event))).collect();
             let results = self.apply_all(&events).await;
             let settled = settlements(
-                batch
-                    .iter()
-                    .map(|d| (d.provider, d.event.event_id.as_str(), 0)),
+                batch.iter().map(|d| {
+                    let (provider, event_id) = d.key();
+                    (provider, event_id, 0)
+                }),
                 &results,
             );
             if let Err(error) = inbox::settle(self.inbox.pool(), &settled).await {

@@ -119,7 +119,7 @@ impl Store {
             }
         }
         for (raffle_id, record) in records {
-            answers.add(raffle_id, std::slice::from_ref(record));
+            answers.push(raffle_id, record);
         }
         sqlx::query(
             "WITH appended AS ( \
@@ -190,7 +190,9 @@ impl Store {
             return Err(AppendError::Conflict);
         }
         let mut answers = Answers::default();
-        answers.add(raffle_id, &batch.idempotency);
+        for record in &batch.idempotency {
+            answers.push(raffle_id, record);
+        }
         sqlx::query(
             "INSERT INTO idempotency_keys (scope, key, request_hash, raffle_id, response) \
              SELECT k.scope, k.key, k.hash, k.raffle_id, k.response::jsonb \
@@ -285,14 +287,12 @@ struct Answers<'a> {
 }
 
 impl<'a> Answers<'a> {
-    fn add(&mut self, raffle_id: Uuid, records: &'a [IdempotencyRecord]) {
-        for record in records {
-            self.raffles.push(raffle_id);
-            self.scopes.push(&record.scope);
-            self.keys.push(&record.key);
-            self.hashes.push(&record.request_hash);
-            self.responses.push(record.response.to_string());
-        }
+    fn push(&mut self, raffle_id: Uuid, record: &'a IdempotencyRecord) {
+        self.raffles.push(raffle_id);
+        self.scopes.push(&record.scope);
+        self.keys.push(&record.key);
+        self.hashes.push(&record.request_hash);
+        self.responses.push(record.response.to_string());
     }
 }
 

@@ -61,11 +61,7 @@ impl Store {
     /// pool, which does ping. Opens nothing yet: connections open on first use, on the
     /// caller's runtime. `role` names its connections in `pg_stat_activity`.
     pub fn sibling(&self, role: &str) -> Self {
-        self.sibling_with(
-            (*self.pool.connect_options())
-                .clone()
-                .application_name(role),
-        )
+        self.sibling_with(self.options_for(role))
     }
 
     /// A [`Self::sibling`] whose commits return before their WAL is flushed
@@ -74,11 +70,16 @@ impl Store {
     /// a crash only if everything committed before it does.
     pub fn sibling_without_flush_wait(&self, role: &str) -> Self {
         self.sibling_with(
-            (*self.pool.connect_options())
-                .clone()
-                .application_name(role)
+            self.options_for(role)
                 .options([("synchronous_commit", "off")]),
         )
+    }
+
+    /// This pool's connection options, its connections named `role`.
+    fn options_for(&self, role: &str) -> PgConnectOptions {
+        (*self.pool.connect_options())
+            .clone()
+            .application_name(role)
     }
 
     fn sibling_with(&self, options: PgConnectOptions) -> Self {
