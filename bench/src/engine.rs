@@ -59,9 +59,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
 }
 
 async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
-    let (store, _) = tombola::testing::fresh_database(args.connections)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (store, url) = crate::database::fresh(args.connections).await?;
     let synchronous_commit: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(store.pool())
         .await
@@ -84,9 +82,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let oversold = check_log(&store, tombola.raffle_id, args.tickets).await?;
 
     let snapshot_sound = cqrs_snapshots_are_sound(&store).await?;
-    let (baseline_store, _) = tombola::testing::fresh_database(args.connections)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (baseline_store, baseline_url) = crate::database::fresh(args.connections).await?;
     let baseline_target =
         CqrsTarget::new(baseline_store.clone(), args.tickets, snapshot_sound).await?;
     let baseline = drive(Arc::new(baseline_target), args).await;
@@ -96,6 +92,8 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         baseline.p99_ms()
     );
     let baseline_oversold = check_log(&baseline_store, baseline.raffle_id, args.tickets).await?;
+    crate::database::discard(store, &url).await?;
+    crate::database::discard(baseline_store, &baseline_url).await?;
 
     Ok(json!({
         "bench": "engine",

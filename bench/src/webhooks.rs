@@ -106,9 +106,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
             )
         }
         None => {
-            let (store, _) = tombola::testing::fresh_database(32)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (store, url) = crate::database::fresh(32).await?;
             let serve = ServeArgs {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 rate_limit_per_key: 1_000_000,
@@ -133,7 +131,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
             let key = Keys::create(&store, Role::Admin, None, Some("bench"))
                 .await
                 .map_err(|e| e.to_string())?;
-            (base, key, SECRET.to_owned(), store, Some((stop, handle)))
+            (base, key, SECRET.to_owned(), store, Some((stop, handle, url)))
         }
     };
     let client = reqwest::Client::builder()
@@ -149,6 +147,13 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         args.raffles
     );
     let orders = Arc::new(setup_orders(&client, &base, &api_key, args.raffles, unique).await?);
+    // The set-up wrote a few hundred MB just now. Without a checkpoint here, the kernel
+    // writes those pages out ~30 s after they were dirtied, in one burst, which lands in the
+    // measured window and stalls every WAL flush behind it for 0.1–0.5 s: the window would
+    // measure the set-up's disk traffic. Sustained runs (`--seconds 60`) include their own.
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(store.pool()).await {
+        eprintln!("webhooks bench: no checkpoint after the set-up ({error})");
+    }
 
     eprintln!(
         "webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates), the first {warmup} to warm up",
@@ -277,9 +282,10 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     lags.sort_unstable();
     let duplicates_issued = issued.values().filter(|(count, _)| *count > 1).count();
 
-    if let Some((stop, handle)) = server {
+    if let Some((stop, handle, url)) = server {
         let _ = stop.send(());
         let _ = handle.await;
+        crate::database::discard(store, &url).await?;
     }
     Ok(json!({
         "bench": "webhooks",
