@@ -114,7 +114,14 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let database = connect(&cli.database).await?;
-    match cli.command {
+    let outcome = execute(cli.command, &database).await;
+    // Close the connections rather than drop them: PostgreSQL logs every dropped one.
+    database.store.pool().close().await;
+    outcome
+}
+
+async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let app = Application::build(&args, database.store.clone()).await?;
             eprintln!("tombola: listening on http://{}", app.local_addr());

@@ -108,6 +108,9 @@ impl Application {
         if let Some(workers) = workers {
             workers.wait().await;
         }
+        if let Some(payments) = &self.payments {
+            payments.close().await;
+        }
         self.engine.shutdown().await;
         self.listener_task.abort();
         tracing::info!("stopped");

@@ -57,6 +57,11 @@ impl PaymentsIn {
         })
     }
 
+    /// Closes the workers' own connections, once they have stopped.
+    pub async fn close(&self) {
+        self.inbox.pool().close().await;
+    }
+
     pub fn provider(&self, name: &str) -> Option<Arc<dyn PaymentProvider>> {
         self.providers.get(name).cloned()
     }
