@@ -131,7 +131,13 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
             let key = Keys::create(&store, Role::Admin, None, Some("bench"))
                 .await
                 .map_err(|e| e.to_string())?;
-            (base, key, SECRET.to_owned(), store, Some((stop, handle, url)))
+            (
+                base,
+                key,
+                SECRET.to_owned(),
+                store,
+                Some((stop, handle, url)),
+            )
         }
     };
     let client = reqwest::Client::builder()
