@@ -1,7 +1,8 @@
-//! The databases a bench run creates, and their removal once its figures are read.
+//! The databases a bench run creates, their removal once its figures are read, and what a
+//! measured window starts from.
 //!
-//! A run leaves nothing behind: each database holds a few hundred MB, and its dirty pages
-//! would otherwise be written out, by eviction and by the kernel's writeback, while the
+//! A run that completes leaves no database behind: each holds a few hundred MB, and its dirty
+//! pages would otherwise be written out, by eviction and by the kernel's writeback, while the
 //! next run is being measured.
 
 use tombola::store::Store;
@@ -19,4 +20,31 @@ pub async fn discard(store: Store, url: &str) -> Result<(), String> {
     tombola::testing::drop_database(url)
         .await
         .map_err(|e| format!("dropping the bench database: {e}"))
+}
+
+/// Writes out what is dirty now, so that the window about to be measured carries no disk
+/// traffic of the set-up or of earlier runs. Left to the kernel, that traffic is written
+/// ~30 s after it was dirtied, in one burst, and every WAL flush in the window queues behind
+/// it (30–470 ms stalls). Needs the right to `CHECKPOINT`; without it, the run goes on.
+pub async fn checkpoint(store: &Store, bench: &str) {
+    if let Err(error) = sqlx::query("CHECKPOINT").execute(store.pool()).await {
+        eprintln!("{bench} bench: no checkpoint before the measured window ({error})");
+    }
+}
+
+/// The server settings that decide how often the disk stalls a commit, for the report.
+pub async fn settings(store: &Store) -> Result<serde_json::Value, String> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, current_setting(name) FROM pg_settings WHERE name IN \
+         ('max_wal_size', 'min_wal_size', 'checkpoint_timeout', 'shared_buffers', \
+          'synchronous_commit', 'autovacuum')",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| format!("reading the server's settings: {e}"))?;
+    Ok(serde_json::Value::Object(
+        rows.into_iter()
+            .map(|(name, value)| (name, serde_json::Value::String(value)))
+            .collect(),
+    ))
 }

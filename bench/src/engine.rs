@@ -69,11 +69,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         args.tickets, args.concurrency, args.seconds
     );
 
-    let tombola = drive(
-        Arc::new(EngineTarget::new(store.clone(), args.tickets).await?),
-        args,
-    )
-    .await;
+    let target = Arc::new(EngineTarget::new(store.clone(), args.tickets).await?);
+    crate::database::checkpoint(&store, "engine").await;
+    let tombola = drive(target, args).await;
     eprintln!(
         "tombola engine: {:.0} commands/s, p99 {:.1} ms",
         tombola.per_sec(),
@@ -82,9 +80,12 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let oversold = check_log(&store, tombola.raffle_id, args.tickets).await?;
 
     let snapshot_sound = cqrs_snapshots_are_sound(&store).await?;
+    // Gone before the baseline starts, so that its pages are not written out in that window.
+    crate::database::discard(store, &url).await?;
     let (baseline_store, baseline_url) = crate::database::fresh(args.connections).await?;
     let baseline_target =
         CqrsTarget::new(baseline_store.clone(), args.tickets, snapshot_sound).await?;
+    crate::database::checkpoint(&baseline_store, "engine").await;
     let baseline = drive(Arc::new(baseline_target), args).await;
     eprintln!(
         "cqrs-es baseline: {:.0} commands/s, p99 {:.1} ms",
@@ -92,7 +93,6 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         baseline.p99_ms()
     );
     let baseline_oversold = check_log(&baseline_store, baseline.raffle_id, args.tickets).await?;
-    crate::database::discard(store, &url).await?;
     crate::database::discard(baseline_store, &baseline_url).await?;
 
     Ok(json!({

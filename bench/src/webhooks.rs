@@ -153,13 +153,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         args.raffles
     );
     let orders = Arc::new(setup_orders(&client, &base, &api_key, args.raffles, unique).await?);
-    // The set-up wrote a few hundred MB just now. Without a checkpoint here, the kernel
-    // writes those pages out ~30 s after they were dirtied, in one burst, which lands in the
-    // measured window and stalls every WAL flush behind it for 0.1–0.5 s: the window would
-    // measure the set-up's disk traffic. Sustained runs (`--seconds 60`) include their own.
-    if let Err(error) = sqlx::query("CHECKPOINT").execute(store.pool()).await {
-        eprintln!("webhooks bench: no checkpoint after the set-up ({error})");
-    }
+    // The set-up just wrote a few hundred MB. Sustained runs (`--seconds 60`) still reach the
+    // writeback of their own.
+    crate::database::checkpoint(&store, "webhooks").await;
 
     eprintln!(
         "webhooks bench: sending {deliveries} deliveries at {}/s ({DUPLICATE_PERCENT}% duplicates), the first {warmup} to warm up",
@@ -288,6 +284,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     lags.sort_unstable();
     let duplicates_issued = issued.values().filter(|(count, _)| *count > 1).count();
 
+    let postgres = crate::database::settings(&store).await?;
     if let Some((stop, handle, url)) = server {
         let _ = stop.send(());
         let _ = handle.await;
@@ -312,6 +309,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "commit_probe_p50_ms": commit_p50,
         "commit_probe_p99_ms": commit_p99,
         "commit_probe_max_ms": commit_max,
+        "postgres": postgres,
         "ack_p99_over_commit_p99": ((percentile(&latencies, 0.99).unwrap_or(0) as f64
             / percentile(&commits, 0.99).unwrap_or(1).max(1) as f64) * 10.0).round() / 10.0,
     }))
