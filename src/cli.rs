@@ -115,8 +115,10 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let database = connect(&cli.database).await?;
     let outcome = execute(cli.command, &database).await;
-    // Close the connections rather than drop them: PostgreSQL logs every dropped one.
-    database.store.pool().close().await;
+    // Close the connections rather than drop them (PostgreSQL logs every dropped one), but
+    // never let a stuck connection hold up the exit.
+    let _ =
+        tokio::time::timeout(crate::startup::CLOSE_TIMEOUT, database.store.pool().close()).await;
     outcome
 }
 

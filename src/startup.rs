@@ -18,6 +18,9 @@ use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
 use crate::store::{Store, EVENTS_CHANNEL};
 
+/// How long shutdown waits for a pool to close its connections politely.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
@@ -109,7 +112,7 @@ impl Application {
             workers.wait().await;
         }
         if let Some(payments) = &self.payments {
-            payments.close().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, payments.close()).await;
         }
         self.engine.shutdown().await;
         self.listener_task.abort();
