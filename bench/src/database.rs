@@ -1,25 +1,52 @@
 //! The databases a bench run creates, their removal once its figures are read, and what a
 //! measured window starts from.
 //!
-//! A run that completes leaves no database behind: each holds a few hundred MB, and its dirty
-//! pages would otherwise be written out, by eviction and by the kernel's writeback, while the
-//! next run is being measured.
+//! A run leaves no database behind, even when it fails: each holds a few hundred MB, and its
+//! dirty pages would otherwise be written out, by eviction and by the kernel's writeback,
+//! while the next run is being measured.
+
+use std::sync::Mutex;
 
 use tombola::store::Store;
 
+/// Databases created and not yet dropped.
+static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// A new, migrated database; its URL is for [`discard`].
 pub async fn fresh(max_connections: u32) -> Result<(Store, String), String> {
-    tombola::testing::fresh_database(max_connections)
+    let (store, url) = tombola::testing::fresh_database(max_connections)
         .await
-        .map_err(|e| format!("creating the bench database: {e}"))
+        .map_err(|e| format!("creating the bench database: {e}"))?;
+    CREATED.lock().expect("registry").push(url.clone());
+    Ok((store, url))
 }
 
 /// Closes the bench's own connections and drops the database.
 pub async fn discard(store: Store, url: &str) -> Result<(), String> {
     store.pool().close().await;
+    drop_database(url).await
+}
+
+/// Drops whatever a run created and did not drop itself (it stopped on an error); their
+/// connections are cut off.
+pub async fn discard_leftovers() {
+    let leftovers = std::mem::take(&mut *CREATED.lock().expect("registry"));
+    for url in leftovers {
+        if let Err(error) = drop_database(&url).await {
+            eprintln!("{error}");
+        }
+    }
+}
+
+async fn drop_database(url: &str) -> Result<(), String> {
     tombola::testing::drop_database(url)
         .await
-        .map_err(|e| format!("dropping the bench database: {e}"))
+        .map_err(|e| format!("dropping the bench database: {e}"))?;
+    CREATED
+        .lock()
+        .expect("registry")
+        .retain(|created| created != url);
+    Ok(())
 }
 
 /// Writes out what is dirty now, so that the window about to be measured carries no disk

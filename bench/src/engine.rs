@@ -50,7 +50,11 @@ pub fn run(args: &Args) -> BenchResult<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let figures = runtime.block_on(run_async(args))?;
+    let figures = runtime.block_on(async {
+        let figures = run_async(args).await;
+        crate::database::discard_leftovers().await;
+        figures
+    })?;
     let mut failures = Vec::new();
     if figures["oversold"] != 0 {
         failures.push(format!("{} numbers issued twice", figures["oversold"]));

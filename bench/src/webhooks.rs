@@ -30,10 +30,10 @@ use crate::report::{BenchResult, Report};
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Concurrent connections sending deliveries.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     concurrency: usize,
     /// Seconds of sending, measured.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Seconds sent at the same rate before the measured ones, and not counted: sender
     /// connections, database connections and caches warm up (a cold start slowed the first
@@ -41,10 +41,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
     /// Deliveries per second offered (open loop: latency is measured at this load).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
     rate: u32,
     /// Raffles the orders are spread over.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     raffles: usize,
     /// Inbox workers of the server the bench starts. 0 measures the acknowledgement path
     /// alone: nothing is issued, and the issue figures stay 0.
@@ -61,6 +61,10 @@ pub struct Args {
     secret: Option<String>,
 }
 
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 const SECRET: &str = "whsec_bench_secret";
 const DUPLICATE_PERCENT: u64 = 10;
 
@@ -69,7 +73,11 @@ pub fn run(args: &Args) -> BenchResult<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let figures = runtime.block_on(run_async(args))?;
+    let figures = runtime.block_on(async {
+        let figures = run_async(args).await;
+        crate::database::discard_leftovers().await;
+        figures
+    })?;
     let mut failures = Vec::new();
     if figures["duplicates_issued"] != 0 {
         failures.push(format!(
