@@ -1,5 +1,5 @@
-//! A counting global allocator: forwards to mimalloc (the allocator of the `tombola`
-//! binary, so that a server started in process allocates as it does in production) and keeps the bytes
+//! A counting global allocator: forwards to mimalloc (the `tombola` binary's allocator, so
+//! that a server started in process allocates as it does in production) and keeps the bytes
 //! currently allocated, their high-water mark, and the live bytes per power-of-two size
 //! class (which tells large tables and chunks apart from small per-item allocations).
 //!

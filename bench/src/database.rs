@@ -27,9 +27,15 @@ pub async fn discard(store: Store, url: &str) -> Result<(), String> {
     drop_database(url).await
 }
 
-/// Drops whatever a run created and did not drop itself (it stopped on an error); their
-/// connections are cut off.
-pub async fn discard_leftovers() {
+/// Runs a bench to its end, then drops whatever databases it created and did not drop
+/// itself (it stopped on an error); their connections are cut off.
+pub async fn discarding_leftovers<T>(run: impl std::future::Future<Output = T>) -> T {
+    let outcome = run.await;
+    discard_leftovers().await;
+    outcome
+}
+
+async fn discard_leftovers() {
     let leftovers = std::mem::take(&mut *CREATED.lock().expect("registry"));
     for url in leftovers {
         if let Err(error) = drop_database(&url).await {

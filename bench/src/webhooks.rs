@@ -73,11 +73,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let figures = runtime.block_on(async {
-        let figures = run_async(args).await;
-        crate::database::discard_leftovers().await;
-        figures
-    })?;
+    let figures = runtime.block_on(crate::database::discarding_leftovers(run_async(args)))?;
     let mut failures = Vec::new();
     if figures["duplicates_issued"] != 0 {
         failures.push(format!(

@@ -158,14 +158,7 @@ async fn run(
                     }
                 }
                 // Full or gone: rather than wait out their leases, these go to the pollers.
-                if !not_handed.is_empty() {
-                    tracing::warn!(count = not_handed.len(), "deliveries left to the pollers");
-                    let leased: Vec<_> = not_handed.iter().map(Delivery::key).collect();
-                    match inbox::release(store.pool(), &leased).await {
-                        Ok(()) => for_pollers = true,
-                        Err(error) => tracing::warn!(%error, "leases left to run out"),
-                    }
-                }
+                for_pollers |= leave_to_pollers(store, &not_handed, "hand-off refused").await;
                 if for_pollers {
                     wake.notify_one();
                 }
@@ -176,6 +169,27 @@ async fn run(
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
+        }
+    }
+}
+
+/// Ends the leases of deliveries this node's workers will not apply, so that any node's
+/// pollers take them now; returns whether it did (if not, they wait out their leases).
+pub(super) async fn leave_to_pollers(store: &Store, deliveries: &[Delivery], why: &str) -> bool {
+    if deliveries.is_empty() {
+        return false;
+    }
+    tracing::warn!(
+        count = deliveries.len(),
+        why,
+        "deliveries left to the pollers"
+    );
+    let leased: Vec<_> = deliveries.iter().map(Delivery::key).collect();
+    match inbox::release(store.pool(), &leased).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, why, "deliveries wait out their leases");
+            false
         }
     }
 }

@@ -17,7 +17,7 @@ use tombola_domain::{
 };
 
 use super::inbox::{self, DueDelivery, Settled, Settlement};
-use super::intake::{Delivery, Intake, LEASE};
+use super::intake::{self, Delivery, Intake, LEASE};
 use super::provider::{PaymentAction, PaymentProvider, ProviderEvent};
 use crate::engine::{CommandMeta, Engine, EngineError};
 use crate::store::{Source, Store};
@@ -146,21 +146,10 @@ impl PaymentsIn {
         self.leave_to_pollers(&unapplied, "unapplied at stop").await;
     }
 
-    /// Ends the leases of deliveries these workers will not apply, so that pollers take
-    /// them now; if that fails, they wait out their leases.
+    /// Ends the leases of deliveries these workers will not apply, and wakes a poller.
     async fn leave_to_pollers(&self, deliveries: &[Delivery], why: &str) {
-        if deliveries.is_empty() {
-            return;
-        }
-        tracing::warn!(
-            count = deliveries.len(),
-            why,
-            "deliveries left to the pollers"
-        );
-        let leased: Vec<_> = deliveries.iter().map(Delivery::key).collect();
-        match inbox::release(self.inbox.pool(), &leased).await {
-            Ok(()) => self.wake.notify_one(),
-            Err(error) => tracing::warn!(%error, why, "deliveries wait out their leases"),
+        if intake::leave_to_pollers(&self.inbox, deliveries, why).await {
+            self.wake.notify_one();
         }
     }
 
