@@ -102,6 +102,16 @@ impl PrivateCluster {
         )
     }
 
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the cluster's Unix socket lives.
+    pub fn socket_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Leaves the cluster running after this process (tests share one across runs).
     pub fn keep_running(mut self) {
         self.started_here = false;
