@@ -99,7 +99,7 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<Database> {
                 tokio::task::spawn_blocking(move || PrivateCluster::ensure(&dir)).await??;
             eprintln!(
                 "tombola: no DATABASE_URL; using the private PostgreSQL cluster in {}",
-                args.data_dir.display()
+                cluster.data_dir().display()
             );
             (cluster.url(), Some(cluster))
         }

@@ -4,6 +4,7 @@
 //! exit by whoever started it.
 
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,8 +44,21 @@ const SETTINGS: &[(&str, &str)] = &[
 /// The settings file, beside `postgresql.conf`.
 const SETTINGS_FILE: &str = "tombola.conf";
 
+/// Where root keeps clusters the `postgres` user could not reach beside the checkout.
+const RELOCATED_ROOT: &str = "/var/lib/tombola";
+
+/// Where sockets go whose path beside the data would be too long.
+const SHORT_SOCKET_ROOT: &str = "/tmp";
+
+/// The socket's file name at PostgreSQL's default port.
+const SOCKET_FILE: &str = ".s.PGSQL.5432";
+
+/// The longest Unix socket path the kernel takes (`sun_path` holds 108 bytes with the NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 pub struct PrivateCluster {
     data_dir: PathBuf,
+    socket_dir: PathBuf,
     bin_dir: PathBuf,
     run_as: Option<String>,
     started_here: bool,
@@ -53,6 +67,12 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// Initializes the cluster under `base/pgdata` if needed and starts it if it is not
     /// running. Several processes may call this at once: a lock file serializes them.
+    ///
+    /// As root, the cluster runs as `postgres`; when that user cannot reach `base` (a
+    /// checkout under `/root` or a `mktemp -d` directory, both 0700), the data goes to
+    /// [`RELOCATED_ROOT`] instead of opening the user's directories to it, and stderr says
+    /// where. A socket whose path beside the data would pass the Unix limit (a deep
+    /// checkout) goes to a private directory under [`SHORT_SOCKET_ROOT`].
     pub fn ensure(base: &Path) -> Result<Self, ClusterError> {
         let bin_dir = find_bin_dir().ok_or(ClusterError::NoBinaries)?;
         let run_as = if is_root() {
@@ -67,8 +87,9 @@ impl PrivateCluster {
         let base = base.canonicalize()?;
         let lock = File::create(base.join("pgcluster.lock"))?;
         lock.lock()?;
-        let data_dir = base.join("pgdata");
+        let data_dir = data_dir_for(&base, run_as.as_deref())?;
         let mut cluster = Self {
+            socket_dir: socket_dir_for(&data_dir),
             data_dir,
             bin_dir,
             run_as,
@@ -77,6 +98,7 @@ impl PrivateCluster {
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.init()?;
         }
+        cluster.prepare_socket_dir()?;
         let changed = cluster.write_settings()?;
         if !cluster.is_running() {
             cluster.start()?;
@@ -98,7 +120,7 @@ impl PrivateCluster {
     pub fn url(&self) -> String {
         format!(
             "postgres://postgres@localhost/postgres?host={}",
-            self.data_dir.display()
+            self.socket_dir.display()
         )
     }
 
@@ -109,7 +131,7 @@ impl PrivateCluster {
 
     /// Where the cluster's Unix socket lives.
     pub fn socket_dir(&self) -> &Path {
-        &self.data_dir
+        &self.socket_dir
     }
 
     /// Leaves the cluster running after this process (tests share one across runs).
@@ -130,7 +152,10 @@ impl PrivateCluster {
     }
 
     fn init(&self) -> Result<(), ClusterError> {
-        std::fs::create_dir_all(&self.data_dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.data_dir)?;
         if let Some(user) = &self.run_as {
             run(
                 "chown",
@@ -177,6 +202,38 @@ impl PrivateCluster {
         Ok(changed)
     }
 
+    /// A socket directory apart from the data must belong to the cluster's user and be
+    /// closed to everyone else: in a shared directory like `/tmp`, one that someone else
+    /// made first is refused rather than used.
+    fn prepare_socket_dir(&self) -> Result<(), ClusterError> {
+        if self.socket_dir == self.data_dir {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(&self.data_dir)?;
+        match std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&self.socket_dir)
+        {
+            Ok(()) => {
+                std::os::unix::fs::chown(&self.socket_dir, Some(owner.uid()), Some(owner.gid()))?
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error.into()),
+        }
+        let found = std::fs::symlink_metadata(&self.socket_dir)?;
+        if !found.is_dir() || found.uid() != owner.uid() || found.mode() & 0o077 != 0 {
+            return Err(ClusterError::Command {
+                step: "socket directory",
+                detail: format!(
+                    "{} exists but is not a private directory of the cluster's owner; \
+                     remove it or use a shorter TOMBOLA_DATA_DIR",
+                    self.socket_dir.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn is_running(&self) -> bool {
         command_ok(
             self.pg("pg_ctl")
@@ -189,7 +246,7 @@ impl PrivateCluster {
     fn start(&self) -> Result<(), ClusterError> {
         let options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
-            self.data_dir.display()
+            self.socket_dir.display()
         );
         run(
             "pg_ctl start",
@@ -220,6 +277,55 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `base/pgdata`, unless `user` (the one the cluster runs as) cannot reach `base` and has no
+/// cluster there already: then a directory of its own under [`RELOCATED_ROOT`], named after
+/// `base` so that every command run from the same checkout finds the same cluster.
+fn data_dir_for(base: &Path, user: Option<&str>) -> Result<PathBuf, ClusterError> {
+    let beside = base.join("pgdata");
+    let Some(user) = user else {
+        return Ok(beside);
+    };
+    let relocated = Path::new(RELOCATED_ROOT).join(format!("pgdata-{}", path_key(base)));
+    if relocated.join("PG_VERSION").exists() {
+        return Ok(relocated);
+    }
+    // access(2) as that user: X_OK on `base` needs search permission on every parent too.
+    if command_ok(
+        Command::new("runuser")
+            .args(["-u", user, "--", "test", "-x"])
+            .arg(base),
+    ) {
+        return Ok(beside);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(RELOCATED_ROOT)?;
+    eprintln!(
+        "tombola: the `{user}` user cannot reach {}; the private cluster lives in {} instead",
+        base.display(),
+        relocated.display()
+    );
+    Ok(relocated)
+}
+
+/// The data directory itself, unless a socket there would pass the Unix limit: then a
+/// private directory under [`SHORT_SOCKET_ROOT`], named after the data directory.
+fn socket_dir_for(data_dir: &Path) -> PathBuf {
+    if data_dir.join(SOCKET_FILE).as_os_str().len() <= SOCKET_PATH_MAX {
+        data_dir.to_owned()
+    } else {
+        Path::new(SHORT_SOCKET_ROOT).join(format!("tombola-{}", path_key(data_dir)))
+    }
+}
+
+/// A short, stable name for a path.
+fn path_key(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
 }
 
 fn find_bin_dir() -> Option<PathBuf> {

@@ -69,6 +69,12 @@ impl Drop for Sandbox {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
+            // Where root keeps relocated clusters, if this made it and nothing else is there.
+            if !cluster.data_dir().starts_with(&self.root) {
+                if let Some(parent) = cluster.data_dir().parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
