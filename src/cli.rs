@@ -1,5 +1,7 @@
 //! The `tombola` command line: the server and the operator's tools.
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 use crate::api::auth::{Keys, Role};
@@ -125,7 +127,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let app = Application::build(&args, database.store.clone()).await?;
+            let app = Application::build(
+                &args.into(),
+                database.store.clone(),
+                Arc::new(crate::clock::SystemClock),
+            )
+            .await?;
             eprintln!("tombola: listening on http://{}", app.local_addr());
             app.run_until_stopped(shutdown_signal()).await?;
         }

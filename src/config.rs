@@ -35,36 +35,36 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "TOMBOLA_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "TOMBOLA_LISTEN", default_value_t = defaults::LISTEN)]
     pub listen: SocketAddr,
 
     /// Requests per second allowed per API key (bursts of twice that).
-    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_KEY", default_value_t = 2000)]
+    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_KEY", default_value_t = defaults::RATE_LIMIT_PER_KEY)]
     pub rate_limit_per_key: u32,
 
     /// Requests per second allowed per client IP (bursts of twice that).
-    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_IP", default_value_t = 500)]
+    #[arg(long, env = "TOMBOLA_RATE_LIMIT_PER_IP", default_value_t = defaults::RATE_LIMIT_PER_IP)]
     pub rate_limit_per_ip: u32,
 
     /// Longest a request may take before it is answered 503.
-    #[arg(long, env = "TOMBOLA_REQUEST_TIMEOUT_SECS", default_value_t = 15)]
+    #[arg(long, env = "TOMBOLA_REQUEST_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
 
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "TOMBOLA_BODY_LIMIT_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "TOMBOLA_BODY_LIMIT_BYTES", default_value_t = defaults::BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
 
     /// Commands that may wait per raffle before callers get 503 + Retry-After.
-    #[arg(long, env = "TOMBOLA_QUEUE_CAPACITY", default_value_t = 4096)]
+    #[arg(long, env = "TOMBOLA_QUEUE_CAPACITY", default_value_t = defaults::QUEUE_CAPACITY)]
     pub queue_capacity: usize,
 
     /// Write a raffle snapshot at most every this many events (large raffles wait longer:
     /// until the events since the last snapshot add up to about its size). 0 = never.
-    #[arg(long, env = "TOMBOLA_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    #[arg(long, env = "TOMBOLA_SNAPSHOT_EVERY", default_value_t = defaults::SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
 
     /// Unload a raffle from memory after this many idle seconds (never while holds are live).
-    #[arg(long, env = "TOMBOLA_EVICT_AFTER_SECS", default_value_t = 600)]
+    #[arg(long, env = "TOMBOLA_EVICT_AFTER_SECS", default_value_t = defaults::EVICT_AFTER_SECS)]
     pub evict_after_secs: u64,
 
     /// Stripe webhook signing secrets (`whsec_…`), comma-separated; several during rotation.
@@ -78,18 +78,83 @@ pub struct ServeArgs {
     pub stripe_webhook_secrets: Vec<String>,
 
     /// Accepted age (and clock skew) of a Stripe signature's timestamp, in seconds.
-    #[arg(long, env = "TOMBOLA_STRIPE_TOLERANCE_SECS", default_value_t = 300)]
+    #[arg(long, env = "TOMBOLA_STRIPE_TOLERANCE_SECS", default_value_t = defaults::STRIPE_TOLERANCE_SECS)]
     pub stripe_tolerance_secs: i64,
 
     /// Workers applying new inbox deliveries, and as many pollers for the rest. Each applies
     /// its batch concurrently across payments; more workers split the batches into more,
     /// smaller statements (at 5,000 deliveries/s, 2 answered faster than 4).
-    #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = defaults::PAYMENT_WORKERS)]
     pub payment_workers: usize,
 }
 
-impl ServeArgs {
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
+/// What the server runs with, whoever chose it: `tombola serve`'s flags convert into it, tests
+/// and benchmarks start from [`Settings::default`] (the flags' defaults) and change fields.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub rate_limit_per_key: u32,
+    pub rate_limit_per_ip: u32,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub queue_capacity: usize,
+    pub snapshot_every: u64,
+    pub evict_after: Duration,
+    /// Empty (or blank) entries are ignored; none at all leaves the Stripe endpoint off.
+    pub stripe_webhook_secrets: Vec<String>,
+    pub stripe_tolerance_secs: i64,
+    pub payment_workers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        use defaults::*;
+        Self {
+            listen: LISTEN,
+            rate_limit_per_key: RATE_LIMIT_PER_KEY,
+            rate_limit_per_ip: RATE_LIMIT_PER_IP,
+            request_timeout: Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            body_limit_bytes: BODY_LIMIT_BYTES,
+            queue_capacity: QUEUE_CAPACITY,
+            snapshot_every: SNAPSHOT_EVERY,
+            evict_after: Duration::from_secs(EVICT_AFTER_SECS),
+            stripe_webhook_secrets: Vec::new(),
+            stripe_tolerance_secs: STRIPE_TOLERANCE_SECS,
+            payment_workers: PAYMENT_WORKERS,
+        }
+    }
+}
+
+/// `tombola serve`'s defaults, shared by its flags and [`Settings::default`].
+mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+    pub const RATE_LIMIT_PER_KEY: u32 = 2000;
+    pub const RATE_LIMIT_PER_IP: u32 = 500;
+    pub const REQUEST_TIMEOUT_SECS: u64 = 15;
+    pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+    pub const QUEUE_CAPACITY: usize = 4096;
+    pub const SNAPSHOT_EVERY: u64 = 10_000;
+    pub const EVICT_AFTER_SECS: u64 = 600;
+    pub const STRIPE_TOLERANCE_SECS: i64 = 300;
+    pub const PAYMENT_WORKERS: usize = 2;
+}
+
+impl From<ServeArgs> for Settings {
+    fn from(args: ServeArgs) -> Self {
+        Self {
+            listen: args.listen,
+            rate_limit_per_key: args.rate_limit_per_key,
+            rate_limit_per_ip: args.rate_limit_per_ip,
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            body_limit_bytes: args.body_limit_bytes,
+            queue_capacity: args.queue_capacity,
+            snapshot_every: args.snapshot_every,
+            evict_after: Duration::from_secs(args.evict_after_secs),
+            stripe_webhook_secrets: args.stripe_webhook_secrets,
+            stripe_tolerance_secs: args.stripe_tolerance_secs,
+            payment_workers: args.payment_workers,
+        }
     }
 }

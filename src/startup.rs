@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::rate_limit::RateLimits;
 use crate::api::{self, AppState};
-use crate::config::ServeArgs;
+use crate::clock::Clock;
+use crate::config::Settings;
 use crate::engine::{Engine, EngineConfig};
 use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
@@ -31,14 +32,21 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(args: &ServeArgs, store: Store) -> anyhow::Result<Self> {
+    /// Everything the server runs with comes in here: `settings`, the database, and the
+    /// clock its rules and hold timers read (`SystemClock` in production).
+    pub async fn build(
+        args: &Settings,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         store.migrate().await?;
         let engine = Engine::new(
             store.clone(),
             EngineConfig {
                 queue_capacity: args.queue_capacity,
                 snapshot_every: args.snapshot_every,
-                evict_after: Duration::from_secs(args.evict_after_secs),
+                evict_after: args.evict_after,
+                clock,
                 ..EngineConfig::default()
             },
         );
@@ -63,7 +71,7 @@ impl Application {
             crate::telemetry::init_metrics(),
             payments.clone(),
         );
-        let router = api::router(state, args.request_timeout(), args.body_limit_bytes);
+        let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {
             listener,

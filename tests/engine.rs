@@ -4,8 +4,6 @@
 //! fail. Each test runs on its own fresh database, dropped when the test passes (set
 //! `DATABASE_URL` to choose the server).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -23,14 +21,15 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
+use tombola::clock::ManualClock;
 use tombola::engine::{Applied, Engine, EngineConfig, EngineError};
 use tombola::store::{Source, Store};
 use tombola_domain::{
-    Buyer, FixedClock, OrderStatus, Raffle, RaffleCommand, RaffleEvent, RefundReason, Selection,
+    Buyer, OrderStatus, Raffle, RaffleCommand, RaffleEvent, RefundReason, Selection,
 };
 use uuid::Uuid;
 
-use common::*;
+use tombola_testkit::engine::*;
 
 /// Reservations whose numbers were not free: the only refusals a crowd of buyers may get.
 const SOLD_OUT_CODES: [&str; 2] = ["tickets_unavailable", "not_enough_tickets"];
@@ -382,7 +381,7 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
                 .enable_all()
                 .build()
                 .unwrap();
-            let (url, raffle_id) = runtime.block_on(async {
+            let (database, raffle_id) = runtime.block_on(async {
                 let db = TestDb::new(10).await;
                 let engine = Engine::new(db.store.clone(), EngineConfig::default());
                 let raffle_id = open_raffle(&engine, 100_000, |_| {}).await;
@@ -429,7 +428,7 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
                         }
                     });
                 }
-                (db.url.clone(), raffle_id)
+                (db.into_guard(), raffle_id)
             });
             // Let the load run, then pull the plug: no shutdown, no snapshot, the runtime and
             // every task in it (writer, callers, pooled connections) just go.
@@ -439,10 +438,11 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             drop(runtime);
-            (url, raffle_id)
+            (database, raffle_id)
         })
     };
-    let (url, raffle_id) = node.join().expect("the crashed node's thread");
+    let (database, raffle_id) = node.join().expect("the crashed node's thread");
+    let url = database.url().to_owned();
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     let in_flight = started.load(Ordering::SeqCst) - finished.load(Ordering::SeqCst);
     assert!(in_flight > 0, "commands were in flight when the node died");
@@ -509,7 +509,7 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
 
         engine.shutdown().await;
         store.pool().close().await;
-        drop_database(&url).await;
+        database.drop_database().await;
     });
 }
 
@@ -901,7 +901,7 @@ async fn a_full_queue_answers_overloaded_and_commits_every_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_expires_due_holds_on_its_own() {
-    let clock = Arc::new(FixedClock::new(
+    let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap(),
     ));
     let config = EngineConfig {
@@ -997,7 +997,7 @@ fn open_loop_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_expire_while_commands_keep_coming() {
-    let clock = Arc::new(FixedClock::new(
+    let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap(),
     ));
     let config = EngineConfig {

@@ -20,7 +20,8 @@ use clap::Args as ClapArgs;
 use serde_json::json;
 use tokio::sync::Mutex;
 use tombola::api::auth::{Keys, Role};
-use tombola::config::ServeArgs;
+use tombola::clock::SystemClock;
+use tombola::config::Settings;
 use tombola::payments::stripe::Stripe;
 use tombola::startup::Application;
 use uuid::Uuid;
@@ -111,20 +112,17 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         }
         None => {
             let (store, url) = crate::database::fresh(32).await?;
-            let serve = ServeArgs {
+            let settings = Settings {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 rate_limit_per_key: 1_000_000,
                 rate_limit_per_ip: 1_000_000,
-                request_timeout_secs: 30,
-                body_limit_bytes: 256 * 1024,
+                request_timeout: Duration::from_secs(30),
                 queue_capacity: 65_536,
-                snapshot_every: 10_000,
-                evict_after_secs: 600,
                 stripe_webhook_secrets: vec![SECRET.to_owned()],
-                stripe_tolerance_secs: 300,
                 payment_workers: args.payment_workers,
+                ..Settings::default()
             };
-            let app = Application::build(&serve, store.clone())
+            let app = Application::build(&settings, store.clone(), Arc::new(SystemClock))
                 .await
                 .map_err(|e| e.to_string())?;
             let base = format!("http://127.0.0.1:{}", app.port());

@@ -19,7 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::task::TaskTracker;
-use tombola_domain::{Clock, Raffle, RaffleCommand, RaffleEvent, SystemClock};
+use tombola_domain::{Raffle, RaffleCommand, RaffleEvent};
+
+use crate::clock::{Clock, SystemClock};
 use uuid::Uuid;
 
 use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
@@ -42,6 +44,7 @@ pub struct EngineConfig {
     pub evict_after: Duration,
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
+    /// The domain's "now" and the hold timers' time: one clock, so tests move both.
     pub clock: Arc<dyn Clock>,
     /// Test seam: this many of the next appends that commit are reported to their writers
     /// as failed, as when the connection drops between the commit and its reply.

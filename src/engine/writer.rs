@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use super::commit_thread::AppendOutcome;
 use super::decide::{Decided, Decider, KnownKeys, Position};
 use super::{Applied, CommandMeta, Committed, Engine, EngineError};
+use crate::clock::Clock;
 use crate::store::{AppendBatch, AppendError, StoredEvent};
 
 /// Most messages taken from the queue per turn of the loop: a finished append is noticed
@@ -167,7 +169,7 @@ pub(crate) async fn run(
     let config = engine.inner.config.clone();
     let mut idle_deadline = Instant::now() + config.evict_after;
     loop {
-        let expiry_in = writer.expiry_due_in();
+        let expiry_due = writer.expiry_due_at();
         let in_flight = writer.in_flight.is_some();
         // A full pending batch takes nothing more until the append ahead of it commits.
         let room = config.max_batch.max(1).saturating_sub(writer.pending_len());
@@ -182,7 +184,7 @@ pub(crate) async fn run(
             }
             // Due holds before queued commands, without a timer round-trip: under sustained
             // load the queue is never empty, and a timer polled after it would never fire.
-            _ = hold_timer(expiry_in), if expiry_in.is_some() && room > 0 => {
+            () = hold_timer(&*config.clock, expiry_due), if expiry_due.is_some() && room > 0 => {
                 writer.expire_due_holds().await;
             }
             message = receiver.recv(), if room > 0 => {
@@ -219,12 +221,14 @@ pub(crate) async fn run(
     writer.flush().await;
 }
 
-/// Ready at once when a hold is due, otherwise after `wait`.
-async fn hold_timer(wait: Option<Duration>) {
-    match wait {
-        Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-        _ => {}
+/// Ready at once when a hold is due, otherwise when the clock reaches it. After a failed
+/// expiry, the retry also waits out its backoff (real time: it waits on the database).
+async fn hold_timer(clock: &dyn Clock, due: Option<(DateTime<Utc>, Option<Instant>)>) {
+    let Some((at, retry_at)) = due else { return };
+    if let Some(retry_at) = retry_at.filter(|at| *at > Instant::now()) {
+        tokio::time::sleep_until(retry_at).await;
     }
+    clock.sleep_until(at).await;
 }
 
 impl Writer {
@@ -284,14 +288,10 @@ impl Writer {
             .map_or(0, |batch| batch.requests.len())
     }
 
-    fn expiry_due_in(&self) -> Option<Duration> {
+    /// When the next hold is due, and when a failed expiry may be retried.
+    fn expiry_due_at(&self) -> Option<(DateTime<Utc>, Option<Instant>)> {
         let next = self.state.next_expiry()?;
-        let wait = (next - self.services.now()).to_std().unwrap_or_default();
-        let backoff = self
-            .expiry_retry_at
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or_default();
-        Some(wait.max(backoff))
+        Some((next, self.expiry_retry_at))
     }
 
     /// Expires due holds in a batch of their own, so that an expiry that keeps failing

@@ -184,7 +184,7 @@ async fn an_oversized_body_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_is_503_and_a_retry_with_its_key_is_safe() {
-    let app = spawn_app_with(|args| args.request_timeout_secs = 1).await;
+    let app = spawn_app_with(|settings| settings.request_timeout = Duration::from_secs(1)).await;
     let raffle = app.raffle_on_sale(json!({})).await;
     let reserve = || {
         app.request(

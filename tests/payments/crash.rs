@@ -10,18 +10,18 @@ use tombola::payments::stripe::Stripe;
 use tombola::payments::PaymentProvider;
 
 use crate::stripe_events::{event_id, Payment};
-use crate::support::{Options, TestServer, SECRET};
+use crate::support::{spawn_app, TestApp, SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_settle_is_repaired_without_a_second_issue() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[11, 12], 1).await;
+    let order = server.reserve_order(raffle, &[11, 12], 1).await;
     let payment = Payment::for_order(&order);
     let id = event_id();
     server.deliver_new(&payment.succeeded(&id)).await;
 
-    assert_eq!(server.payments.process_due_then_crash().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due_then_crash().await.unwrap(), 1);
     // The command committed…
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
     assert_eq!(server.order_status(&order).await, "paid");
@@ -32,7 +32,7 @@ async fn a_crash_between_commit_and_settle_is_repaired_without_a_second_issue() 
         ("pending", 0, None)
     );
 
-    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due().await.unwrap(), 1);
     let row = server.inbox_row(&id).await;
     assert_eq!(row.status, "done");
     assert_eq!(row.outcome.as_deref(), Some("duplicate"));
@@ -41,15 +41,15 @@ async fn a_crash_between_commit_and_settle_is_repaired_without_a_second_issue() 
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
     assert_eq!(server.count_events(&order, "PaymentRecorded").await, 1);
     assert_eq!(server.order_status(&order).await, "paid");
-    assert_eq!(server.payments.process_due().await.unwrap(), 0);
-    server.stop().await;
+    assert_eq!(server.payments().process_due().await.unwrap(), 0);
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_a_refund_committed_refunds_once() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[21], 1).await;
+    let order = server.reserve_order(raffle, &[21], 1).await;
     let payment = Payment::for_order(&order);
     server.deliver_new(&payment.succeeded(&event_id())).await;
     server.process_all().await;
@@ -58,7 +58,7 @@ async fn a_crash_after_a_refund_committed_refunds_once() {
         .deliver_new(&payment.refunded(&refund, payment.amount))
         .await;
 
-    assert_eq!(server.payments.process_due_then_crash().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due_then_crash().await.unwrap(), 1);
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 1);
     assert_eq!(server.inbox_row(&refund).await.status, "pending");
 
@@ -68,7 +68,7 @@ async fn a_crash_after_a_refund_committed_refunds_once() {
     assert_eq!(row.outcome.as_deref(), Some("duplicate"));
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 1);
     assert_eq!(server.order_status(&order).await, "refunded");
-    server.stop().await;
+    server.teardown().await;
 }
 
 /// A node stores a delivery, acknowledges it and hands it to its own workers in memory, then
@@ -77,14 +77,14 @@ async fn a_crash_after_a_refund_committed_refunds_once() {
 /// applies it, and the tickets are issued once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_out() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[31, 32], 1).await;
+    let order = server.reserve_order(raffle, &[31, 32], 1).await;
     let payment = Payment::for_order(&order);
     let id = event_id();
 
     let (handoff, mut workers) = tokio::sync::mpsc::channel(8);
-    server.payments.intake.hand_off_to(handoff);
+    server.payments().intake.hand_off_to(handoff);
     let stored_at = Utc::now();
     assert!(store_through_intake(&server, payment.succeeded(&id)).await);
     let handed = workers.recv().await.expect("handed to the workers");
@@ -100,14 +100,14 @@ async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_o
         "leased for {lease}"
     );
     assert_eq!(
-        server.payments.process_due().await.unwrap(),
+        server.payments().process_due().await.unwrap(),
         0,
         "a leased row is not due"
     );
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 0);
 
     server.make_due(&id).await; // the lease runs out
-    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due().await.unwrap(), 1);
     let row = server.inbox_row(&id).await;
     assert_eq!(
         (row.status.as_str(), row.outcome.as_deref()),
@@ -119,20 +119,20 @@ async fn a_delivery_handed_to_workers_that_died_is_applied_once_its_lease_runs_o
     // With the workers gone, new deliveries are no longer leased: pollers take them at once.
     let refund = event_id();
     assert!(store_through_intake(&server, payment.refunded(&refund, payment.amount)).await);
-    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due().await.unwrap(), 1);
     assert_eq!(server.inbox_row(&refund).await.status, "done");
-    server.stop().await;
+    server.teardown().await;
 }
 
 /// Stores `event` through the intake, as the webhook handler does (verified and parsed), on
 /// the node whose intake the test holds.
-async fn store_through_intake(server: &TestServer, event: serde_json::Value) -> bool {
+async fn store_through_intake(server: &TestApp, event: serde_json::Value) -> bool {
     let body = event.to_string();
     let event = Stripe::new(vec![SECRET.to_owned()], 300)
         .parse(body.as_bytes())
         .expect("a valid event");
     server
-        .payments
+        .payments()
         .intake
         .submit(Delivery::new("stripe", event, body))
         .await
@@ -140,12 +140,12 @@ async fn store_through_intake(server: &TestServer, event: serde_json::Value) -> 
 }
 
 /// Whether the row is due now (its lease, if any, is over).
-async fn is_due(server: &TestServer, event_id: &str) -> bool {
+async fn is_due(server: &TestApp, event_id: &str) -> bool {
     server.inbox_row(event_id).await.next_attempt_at <= Utc::now()
 }
 
 /// Waits (up to 10 s) for the rows to be due: a release happens after the answers.
-async fn wait_until_due(server: &TestServer, event_ids: &[&str]) {
+async fn wait_until_due(server: &TestApp, event_ids: &[&str]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     for event_id in event_ids {
         while !is_due(server, event_id).await {
@@ -159,7 +159,7 @@ async fn wait_until_due(server: &TestServer, event_ids: &[&str]) {
 }
 
 /// Waits (up to 10 s) until an append waits for a lock: the worker is stuck in it.
-async fn wait_for_blocked_append(server: &TestServer) {
+async fn wait_for_blocked_append(server: &TestApp) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let blocked: i64 = sqlx::query_scalar(
@@ -181,13 +181,13 @@ async fn wait_for_blocked_append(server: &TestServer) {
 /// it is due at once, and a poller applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_the_workers_cannot_take_goes_to_the_pollers_at_once() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
-    let first = server.reserve(raffle, &[41], 1).await;
-    let second = server.reserve(raffle, &[42], 1).await;
+    let first = server.reserve_order(raffle, &[41], 1).await;
+    let second = server.reserve_order(raffle, &[42], 1).await;
     // Room for one; the "workers" never read.
     let (handoff, _workers) = tokio::sync::mpsc::channel(1);
-    server.payments.intake.hand_off_to(handoff);
+    server.payments().intake.hand_off_to(handoff);
 
     let (handed, overflow) = (event_id(), event_id());
     assert!(store_through_intake(&server, Payment::for_order(&first).succeeded(&handed)).await);
@@ -198,11 +198,11 @@ async fn a_delivery_the_workers_cannot_take_goes_to_the_pollers_at_once() {
         !is_due(&server, &handed).await,
         "the handed delivery stays leased"
     );
-    assert_eq!(server.payments.process_due().await.unwrap(), 1);
+    assert_eq!(server.payments().process_due().await.unwrap(), 1);
     assert_eq!(server.inbox_row(&overflow).await.status, "done");
     assert_eq!(server.count_events(&second, "TicketsIssued").await, 1);
     assert_eq!(server.count_events(&first, "TicketsIssued").await, 0);
-    server.stop().await;
+    server.teardown().await;
 }
 
 /// Workers that stop with deliveries still waiting in their channel release those rows, so
@@ -210,14 +210,14 @@ async fn a_delivery_the_workers_cannot_take_goes_to_the_pollers_at_once() {
 /// applied when the stop came is finished and settled; everything is issued once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_workers_release_the_deliveries_they_had_not_started() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
     let mut orders = Vec::new();
     for number in 51..54 {
-        orders.push(server.reserve(raffle, &[number], 1).await);
+        orders.push(server.reserve_order(raffle, &[number], 1).await);
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let workers = server.payments.spawn_workers(1, stop.clone());
+    let workers = server.payments().spawn_workers(1, stop.clone());
     // Appends wait while the events table is locked: the one worker is stuck on the first
     // delivery, and the next two wait in the channel.
     let mut blocker = server.pool().begin().await.unwrap();
@@ -249,5 +249,5 @@ async fn stopping_workers_release_the_deliveries_they_had_not_started() {
         assert_eq!(server.inbox_row(id).await.status, "done");
         assert_eq!(server.count_events(order, "TicketsIssued").await, 1);
     }
-    server.stop().await;
+    server.teardown().await;
 }

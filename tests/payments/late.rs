@@ -1,4 +1,4 @@
-//! Payments that arrive after their hold expired. The engine runs on a `FixedClock`: the
+//! Payments that arrive after their hold expired. The server runs on a `ManualClock`: the
 //! test moves time past the one-minute hold and has the raffle expire due holds, with no
 //! sleeping.
 
@@ -6,25 +6,22 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use serde_json::json;
+use tombola::clock::ManualClock;
 use tombola::engine::CommandMeta;
-use tombola_domain::{FixedClock, RaffleCommand, RaffleEvent, RefundReason};
+use tombola_domain::{RaffleCommand, RaffleEvent, RefundReason};
 use uuid::Uuid;
 
 use crate::stripe_events::{event_id, Payment};
-use crate::support::{Options, Order, TestServer};
+use crate::support::{Order, TestApp};
 
-async fn server_with_clock() -> (TestServer, Arc<FixedClock>, Uuid) {
-    let clock = Arc::new(FixedClock::new(Utc::now()));
-    let server = TestServer::start(Options {
-        clock: Some(clock.clone()),
-        ..Options::default()
-    })
-    .await;
+async fn server_with_clock() -> (TestApp, Arc<ManualClock>, Uuid) {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let server = TestApp::start(clock.clone(), |_| {}).await;
     let raffle = server.open_raffle(json!({"hold_minutes": 1})).await;
     (server, clock, raffle)
 }
 
-async fn expire_holds(server: &TestServer, clock: &FixedClock, order: &Order) {
+async fn expire_holds(server: &TestApp, clock: &ManualClock, order: &Order) {
     clock.advance(Duration::minutes(2));
     server
         .engine
@@ -48,7 +45,7 @@ fn issued(events: &[RaffleEvent]) -> Vec<&RaffleEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_payment_whose_numbers_are_still_free_issues_them_marked_late() {
     let (server, clock, raffle) = server_with_clock().await;
-    let order = server.reserve(raffle, &[3, 4], 1).await;
+    let order = server.reserve_order(raffle, &[3, 4], 1).await;
     expire_holds(&server, &clock, &order).await;
 
     let id = event_id();
@@ -75,19 +72,19 @@ async fn a_late_payment_whose_numbers_are_still_free_issues_them_marked_late() {
         other => panic!("expected one TicketsIssued, got {other:?}"),
     }
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
-    let read = server.order(&order).await;
+    let read = server.order_view(&order).await;
     assert_eq!(read["status"], "paid");
     assert_eq!(read["numbers"], json!([3, 4]));
-    server.stop().await;
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_payment_whose_numbers_were_resold_requires_a_refund_and_issues_nothing() {
     let (server, clock, raffle) = server_with_clock().await;
-    let first = server.reserve(raffle, &[5, 6], 1).await;
+    let first = server.reserve_order(raffle, &[5, 6], 1).await;
     expire_holds(&server, &clock, &first).await;
     // Meanwhile another buyer takes the same numbers, and pays.
-    let second = server.reserve(raffle, &[5, 6], 2).await;
+    let second = server.reserve_order(raffle, &[5, 6], 2).await;
     let second_payment = Payment::for_order(&second);
     server
         .deliver_new(&second_payment.succeeded(&event_id()))
@@ -141,7 +138,7 @@ async fn a_late_payment_whose_numbers_were_resold_requires_a_refund_and_issues_n
 
     // The numbers belong to the second buyer alone, issued once.
     assert_eq!(server.count_events(&second, "TicketsIssued").await, 1);
-    let read = server.order(&second).await;
+    let read = server.order_view(&second).await;
     assert_eq!(read["status"], "paid");
     assert_eq!(read["numbers"], json!([5, 6]));
     let issued_rows: i64 = sqlx::query_scalar(
@@ -152,5 +149,5 @@ async fn a_late_payment_whose_numbers_were_resold_requires_a_refund_and_issues_n
     .await
     .expect("count");
     assert_eq!(issued_rows, 1);
-    server.stop().await;
+    server.teardown().await;
 }

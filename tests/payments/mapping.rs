@@ -7,14 +7,14 @@ use serde_json::json;
 use tombola_domain::{Currency, RaffleEvent};
 
 use crate::stripe_events::{event, event_id, unknown_event, Payment};
-use crate::support::{Order, TestServer, PRICE};
+use crate::support::{spawn_app, Order, TestApp, PRICE};
 
-async fn server() -> TestServer {
-    TestServer::start(crate::support::Options::default()).await
+async fn server() -> TestApp {
+    spawn_app().await
 }
 
 /// Delivers `event`, runs the worker, and returns the delivery's settled inbox row.
-async fn apply(server: &TestServer, event: &serde_json::Value) -> crate::support::InboxRow {
+async fn apply(server: &TestApp, event: &serde_json::Value) -> crate::support::InboxRow {
     server.deliver_new(event).await;
     server.process_all().await;
     server
@@ -27,7 +27,7 @@ fn done(row: &crate::support::InboxRow) -> Option<&str> {
     row.outcome.as_deref()
 }
 
-async fn pay(server: &TestServer, payment: &Payment, order: &Order) {
+async fn pay(server: &TestApp, payment: &Payment, order: &Order) {
     let row = apply(server, &payment.succeeded(&event_id())).await;
     assert_eq!(done(&row), Some("tickets_issued"));
     assert_eq!(server.order_status(order).await, "paid");
@@ -37,7 +37,7 @@ async fn pay(server: &TestServer, payment: &Payment, order: &Order) {
 async fn a_failure_then_a_success_issues_and_a_late_failure_does_not_undo_it() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[1, 2], 1).await;
+    let order = server.reserve_order(raffle, &[1, 2], 1).await;
     let payment = Payment::for_order(&order);
 
     // The first card is declined: recorded, the hold stays for another try.
@@ -51,12 +51,12 @@ async fn a_failure_then_a_success_issues_and_a_late_failure_does_not_undo_it() {
     // A failure notice about an earlier attempt, delivered after the success.
     let row = apply(&server, &payment.failed(&event_id())).await;
     assert_eq!(row.status, "done");
-    let read = server.order(&order).await;
+    let read = server.order_view(&order).await;
     assert_eq!(read["status"], "paid");
     assert_eq!(read["numbers"], json!([1, 2]));
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 0);
-    server.stop().await;
+    server.teardown().await;
 }
 
 fn hold_extensions(events: &[RaffleEvent]) -> Vec<DateTime<Utc>> {
@@ -81,7 +81,7 @@ async fn a_pending_payment_extends_the_hold_up_to_the_raffles_maximum() {
         .await;
 
     // No date given (`processing`): as long as the raffle allows.
-    let card = server.reserve(raffle, &[1], 1).await;
+    let card = server.reserve_order(raffle, &[1], 1).await;
     // (Whole seconds: the start is rounded down, the end up.)
     let hold = card.expires_at - card.reserved_at;
     assert!(hold >= Duration::minutes(15) && hold <= Duration::seconds(901));
@@ -90,7 +90,7 @@ async fn a_pending_payment_extends_the_hold_up_to_the_raffles_maximum() {
     assert_eq!(done(&row), Some("hold_extended"));
     let cap = card.reserved_at + Duration::minutes(60);
     assert_eq!(hold_extensions(&server.order_events(&card).await), [cap]);
-    let read = server.order(&card).await;
+    let read = server.order_view(&card).await;
     assert_eq!(read["status"], "reserved");
     assert_eq!(expires_at(&read), cap);
     // The same news again changes nothing; then the money arrives, within the hold.
@@ -106,7 +106,7 @@ async fn a_pending_payment_extends_the_hold_up_to_the_raffles_maximum() {
     assert!(!issued_late);
 
     // A voucher payable for 30 minutes: the hold follows it.
-    let voucher = server.reserve(raffle, &[2], 2).await;
+    let voucher = server.reserve_order(raffle, &[2], 2).await;
     let due = Utc::now().timestamp() + 30 * 60;
     let row = apply(
         &server,
@@ -116,10 +116,10 @@ async fn a_pending_payment_extends_the_hold_up_to_the_raffles_maximum() {
     assert_eq!(done(&row), Some("hold_extended"));
     let due = Utc.timestamp_opt(due, 0).single().expect("instant");
     assert_eq!(hold_extensions(&server.order_events(&voucher).await), [due]);
-    assert_eq!(expires_at(&server.order(&voucher).await), due);
+    assert_eq!(expires_at(&server.order_view(&voucher).await), due);
 
     // A voucher payable for 5 hours: capped at the raffle's maximum hold.
-    let long = server.reserve(raffle, &[3], 3).await;
+    let long = server.reserve_order(raffle, &[3], 3).await;
     let row = apply(
         &server,
         &Payment::for_order(&long).voucher_issued(&event_id(), Utc::now().timestamp() + 5 * 3600),
@@ -128,15 +128,15 @@ async fn a_pending_payment_extends_the_hold_up_to_the_raffles_maximum() {
     assert_eq!(done(&row), Some("hold_extended"));
     let cap = long.reserved_at + Duration::minutes(60);
     assert_eq!(hold_extensions(&server.order_events(&long).await), [cap]);
-    assert_eq!(expires_at(&server.order(&long).await), cap);
-    server.stop().await;
+    assert_eq!(expires_at(&server.order_view(&long).await), cap);
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_refund_refunds_the_order_and_frees_its_numbers() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[4, 5], 1).await;
+    let order = server.reserve_order(raffle, &[4, 5], 1).await;
     let payment = Payment::for_order(&order);
     pay(&server, &payment, &order).await;
 
@@ -163,15 +163,15 @@ async fn a_full_refund_refunds_the_order_and_frees_its_numbers() {
         vec![(vec![4, 5], 2 * PRICE, true, Some(payment.charge_id.clone()))]
     );
     // Sales are open, so the numbers are for sale again.
-    server.reserve(raffle, &[4, 5], 2).await;
-    server.stop().await;
+    server.reserve_order(raffle, &[4, 5], 2).await;
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_refund_keeps_the_order_paid() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[6, 7], 1).await;
+    let order = server.reserve_order(raffle, &[6, 7], 1).await;
     let payment = Payment::for_order(&order);
     pay(&server, &payment, &order).await;
 
@@ -191,7 +191,7 @@ async fn a_partial_refund_keeps_the_order_paid() {
         })
         .collect();
     assert_eq!(partial, vec![(200, Some(payment.charge_id.clone()))]);
-    let read = server.order(&order).await;
+    let read = server.order_view(&order).await;
     assert_eq!(read["status"], "paid");
     assert_eq!(read["numbers"], json!([6, 7]));
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 0);
@@ -210,11 +210,11 @@ async fn a_partial_refund_keeps_the_order_paid() {
     let row = apply(&server, &payment.refunded(&event_id(), payment.amount)).await;
     assert_eq!(done(&row), Some("refunded"));
     assert_eq!(server.order_status(&order).await, "refunded");
-    server.stop().await;
+    server.teardown().await;
 }
 
 /// Asserts `event_id` is waiting for a later attempt, not settled.
-async fn assert_retrying(server: &TestServer, event_id: &str) {
+async fn assert_retrying(server: &TestApp, event_id: &str) {
     let row = server.inbox_row(event_id).await;
     assert_eq!(row.status, "pending", "{row:?}");
     assert!(row.attempts > 0, "{row:?}");
@@ -226,7 +226,7 @@ async fn assert_retrying(server: &TestServer, event_id: &str) {
 async fn a_refund_before_its_payment_is_known_is_retried_not_lost() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[8], 1).await;
+    let order = server.reserve_order(raffle, &[8], 1).await;
     let payment = Payment::for_order(&order);
 
     // The refund's charge names only the PaymentIntent, which nothing has mentioned yet.
@@ -248,7 +248,7 @@ async fn a_refund_before_its_payment_is_known_is_retried_not_lost() {
     assert_eq!(server.order_status(&order).await, "refunded");
     assert_eq!(server.count_events(&order, "TicketsIssued").await, 1);
     assert_eq!(server.count_events(&order, "OrderRefunded").await, 1);
-    server.stop().await;
+    server.teardown().await;
 }
 
 /// Both deliveries are in the inbox, and the worker reaches the refund first (it was
@@ -258,7 +258,7 @@ async fn a_refund_before_its_payment_is_known_is_retried_not_lost() {
 async fn a_refund_processed_before_its_stored_payment_is_retried_not_lost() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[9], 1).await;
+    let order = server.reserve_order(raffle, &[9], 1).await;
     let payment = Payment::for_order(&order);
     let refund = event_id();
     server
@@ -279,7 +279,7 @@ async fn a_refund_processed_before_its_stored_payment_is_retried_not_lost() {
     assert_eq!(server.process_all().await, 1);
     assert_eq!(done(&server.inbox_row(&refund).await), Some("refunded"));
     assert_eq!(server.order_status(&order).await, "refunded");
-    server.stop().await;
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +288,7 @@ async fn a_payment_of_the_wrong_amount_or_currency_is_flagged_and_issues_nothing
     let raffle = server.open_raffle(json!({})).await;
     let usd = Currency::parse("USD").expect("USD");
     for (number, amount, currency) in [(10, PRICE - 1, "usd"), (11, PRICE, "eur")] {
-        let order = server.reserve(raffle, &[number], number).await;
+        let order = server.reserve_order(raffle, &[number], number).await;
         let mut payment = Payment::for_order(&order);
         payment.amount = amount;
         payment.currency = currency.into();
@@ -321,14 +321,14 @@ async fn a_payment_of_the_wrong_amount_or_currency_is_flagged_and_issues_nothing
         assert_eq!(server.count_events(&order, "TicketsIssued").await, 0);
         assert_eq!(server.order_status(&order).await, "reserved");
     }
-    server.stop().await;
+    server.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_event_type_is_acknowledged_and_ignored() {
     let server = server().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[12], 1).await;
+    let order = server.reserve_order(raffle, &[12], 1).await;
     let events_before = server.raffle_event_count(raffle).await;
 
     let plan = event_id();
@@ -352,5 +352,5 @@ async fn an_unknown_event_type_is_acknowledged_and_ignored() {
     assert_eq!(server.inbox_count().await, 2);
     assert_eq!(server.raffle_event_count(raffle).await, events_before);
     assert_eq!(server.order_status(&order).await, "reserved");
-    server.stop().await;
+    server.teardown().await;
 }

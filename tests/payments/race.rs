@@ -10,7 +10,7 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::stripe_events::{event_id, unknown_event, Payment};
-use crate::support::{eventually, Options, TestServer};
+use crate::support::{eventually, spawn_app_with};
 
 /// 50 copies of one `payment_intent.succeeded` (Stripe retrying) and 50 distinct events
 /// about the same PaymentIntent, all released at once against a server with four inbox
@@ -20,15 +20,9 @@ use crate::support::{eventually, Options, TestServer};
 async fn a_hundred_concurrent_deliveries_of_one_payment_issue_its_tickets_once() {
     const COPIES: usize = 50;
     const DISTINCT: usize = 50;
-    let server = Arc::new(
-        TestServer::start(Options {
-            workers: 4,
-            ..Options::default()
-        })
-        .await,
-    );
+    let server = Arc::new(spawn_app_with(|settings| settings.payment_workers = 4).await);
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[7, 8, 9], 1).await;
+    let order = server.reserve_order(raffle, &[7, 8, 9], 1).await;
     let payment = Payment::for_order(&order);
     let retried_id = event_id();
     let retried = payment.succeeded(&retried_id);
@@ -109,7 +103,7 @@ async fn a_hundred_concurrent_deliveries_of_one_payment_issue_its_tickets_once()
     assert_eq!(server.count_events(&order, "PaymentRecorded").await, 1);
     assert_eq!(server.count_events(&order, "PaymentFlagged").await, 0);
     assert_eq!(server.count_events(&order, "RefundRequired").await, 0);
-    let read = server.order(&order).await;
+    let read = server.order_view(&order).await;
     assert_eq!(read["status"], "paid");
     assert_eq!(read["numbers"], json!([7, 8, 9]));
     assert_eq!(read["payment"]["payment_id"], payment.intent_id.as_str());
@@ -117,7 +111,7 @@ async fn a_hundred_concurrent_deliveries_of_one_payment_issue_its_tickets_once()
 
     Arc::into_inner(server)
         .expect("every delivery task finished")
-        .stop()
+        .teardown()
         .await;
 }
 
@@ -126,11 +120,7 @@ async fn a_hundred_concurrent_deliveries_of_one_payment_issue_its_tickets_once()
 /// webhooks (their signature is checked before anything else happens).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_exempt_from_the_per_ip_rate_limit() {
-    let server = TestServer::start(Options {
-        rate_limit_per_ip: 1,
-        ..Options::default()
-    })
-    .await;
+    let server = spawn_app_with(|settings| settings.rate_limit_per_ip = 1).await;
     for _ in 0..10 {
         let delivery = server.deliver(&unknown_event(&event_id())).await;
         assert_eq!(delivery.status, StatusCode::OK, "{}", delivery.body);
@@ -141,7 +131,7 @@ async fn webhooks_are_exempt_from_the_per_ip_rate_limit() {
     for _ in 0..5 {
         let response = server
             .http
-            .get(format!("{}/healthz", server.base))
+            .get(format!("{}/healthz", server.address))
             .send()
             .await
             .expect("request sent");
@@ -151,5 +141,5 @@ async fn webhooks_are_exempt_from_the_per_ip_rate_limit() {
         statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
         "the per-IP limit never applied: {statuses:?}"
     );
-    server.stop().await;
+    server.teardown().await;
 }

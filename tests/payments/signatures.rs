@@ -11,7 +11,7 @@ use tombola::payments::stripe::{Stripe, SIGNATURE_HEADER};
 use tombola::payments::{PaymentProvider, VerifyError};
 
 use crate::stripe_events::{event_id, Payment};
-use crate::support::{Options, TestServer, SECRET};
+use crate::support::{spawn_app, SECRET};
 
 #[derive(Debug, Deserialize)]
 struct Vectors {
@@ -288,9 +288,9 @@ fn a_missing_or_mangled_header_is_refused() {
 /// the refusals were about the signature alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_signature_is_a_400_problem_and_stores_nothing() {
-    let server = TestServer::start(Options::default()).await;
+    let server = spawn_app().await;
     let raffle = server.open_raffle(json!({})).await;
-    let order = server.reserve(raffle, &[1, 2], 1).await;
+    let order = server.reserve_order(raffle, &[1, 2], 1).await;
     let events_before = server.raffle_event_count(raffle).await;
     let event = Payment::for_order(&order).succeeded(&event_id());
     let body = serde_json::to_vec_pretty(&event).expect("serializes");
@@ -344,5 +344,5 @@ async fn a_bad_signature_is_a_400_problem_and_stores_nothing() {
     server.deliver_new(&event).await;
     server.process_all().await;
     assert_eq!(server.order_status(&order).await, "paid");
-    server.stop().await;
+    server.teardown().await;
 }

@@ -1,11 +1,8 @@
-//! Shared helpers for Tombola's integration tests: engines on fresh databases, raffles ready
-//! to sell, command metadata, the stored log, hash-chain verification and bounded polling.
-//!
-//! Every test binary uses its own subset of these.
-#![allow(dead_code)]
+//! Engine-level helpers: engines on fresh databases, raffles ready to sell, command
+//! metadata, the stored log, hash-chain verification. `use tombola_testkit::engine::*` also
+//! brings [`TestDb`] and [`eventually`].
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -20,47 +17,10 @@ use tombola_domain::{
 };
 use uuid::Uuid;
 
+pub use crate::{drop_database, eventually, DatabaseGuard, TestDb};
+
 /// Ticket price of the raffles made by [`open_raffle`] (`CreateRaffle::example`), no bundles.
 pub const PRICE_MINOR: i64 = 500;
-
-/// A fresh migrated database, and the URL to connect more nodes to it.
-pub struct TestDb {
-    pub store: Store,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new(max_connections: u32) -> Self {
-        let (store, url) = tombola::testing::fresh_database(max_connections)
-            .await
-            .expect("a fresh test database (is PostgreSQL running? see DATABASE_URL)");
-        Self { store, url }
-    }
-
-    /// Another connection pool on the same database: another "node".
-    pub async fn connect(&self, max_connections: u32) -> Store {
-        Store::connect(&self.url, max_connections)
-            .await
-            .expect("connect to the test database")
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        self.store.pool()
-    }
-
-    /// Closes this handle's pool and drops the database (other pools are cut off).
-    pub async fn drop_database(self) {
-        self.store.pool().close().await;
-        drop_database(&self.url).await;
-    }
-}
-
-/// Drops the database `url` names, terminating whatever is still connected to it.
-pub async fn drop_database(url: &str) {
-    tombola::testing::drop_database(url)
-        .await
-        .expect("drop the test database");
-}
 
 /// An engine on a fresh database.
 pub async fn start_engine(config: EngineConfig) -> (Engine, TestDb) {
@@ -320,23 +280,4 @@ pub async fn verify_chain(pool: &PgPool, raffle_id: Uuid) -> Result<u64, ChainBr
         expected += 1;
     }
     Ok(expected - 1)
-}
-
-/// Polls `check` every 20 ms until it yields `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
