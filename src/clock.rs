@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -18,6 +20,10 @@ pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Clock: tombola_domain::Clock {
     /// Resolves once [`now`](tombola_domain::Clock::now) has reached `at`: at once if it has.
     fn sleep_until(&self, at: DateTime<Utc>) -> Sleep;
+
+    /// Time on a count that never goes back, from an origin fixed for the clock's life: for
+    /// measuring intervals (rate limits), which a stepped wall clock must not disturb.
+    fn steady(&self) -> Duration;
 }
 
 /// The system's time, with tokio's timers.
@@ -39,18 +45,25 @@ impl Clock for SystemClock {
             }
         })
     }
+
+    fn steady(&self) -> Duration {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
 }
 
 /// A clock that only moves when told to, waking the timers it passes.
 #[derive(Debug)]
 pub struct ManualClock {
     now: watch::Sender<DateTime<Utc>>,
+    origin: DateTime<Utc>,
 }
 
 impl ManualClock {
     pub fn new(at: DateTime<Utc>) -> Self {
         Self {
             now: watch::Sender::new(at),
+            origin: at,
         }
     }
 
@@ -83,6 +96,13 @@ impl Clock for ManualClock {
                 std::future::pending::<()>().await;
             }
         })
+    }
+
+    /// Time moved forward since the clock was made (a clock set back reads as no time).
+    fn steady(&self) -> Duration {
+        (*self.now.borrow() - self.origin)
+            .to_std()
+            .unwrap_or_default()
     }
 }
 

@@ -46,7 +46,7 @@ impl Application {
                 queue_capacity: args.queue_capacity,
                 snapshot_every: args.snapshot_every,
                 evict_after: args.evict_after,
-                clock,
+                clock: clock.clone(),
                 ..EngineConfig::default()
             },
         );
@@ -67,7 +67,11 @@ impl Application {
         };
         let state = AppState::new(
             engine.clone(),
-            RateLimits::new(args.rate_limit_per_key, args.rate_limit_per_ip),
+            RateLimits::new(
+                args.rate_limit_per_key,
+                args.rate_limit_per_ip,
+                clock.clone(),
+            ),
             crate::telemetry::init_metrics(),
             payments.clone(),
         );

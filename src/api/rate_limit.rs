@@ -9,28 +9,48 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
 
+/// The server's clock as the limiters read it, so that a test moving it refills budgets.
+#[derive(Clone)]
+struct LimiterClock(Arc<dyn crate::clock::Clock>);
+
+impl governor::clock::Clock for LimiterClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        self.0.steady().into()
+    }
+}
+
+type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, LimiterClock, NoOpMiddleware<Nanos>>;
+
 pub struct RateLimits {
-    per_key: DefaultKeyedRateLimiter<Uuid>,
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_key: Limiter<Uuid>,
+    per_ip: Limiter<IpAddr>,
+    clock: LimiterClock,
 }
 
 impl RateLimits {
-    /// `per_key` and `per_ip` requests per second, with a burst of twice that.
-    pub fn new(per_key: u32, per_ip: u32) -> Self {
+    /// `per_key` and `per_ip` requests per second, with a burst of twice that, measured on
+    /// `clock`.
+    pub fn new(per_key: u32, per_ip: u32, clock: Arc<dyn crate::clock::Clock>) -> Self {
         let quota = |rate: u32| {
             let rate = NonZeroU32::new(rate.max(1)).expect("non-zero");
             Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2")))
         };
+        let clock = LimiterClock(clock);
         Self {
-            per_key: DefaultKeyedRateLimiter::keyed(quota(per_key)),
-            per_ip: DefaultKeyedRateLimiter::keyed(quota(per_ip)),
+            per_key: RateLimiter::new(quota(per_key), Default::default(), clock.clone()),
+            per_ip: RateLimiter::new(quota(per_ip), Default::default(), clock.clone()),
+            clock,
         }
     }
 
@@ -38,7 +58,7 @@ impl RateLimits {
         self.per_key
             .check_key(&key_id)
             .map_err(|not_until| ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                retry_after: not_until.wait_time_from(governor::clock::Clock::now(&self.clock)),
             })
     }
 
@@ -46,7 +66,7 @@ impl RateLimits {
         self.per_ip
             .check_key(&ip)
             .map_err(|not_until| ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                retry_after: not_until.wait_time_from(governor::clock::Clock::now(&self.clock)),
             })
     }
 

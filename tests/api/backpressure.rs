@@ -2,17 +2,20 @@
 //! request (503), an oversized body (413). Each says when to come back, and a refused
 //! command changes nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use tombola::clock::ManualClock;
 use uuid::Uuid;
 
 use crate::helpers::*;
 
 #[tokio::test]
 async fn a_key_over_its_rate_is_429_with_retry_after() {
-    let app = spawn_app_with(|args| args.rate_limit_per_key = 1).await;
+    let clock = Arc::new(ManualClock::at_system_time());
+    let app = TestApp::start(clock.clone(), |settings| settings.rate_limit_per_key = 1).await;
     // Set up as the admin, so the client key's budget (a burst of 2) is untouched.
     let raffle = {
         let response = app
@@ -35,7 +38,7 @@ async fn a_key_over_its_rate_is_429_with_retry_after() {
         .await;
         id
     };
-    tokio::time::sleep(Duration::from_secs(2)).await; // the admin's budget refills
+    clock.advance(chrono::Duration::seconds(2)); // the admin's budget refills
     let before = app.counts(raffle).await;
 
     let mut statuses = Vec::new();
@@ -76,7 +79,7 @@ async fn a_key_over_its_rate_is_429_with_retry_after() {
     .await;
 
     // After the wait, the key works again.
-    tokio::time::sleep(Duration::from_secs(wait)).await;
+    clock.advance(chrono::Duration::seconds(wait as i64));
     app.reserve_ok(raffle, &numbers("ada@example.com", &[10]))
         .await;
     app.teardown().await;
