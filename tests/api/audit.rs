@@ -468,3 +468,71 @@ async fn a_client_that_leaves_mid_export_frees_its_connection() {
     }
     app.teardown().await;
 }
+
+/// Runs the `tombola` binary against the test's database.
+fn tombola(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tombola"))
+        .args(args)
+        .env("DATABASE_URL", &app.db_url)
+        .env("TOMBOLA_DB_CONNECTIONS", "2")
+        .output()
+        .expect("the tombola binary runs")
+}
+
+#[tokio::test]
+async fn the_cli_verifies_chains_and_draws_and_exports_the_log() {
+    let app = spawn_app().await;
+    let raffle = drawn_raffle(&app).await;
+    let id = raffle.to_string();
+
+    let verified = tombola(&app, &["audit", "verify", &id]);
+    assert!(verified.status.success(), "{verified:?}");
+    let line = String::from_utf8(verified.stdout).unwrap();
+    let head = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(line.contains("intact") && head.contains(':'), "{line}");
+    assert!(tombola(&app, &["audit", "verify", "--all"])
+        .status
+        .success());
+
+    let draw = tombola(&app, &["draw", "verify", &id]);
+    assert!(draw.status.success(), "{draw:?}");
+    let report: Value = serde_json::from_slice(&draw.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+
+    let dir = std::env::temp_dir().join(format!("tombola-export-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("log.ndjson");
+    let exported = tombola(
+        &app,
+        &[
+            "export",
+            &id,
+            "--format",
+            "ndjson",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(lines, app.event_types(raffle).await.len());
+
+    // The tail cut after the head was printed: the chain holds, the head does not.
+    sqlx::query("DELETE FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = (SELECT max(sequence) FROM events WHERE aggregate_id = $2)")
+        .bind(RAFFLE_STREAM)
+        .bind(&id)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    assert!(tombola(&app, &["audit", "verify", &id]).status.success());
+    let caught = tombola(&app, &["audit", "verify", &id, "--expect-head", &head]);
+    assert!(!caught.status.success());
+    assert!(String::from_utf8_lossy(&caught.stdout).contains("BROKEN"));
+    let draw = tombola(&app, &["draw", "verify", &id]);
+    assert!(
+        !draw.status.success(),
+        "the draw event is gone: nothing to verify"
+    );
+    app.teardown().await;
+}
