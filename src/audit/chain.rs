@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -20,7 +20,7 @@ use crate::store::chain::{event_hash, ChainInput, GENESIS};
 use crate::store::{EventMetadata, RAFFLE_STREAM};
 
 /// An event's position and chain hash: a head printed earlier, or a receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Anchor {
     pub sequence: u64,
     pub hash: String,
@@ -223,6 +223,27 @@ impl<'a> ChainCheck<'a> {
             hash: self.prev.clone(),
         })
     }
+}
+
+/// A paid order's receipt: the position and hash of its `TicketsIssued` event.
+pub async fn receipt_of(
+    pool: &PgPool,
+    raffle_id: Uuid,
+    order_id: Uuid,
+) -> Result<Option<Anchor>, sqlx::Error> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT sequence, metadata->>'hash' FROM events WHERE order_id = $1 \
+         AND aggregate_type = $2 AND aggregate_id = $3 AND event_type = 'TicketsIssued'",
+    )
+    .bind(order_id)
+    .bind(RAFFLE_STREAM)
+    .bind(raffle_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(sequence, hash)| Anchor {
+        sequence: sequence as u64,
+        hash,
+    }))
 }
 
 /// Verifies one raffle's whole stream, a page at a time (memory stays flat however long

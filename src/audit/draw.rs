@@ -67,6 +67,9 @@ pub struct DrawVerification {
 
 pub const ALGORITHM: &str = "tombola-draw-v1";
 
+/// Issued numbers with their issue time, and each number's order.
+type Candidates = (Vec<(u32, DateTime<Utc>)>, HashMap<u32, Uuid>);
+
 /// Folds the issued tickets from events, independently of the aggregate.
 #[derive(Default)]
 struct IssuedTickets {
@@ -97,7 +100,7 @@ impl IssuedTickets {
     }
 
     /// Candidates with their issue time, and each number's order.
-    fn candidates(&self) -> (Vec<(u32, DateTime<Utc>)>, HashMap<u32, Uuid>) {
+    fn candidates(&self) -> Candidates {
         let mut issued = Vec::new();
         let mut owners = HashMap::new();
         for (order_id, (numbers, at)) in &self.by_order {

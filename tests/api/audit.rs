@@ -244,24 +244,46 @@ async fn an_edited_event_and_a_deleted_one_are_caught_where_they_happened() {
 #[tokio::test]
 async fn a_receipt_must_name_a_tickets_issued_event_that_is_still_there() {
     let app = spawn_app().await;
-    let raffle = drawn_raffle(&app).await;
+    let raffle = app.raffle_on_sale(json!({})).await;
+    let order = app
+        .reserve_ok(
+            raffle,
+            &json!({"buyer": {"name": "Ana", "email": "ana@example.com"}, "numbers": [5]}),
+        )
+        .await;
+    assert_eq!(order["receipt"], Value::Null, "a hold has no receipt yet");
+    let paid = app.pay(raffle, order["order_id"].as_str().unwrap()).await;
     let issued: (i64, String) = sqlx::query_as(
         "SELECT sequence, metadata->>'hash' FROM events WHERE aggregate_type = $1 \
-         AND aggregate_id = $2 AND event_type = 'TicketsIssued' ORDER BY sequence LIMIT 1",
+         AND aggregate_id = $2 AND event_type = 'TicketsIssued'",
     )
     .bind(RAFFLE_STREAM)
     .bind(raffle.to_string())
     .fetch_one(app.store.pool())
     .await
     .unwrap();
+    assert_eq!(
+        paid["receipt"],
+        json!({"sequence": issued.0, "hash": issued.1})
+    );
+    let order_view = app.order(raffle, order["order_id"].as_str().unwrap()).await;
+    assert_eq!(order_view["receipt"], paid["receipt"]);
     let receipt = format!("{}:{}", issued.0, issued.1);
     assert_eq!(
         verify(&app, raffle, &format!("?receipt={receipt}")).await["intact"],
         true
     );
 
-    let head = verify(&app, raffle, "").await["head"].clone();
-    let not_a_receipt = format!("{}:{}", head["sequence"], head["hash"].as_str().unwrap());
+    let created: String = sqlx::query_scalar(
+        "SELECT metadata->>'hash' FROM events WHERE aggregate_type = $1 \
+         AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(RAFFLE_STREAM)
+    .bind(raffle.to_string())
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let not_a_receipt = format!("1:{created}");
     let report = verify(&app, raffle, &format!("?receipt={not_a_receipt}")).await;
     assert_eq!(report["break"]["kind"], "not_a_receipt", "{report}");
 
