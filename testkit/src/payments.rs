@@ -213,25 +213,22 @@ impl TestApp {
     /// Moves a pending delivery's next attempt an hour away, so that only the test decides
     /// when it runs (a first retry is due after 1 to 3 s).
     pub async fn postpone(&self, event_id: &str) {
-        let updated = sqlx::query(
-            "UPDATE payment_inbox SET next_attempt_at = now() + interval '1 hour' \
-             WHERE provider = 'stripe' AND event_id = $1 AND status = 'pending'",
-        )
-        .bind(event_id)
-        .execute(self.pool())
-        .await
-        .expect("update the inbox")
-        .rows_affected();
-        assert_eq!(updated, 1, "{event_id} is not pending");
+        self.set_next_attempt(event_id, "1 hour").await;
     }
 
     /// Lets a delivery's retry backoff pass: it is due now.
     pub async fn make_due(&self, event_id: &str) {
+        self.set_next_attempt(event_id, "0").await;
+    }
+
+    /// Sets a pending delivery's next attempt to `now() + interval`.
+    async fn set_next_attempt(&self, event_id: &str, interval: &str) {
         let updated = sqlx::query(
-            "UPDATE payment_inbox SET next_attempt_at = now() \
+            "UPDATE payment_inbox SET next_attempt_at = now() + $2::interval \
              WHERE provider = 'stripe' AND event_id = $1 AND status = 'pending'",
         )
         .bind(event_id)
+        .bind(interval)
         .execute(self.pool())
         .await
         .expect("update the inbox")
