@@ -556,10 +556,11 @@ async fn idempotency_keys_replay_the_first_answer() {
         let order = Uuid::new_v4();
         let command = reserve_random(order, buyer(2), 3);
         let key = format!("k-batch-{round}");
-        let busy = one_batch.then(|| hold_writer(&engine, raffle_id, Duration::from_millis(300)));
-        if busy.is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let busy = if one_batch {
+            Some(hold_writer(&engine, raffle_id, Duration::from_millis(300)).await)
+        } else {
+            None
+        };
         let barrier = Arc::new(Barrier::new(20));
         let mut tasks = JoinSet::new();
         for _ in 0..20 {

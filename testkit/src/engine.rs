@@ -199,19 +199,25 @@ pub async fn engine_state(engine: &Engine, raffle_id: Uuid) -> Raffle {
 }
 
 /// Keeps the raffle's writer busy for `busy` (a read that blocks it), so that the commands
-/// sent meanwhile queue up and are decided as one batch. Give it a moment to start.
-pub fn hold_writer(
+/// sent meanwhile queue up and are decided as one batch. Returns once the writer is busy.
+pub async fn hold_writer(
     engine: &Engine,
     raffle_id: Uuid,
     busy: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let engine = engine.clone();
-    tokio::spawn(async move {
+    let (started, writer_busy) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(async move {
         engine
-            .read(raffle_id, move |_| std::thread::sleep(busy))
+            .read(raffle_id, move |_| {
+                let _ = started.send(());
+                std::thread::sleep(busy);
+            })
             .await
             .expect("the writer runs the read");
-    })
+    });
+    writer_busy.await.expect("the writer starts the read");
+    held
 }
 
 /// Where a stream's hash chain does not hold.
