@@ -5,6 +5,7 @@
 //! layer; `cli` and `startup` run it all.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -133,7 +134,7 @@ impl Keys {
         let record = self.lookup(key_id).await?;
         let (hash, caller) = record.ok_or(ApiError::Unauthorized)?;
         let presented = Sha256::digest(secret.as_bytes());
-        if constant_time_eq(&hash, presented.as_slice()) {
+        if bool::from(hash.as_slice().ct_eq(presented.as_slice())) {
             Ok(caller)
         } else {
             Err(ApiError::Unauthorized)
@@ -174,10 +175,6 @@ impl Keys {
     fn lock(&self) -> std::sync::MutexGuard<'_, KeyCache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl FromRequestParts<AppState> for Caller {

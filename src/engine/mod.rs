@@ -10,9 +10,10 @@ mod commit_thread;
 mod decide;
 mod errors;
 mod registry;
+pub mod remote_commits;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,10 @@ use tombola_domain::{Clock, Raffle, RaffleCommand, RaffleEvent, SystemClock};
 use uuid::Uuid;
 
 use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
+use crate::testing::Faults;
 
 pub use errors::{EngineError, Rejection};
 use registry::Registry;
-pub use writer::backoff;
 use writer::Message;
 
 #[derive(Clone)]
@@ -43,10 +44,6 @@ pub struct EngineConfig {
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
     pub clock: Arc<dyn Clock>,
-    /// Test seam: this many of the next appends that commit are reported to their writers
-    /// as failed, as when the connection drops between the commit and its reply.
-    #[doc(hidden)]
-    pub lose_commit_replies: Arc<AtomicU32>,
 }
 
 impl Default for EngineConfig {
@@ -58,7 +55,6 @@ impl Default for EngineConfig {
             evict_after: Duration::from_secs(600),
             max_conflict_retries: 8,
             clock: Arc::new(SystemClock),
-            lose_commit_replies: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -132,11 +128,19 @@ struct Inner {
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Self {
+        Self::start(store, config, None)
+    }
+
+    /// An engine whose appends suffer the `faults` a test injects.
+    pub fn with_faults(store: Store, config: EngineConfig, faults: Arc<Faults>) -> Self {
+        Self::start(store, config, Some(faults))
+    }
+
+    fn start(store: Store, config: EngineConfig, faults: Option<Arc<Faults>>) -> Self {
         let (published, _) = broadcast::channel(4096);
         // As tokio does for its own workers: a process that cannot start a thread is done.
         let commits = Arc::new(
-            commit_thread::CommitThread::start(&store, config.lose_commit_replies.clone())
-                .expect("the commit thread starts"),
+            commit_thread::CommitThread::start(&store, faults).expect("the commit thread starts"),
         );
         Self {
             inner: Arc::new(Inner {
@@ -160,6 +164,8 @@ impl Engine {
     }
 
     /// Committed batches, in commit order per raffle (projections, outbound webhooks).
+    /// Free while nobody subscribes: writers copy events for publishing only when the
+    /// channel has a receiver.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.inner.published.subscribe()
     }

@@ -74,11 +74,9 @@ pub struct Settled<'a> {
 /// is still the one it was taken with: a leased row that a poller took meanwhile keeps that
 /// poller's settlement.
 ///
-/// The guard is the attempt count, not `status = 'pending'`: that predicate matches the
-/// partial queue index, which keeps an entry for every version of a row that was ever
-/// pending until vacuum removes it. With statistics saying few rows are pending, the planner
-/// drove the update from that index and visited about 900 buffers per call (31 per settled
-/// row, at 2,500 deliveries/s); joined on the primary key it is a few per row.
+/// The guard is the attempt count, not `status = 'pending'`: that predicate lets the planner
+/// drive the update from the partial queue index, full of dead entries between vacuums
+/// (figures: docs/decisions/0011).
 pub async fn settle(
     executor: impl sqlx::PgExecutor<'_>,
     settled: &[Settled<'_>],

@@ -1,11 +1,12 @@
 //! One group commit: all events of a writer's batch, the idempotency records of the
 //! commands in it and the raffle's registry row, in one statement (one round trip, atomic).
+//! Telling other nodes about it is [`super::notify`]; snapshots are [`super::snapshots`].
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyRecord;
-use super::{Store, StoreError, EVENTS_CHANNEL, RAFFLE_STREAM};
+use super::{Store, StoreError, RAFFLE_STREAM};
 
 /// An event ready to store: payload and metadata already serialized (and hashed).
 #[derive(Debug, Clone)]
@@ -207,45 +208,6 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Tells other nodes (LISTEN on [`EVENTS_CHANNEL`]) that streams grew, as `raffle:sequence`
-    /// notices. Sent after the appends commit, never inside them: a transaction that notifies
-    /// holds PostgreSQL's global notify lock through its commit's WAL flush, so every raffle's
-    /// group commit queued behind every other's. A notify-only transaction does not wait for
-    /// a flush, and nothing depends on notices for correctness.
-    pub async fn announce(&self, notices: &[String]) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, notice) FROM UNNEST($2::text[]) AS notice")
-            .bind(EVENTS_CHANNEL)
-            .bind(notices)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Stores a snapshot unless a newer one is already there (several nodes may race).
-    pub async fn save_snapshot(
-        &self,
-        raffle_id: Uuid,
-        last_sequence: u64,
-        last_hash: &str,
-        payload: &[u8],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO raffle_snapshots (raffle_id, last_sequence, last_hash, format, payload) \
-             VALUES ($1, $2, $3, 1, $4) \
-             ON CONFLICT (raffle_id) DO UPDATE \
-               SET last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash, \
-                   format = EXCLUDED.format, payload = EXCLUDED.payload, taken_at = now() \
-             WHERE raffle_snapshots.last_sequence < EXCLUDED.last_sequence",
-        )
-        .bind(raffle_id)
-        .bind(last_sequence as i64)
-        .bind(last_hash)
-        .bind(payload)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 }

@@ -1,4 +1,7 @@
-//! A raffle's single writer: the pipelined group-commit loop, hold timers and eviction.
+//! A raffle's single writer: its loop, its state, and how it decides. The loop takes
+//! commands, reads and catch-ups from the queue, fires the hold timer ([`expiry`]) and
+//! leaves memory when idle (eviction); [`pipeline`] commits, [`conflicts`] retries what
+//! another node overtook, and [`snapshots`] decides when to save a snapshot.
 //!
 //! Commands are decided as they arrive, on top of everything decided before, and wait in
 //! the pending batch. At most one append runs at a time; when it commits, its callers are
@@ -7,32 +10,26 @@
 //! is reloaded and those commands are decided again. Reads, catch-ups and snapshots first
 //! let everything decided commit, so they only ever see committed state.
 
-use std::time::Duration;
+mod conflicts;
+mod expiry;
+mod pipeline;
+mod snapshots;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tombola_domain::{Raffle, RaffleCommand, RaffleServices};
 use uuid::Uuid;
 
-use super::commit_thread::AppendOutcome;
 use super::decide::{Decided, Decider, KnownKeys, Position};
 use super::{Applied, CommandMeta, Committed, Engine, EngineError};
-use crate::store::{AppendBatch, AppendError, StoredEvent};
+use crate::store::StoredEvent;
+use expiry::hold_timer;
+use pipeline::{Batch, InFlight};
 
 /// Most messages taken from the queue per turn of the loop: a finished append is noticed
 /// (and the next one started) between turns, so a turn must stay short.
 const TURN: usize = 64;
-
-/// A large raffle's next snapshot (after one of [`LARGE_SNAPSHOT`] or more) waits for one
-/// event per this many bytes of its last one.
-/// An event costs ~1 KB to store, so snapshots add at most ~1/8 to what the database
-/// writes (at 512 the engine bench's 10M raffle stalled on them: p99 175–375 ms, against
-/// 82–85 ms at 128). The price is replay on load: a sold-out 10M raffle (218 MB) may replay
-/// up to 1.7M events after its snapshot.
-const SNAPSHOT_BYTES_PER_EVENT: usize = 128;
-/// Below this a snapshot is cheap whatever the raffle does: `snapshot_every` alone rules.
-const LARGE_SNAPSHOT: usize = 1 << 20;
 
 pub(crate) enum Message {
     Command(Box<CommandRequest>),
@@ -47,77 +44,6 @@ pub(crate) struct CommandRequest {
     pub command: RaffleCommand,
     pub meta: CommandMeta,
     pub reply: oneshot::Sender<Result<Applied, EngineError>>,
-}
-
-/// Decided commands and what committing them stores: the pending batch, then in flight.
-struct Batch {
-    requests: Vec<CommandRequest>,
-    results: Vec<Result<Applied, EngineError>>,
-    append: AppendBatch,
-    published: Vec<StoredEvent>,
-    end: Position,
-}
-
-impl Batch {
-    fn new(requests: Vec<CommandRequest>, decided: Decided) -> Self {
-        Self {
-            requests,
-            results: decided.results,
-            append: decided.batch,
-            published: decided.published,
-            end: decided.end,
-        }
-    }
-
-    fn extend(&mut self, requests: Vec<CommandRequest>, decided: Decided) {
-        self.requests.extend(requests);
-        self.results.extend(decided.results);
-        self.append.events.extend(decided.batch.events);
-        self.append.idempotency.extend(decided.batch.idempotency);
-        if decided.batch.registry.is_some() {
-            self.append.registry = decided.batch.registry;
-        }
-        self.published.extend(decided.published);
-        self.end = decided.end;
-    }
-}
-
-/// A batch whose append is running (or ran). Its callers are answered once it commits.
-struct InFlight {
-    requests: Vec<CommandRequest>,
-    results: Vec<Result<Applied, EngineError>>,
-    published: Vec<StoredEvent>,
-    end: Position,
-    keys: Vec<(String, String)>,
-    events: usize,
-    /// None once finished, or from the start when there is nothing to store (every
-    /// command refused or replayed).
-    task: Option<AppendOutcome>,
-    outcome: Option<Result<(), AppendFailure>>,
-}
-
-struct AppendFailure {
-    conflict: bool,
-    reason: String,
-}
-
-impl AppendFailure {
-    /// What a finished append came to.
-    fn check(
-        outcome: Result<Result<(), AppendError>, tokio::sync::oneshot::error::RecvError>,
-    ) -> Result<(), Self> {
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Self {
-                conflict: matches!(error, AppendError::Conflict),
-                reason: error.to_string(),
-            }),
-            Err(error) => Err(Self {
-                conflict: false,
-                reason: format!("the commit thread dropped the append: {error}"),
-            }),
-        }
-    }
 }
 
 struct Writer {
@@ -219,14 +145,6 @@ pub(crate) async fn run(
     writer.flush().await;
 }
 
-/// Ready at once when a hold is due, otherwise after `wait`.
-async fn hold_timer(wait: Option<Duration>) {
-    match wait {
-        Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-        _ => {}
-    }
-}
-
 impl Writer {
     async fn load(engine: Engine, raffle_id: Uuid) -> Result<Self, crate::store::StoreError> {
         let loaded = engine.inner.store.load_raffle(raffle_id).await?;
@@ -282,35 +200,6 @@ impl Writer {
         self.pending
             .as_ref()
             .map_or(0, |batch| batch.requests.len())
-    }
-
-    fn expiry_due_in(&self) -> Option<Duration> {
-        let next = self.state.next_expiry()?;
-        let wait = (next - self.services.now()).to_std().unwrap_or_default();
-        let backoff = self
-            .expiry_retry_at
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or_default();
-        Some(wait.max(backoff))
-    }
-
-    /// Expires due holds in a batch of their own, so that an expiry that keeps failing
-    /// backs off on its own outcome and takes no caller's command down with it.
-    async fn expire_due_holds(&mut self) {
-        self.flush().await;
-        let (reply, answer) = oneshot::channel();
-        let request = CommandRequest {
-            command: RaffleCommand::ExpireDueHolds,
-            meta: CommandMeta::system("expiry"),
-            reply,
-        };
-        self.process(vec![Message::Command(Box::new(request))])
-            .await;
-        self.flush().await;
-        self.expiry_retry_at = match answer.await {
-            Ok(Ok(_)) => None,
-            _ => Some(Instant::now() + Duration::from_secs(1)),
-        };
     }
 
     async fn process(&mut self, batch: Vec<Message>) {
@@ -428,173 +317,6 @@ impl Writer {
         Ok(decided)
     }
 
-    /// Starts the pending batch's append. Only with nothing in flight: a batch commits
-    /// after the one before it, never alongside.
-    fn start_pending(&mut self) {
-        debug_assert!(self.in_flight.is_none());
-        let Some(batch) = self.pending.take() else {
-            return;
-        };
-        let keys = batch
-            .append
-            .idempotency
-            .iter()
-            .map(|record| (record.scope.clone(), record.key.clone()))
-            .collect();
-        let events = batch.append.events.len();
-        let task = (!batch.append.is_empty()).then(|| {
-            self.engine
-                .inner
-                .commits
-                .append(self.raffle_id, batch.append)
-        });
-        self.in_flight = Some(InFlight {
-            requests: batch.requests,
-            results: batch.results,
-            published: batch.published,
-            end: batch.end,
-            keys,
-            events,
-            outcome: task.is_none().then_some(Ok(())),
-            task,
-        });
-    }
-
-    /// Resolves once the append in flight has finished. Cancel-safe: the outcome is kept
-    /// for [`Self::settle`].
-    async fn append_finished(&mut self) {
-        let Some(flight) = self.in_flight.as_mut() else {
-            return;
-        };
-        if let Some(task) = flight.task.as_mut() {
-            let outcome = task.await;
-            flight.task = None;
-            flight.outcome = Some(AppendFailure::check(outcome));
-        }
-    }
-
-    /// Settles the batch in flight, then starts the pending one.
-    async fn advance(&mut self) {
-        self.settle().await;
-        if self.in_flight.is_none() {
-            self.start_pending();
-        }
-    }
-
-    /// Lets everything decided commit (or fail): afterwards the state is the committed
-    /// stream.
-    async fn flush(&mut self) {
-        while self.in_flight.is_some() || self.pending.is_some() {
-            if self.in_flight.is_none() {
-                self.start_pending();
-            }
-            self.settle().await;
-        }
-    }
-
-    /// Waits for the batch in flight and answers its callers: with its results once it
-    /// committed (after starting the pending batch's append). Otherwise the state is reloaded, the batch is decided again and appended
-    /// in place (a conflict: another node wrote first) or refused as retryable, and the
-    /// pending batch, decided on top of it, is decided again.
-    async fn settle(&mut self) {
-        self.append_finished().await;
-        let Some(flight) = self.in_flight.take() else {
-            return;
-        };
-        let failure = match flight.outcome {
-            Some(Err(failure)) => failure,
-            None => unreachable!("append_finished ran to completion"),
-            Some(Ok(())) => {
-                for key in &flight.keys {
-                    self.uncommitted_keys.remove(key);
-                }
-                let commands = flight.requests.len();
-                self.commit_done(flight.end, flight.published, commands, flight.events);
-                // The next append first: the database should not wait while callers wake.
-                self.start_pending();
-                answer(flight.requests, flight.results);
-                return;
-            }
-        };
-        let void = self.pending.take().map(|batch| batch.requests);
-        let reloaded = self.reload().await;
-        // A failure the database did not report (a lost connection) may hide a commit: if
-        // the stream now ends exactly where this batch would have (sequence and chain hash),
-        // it did commit, and its callers get their answers.
-        let committed_after_all = !failure.conflict
-            && reloaded.is_ok()
-            && flight.events > 0
-            && self.committed == flight.end;
-        let results = if committed_after_all {
-            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append reply lost; it committed");
-            let commands = flight.requests.len();
-            self.commit_done(flight.end, flight.published, commands, flight.events);
-            flight.results
-        } else if failure.conflict && reloaded.is_ok() {
-            self.commit_in_place(&flight.requests).await
-        } else {
-            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append failed");
-            let error = EngineError::unavailable(&failure.reason);
-            flight.requests.iter().map(|_| Err(error.clone())).collect()
-        };
-        answer(flight.requests, results);
-        if let Some(requests) = void {
-            if self.poisoned {
-                answer_all(requests, &EngineError::unavailable(&failure.reason));
-            } else {
-                self.decide_pending(requests).await;
-            }
-        }
-    }
-
-    /// Another node appended first: decide again on its events and append (on the commit
-    /// thread, like every append) without a pipeline, with backoff, until it commits or the
-    /// retries run out.
-    async fn commit_in_place(
-        &mut self,
-        requests: &[CommandRequest],
-    ) -> Vec<Result<Applied, EngineError>> {
-        let max_retries = self.engine.inner.config.max_conflict_retries;
-        let mut attempt = 1;
-        loop {
-            tokio::time::sleep(backoff(attempt)).await;
-            let decided = match self.decide(requests).await {
-                Ok(decided) => decided,
-                Err(error) => {
-                    let error = EngineError::unavailable(&error);
-                    return requests.iter().map(|_| Err(error.clone())).collect();
-                }
-            };
-            let events = decided.batch.events.len();
-            let outcome = if decided.batch.is_empty() {
-                Ok(())
-            } else {
-                let task = self
-                    .engine
-                    .inner
-                    .commits
-                    .append(self.raffle_id, decided.batch);
-                AppendFailure::check(task.await)
-            };
-            let failure = match outcome {
-                Ok(()) => {
-                    self.uncommitted_keys.clear();
-                    self.commit_done(decided.end, decided.published, requests.len(), events);
-                    return decided.results;
-                }
-                Err(failure) => failure,
-            };
-            let reloaded = self.reload().await;
-            if !(failure.conflict && attempt < max_retries && reloaded.is_ok()) {
-                let reason = &failure.reason;
-                tracing::warn!(raffle_id = %self.raffle_id, %reason, attempt, "append failed");
-                let error = EngineError::unavailable(reason);
-                return requests.iter().map(|_| Err(error.clone())).collect();
-            }
-            attempt += 1;
-        }
-    }
-
     /// A batch committed: move the committed position and tell listeners.
     fn commit_done(
         &mut self,
@@ -617,45 +339,6 @@ impl Writer {
                 }));
         }
     }
-
-    /// After `snapshot_every` events, and for a large raffle not before the events since its
-    /// last snapshot outweigh it ([`SNAPSHOT_BYTES_PER_EVENT`]): a 10M-ticket raffle's
-    /// snapshot is megabytes.
-    fn snapshot_due(&self) -> bool {
-        let every = self.engine.inner.config.snapshot_every;
-        let by_size = if self.snapshot_bytes >= LARGE_SNAPSHOT {
-            (self.snapshot_bytes / SNAPSHOT_BYTES_PER_EVENT) as u64
-        } else {
-            0
-        };
-        every != 0 && self.tip.sequence - self.snapshot_sequence >= every.max(by_size)
-    }
-
-    /// Saves a snapshot off the hot path when one is due and the state is exactly the
-    /// committed stream (nothing in flight or pending).
-    fn maybe_snapshot(&mut self) {
-        if !self.snapshot_due() || self.tip != self.committed {
-            return;
-        }
-        self.snapshot_sequence = self.committed.sequence;
-        let bytes = self.state.encode_snapshot();
-        self.snapshot_bytes = bytes.len();
-        let store = self.engine.inner.store.clone();
-        let (raffle_id, sequence, hash) = (
-            self.raffle_id,
-            self.committed.sequence,
-            self.committed.hash.clone(),
-        );
-        // Tracked with the writers, so shutdown waits for the save.
-        self.engine.inner.tasks.spawn(async move {
-            if let Err(error) = store
-                .save_snapshot(raffle_id, sequence, &hash, &bytes)
-                .await
-            {
-                tracing::warn!(%raffle_id, %error, "snapshot not saved");
-            }
-        });
-    }
 }
 
 fn answer(requests: Vec<CommandRequest>, results: Vec<Result<Applied, EngineError>>) {
@@ -668,11 +351,4 @@ fn answer_all(requests: Vec<CommandRequest>, error: &EngineError) {
     for request in requests {
         let _ = request.reply.send(Err(error.clone()));
     }
-}
-
-/// Exponential backoff with proportional jitter (50–150% of the delay), as every retry
-/// loop in Tombola.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(5) * 2u32.saturating_pow(attempt.min(10));
-    base.mul_f64(rand::rng().random_range(0.5..1.5))
 }
