@@ -234,6 +234,14 @@ impl Engine {
         }
     }
 
+    /// Notices from other nodes may have been missed (the listener was not connected):
+    /// every resident raffle reads what was committed since its last event.
+    pub fn catch_up_all(&self) {
+        for sender in self.inner.registry.all() {
+            let _ = sender.try_send(Message::CatchUp(u64::MAX));
+        }
+    }
+
     async fn send(&self, raffle_id: Uuid, mut message: Message) -> Result<(), EngineError> {
         for _ in 0..3 {
             if self.inner.stopping.load(Ordering::Acquire) {

@@ -27,6 +27,9 @@ pub struct AppendBatch {
     pub idempotency: Vec<IdempotencyRecord>,
     /// Registry row, when this batch created the raffle or changed its status.
     pub registry: Option<RegistryRow>,
+    /// Some command was refused: with no event to collide on, the stream's tip is checked,
+    /// so that a refusal decided on a stale state is decided again.
+    pub refusals: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ impl AppendError {
 
 impl AppendBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.idempotency.is_empty()
+        self.events.is_empty() && self.idempotency.is_empty() && !self.refusals
     }
 }
 
@@ -173,23 +176,18 @@ impl Store {
     }
 
     /// A batch with answers (refusals, replays) but no event. With no event to collide on,
-    /// the answers were decided at `base_sequence`, and a node that was behind must not store
-    /// them as final: the stream's tip is checked in the same transaction.
+    /// the answers were decided at `base_sequence`, and a node that was behind must not give
+    /// them as final: the stream's tip is checked, in the transaction that stores their
+    /// idempotency records if there are any.
     async fn store_answers(&self, raffle_id: Uuid, batch: &AppendBatch) -> Result<(), AppendError> {
         if batch.idempotency.is_empty() {
-            return Ok(());
+            if !batch.refusals {
+                return Ok(());
+            }
+            return check_tip(&self.pool, raffle_id, batch.base_sequence).await;
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(RAFFLE_STREAM)
-        .bind(raffle_id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        if last.unwrap_or(0) as u64 != batch.base_sequence {
-            return Err(AppendError::Conflict);
-        }
+        check_tip(&mut *tx, raffle_id, batch.base_sequence).await?;
         let mut answers = Answers::default();
         for record in &batch.idempotency {
             answers.push(raffle_id, record);
@@ -209,6 +207,26 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Fails with a conflict unless the stream ends at `sequence`.
+async fn check_tip(
+    executor: impl sqlx::PgExecutor<'_>,
+    raffle_id: Uuid,
+    sequence: u64,
+) -> Result<(), AppendError> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(RAFFLE_STREAM)
+    .bind(raffle_id.to_string())
+    .fetch_one(executor)
+    .await?;
+    if last.unwrap_or(0) as u64 == sequence {
+        Ok(())
+    } else {
+        Err(AppendError::Conflict)
     }
 }
 

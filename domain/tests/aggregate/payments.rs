@@ -525,8 +525,16 @@ fn a_failed_payment_is_recorded_and_keeps_the_hold() {
     assert_eq!(after.order(order(1)), before.order(order(1)));
     assert_eq!(after.free_numbers(), before.free_numbers());
     assert_eq!(
-        (after.reserved_count(), after.sold_count(), after.order_count()),
-        (before.reserved_count(), before.sold_count(), before.order_count())
+        (
+            after.reserved_count(),
+            after.sold_count(),
+            after.order_count()
+        ),
+        (
+            before.reserved_count(),
+            before.sold_count(),
+            before.order_count()
+        )
     );
     assert_eq!(after.next_expiry(), before.next_expiry());
     assert_eq!(after.status(), before.status());

@@ -34,6 +34,7 @@ impl Batch {
         self.results.extend(decided.results);
         self.append.events.extend(decided.batch.events);
         self.append.idempotency.extend(decided.batch.idempotency);
+        self.append.refusals |= decided.batch.refusals;
         if decided.batch.registry.is_some() {
             self.append.registry = decided.batch.registry;
         }

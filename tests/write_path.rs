@@ -1,0 +1,125 @@
+//! The write-path defects of issue 19, each against a real PostgreSQL: a node that is behind
+//! must not refuse for good, one bad command must not fail its batch, and a commit whose
+//! outcome is unknown must say so.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tombola::engine::remote_commits;
+use tombola::engine::{Engine, EngineConfig, EngineError};
+use tombola::store::{IdempotencyRequest, EVENTS_CHANNEL};
+use tombola::testing::Faults;
+use tombola_domain::{RaffleCommand, RaffleEvent};
+use uuid::Uuid;
+
+use common::*;
+
+/// Commands without an idempotency record (webhooks carry none), refused by a node that has
+/// not seen the order another node created: each must be decided again on the current
+/// stream, not refused with `order_not_found` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_behind_decides_refusals_again_on_the_current_stream() {
+    let db = TestDb::new(10).await;
+    let behind = Engine::new(db.store.clone(), EngineConfig::default());
+    let other = Engine::new(db.connect(4).await, EngineConfig::default());
+    let raffle_id = open_raffle(&behind, 100, |_| {}).await;
+
+    let extended = Uuid::new_v4();
+    let released = Uuid::new_v4();
+    for (order_id, number) in [(extended, 7), (released, 8)] {
+        other
+            .execute(
+                raffle_id,
+                reserve_numbers(order_id, buyer(1), &[number]),
+                meta(),
+            )
+            .await
+            .expect("the other node reserves");
+    }
+    let until = chrono::Utc::now() + chrono::Duration::minutes(20);
+    let extension = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::ExtendHold {
+                order_id: extended,
+                until,
+            },
+            webhook_meta(),
+        )
+        .await
+        .expect("the hold of an order created on another node is extended");
+    assert!(
+        matches!(
+            extension.events.as_slice(),
+            [e] if matches!(e.event, RaffleEvent::HoldExtended { order_id, .. } if order_id == extended)
+        ),
+        "{extension:?}"
+    );
+    // The node is current now; another order created meanwhile is again unknown to it.
+    let late = Uuid::new_v4();
+    other
+        .execute(raffle_id, reserve_numbers(late, buyer(2), &[9]), meta())
+        .await
+        .unwrap();
+    for order_id in [released, late] {
+        let release = behind
+            .execute(raffle_id, RaffleCommand::Release { order_id }, meta())
+            .await
+            .expect("an order created on another node is released");
+        assert_eq!(release.events.len(), 1, "{release:?}");
+    }
+    let log = log(&db.store, raffle_id).await;
+    let releases = log
+        .iter()
+        .filter(|s| matches!(s.event, RaffleEvent::ReservationReleased { .. }))
+        .count();
+    assert_eq!(releases, 2);
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await,
+        Ok(log.len() as u64)
+    );
+
+    behind.shutdown().await;
+    other.shutdown().await;
+    db.drop_database().await;
+}
+
+/// Notices sent while a node's LISTEN connection is down are lost. Once it listens again,
+/// every resident raffle must catch up, or the node stays behind without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_connects_makes_resident_raffles_catch_up() {
+    let db = TestDb::new(10).await;
+    let node = Engine::new(db.store.clone(), EngineConfig::default());
+    let other = Engine::new(db.connect(4).await, EngineConfig::default());
+    let raffle_id = open_raffle(&node, 100, |_| {}).await;
+    // Committed while `node` listens to nobody: its notice is lost for `node`. (A witness
+    // hears it go by, so that the node's listener cannot connect in time to hear it too.)
+    let mut witness = PgListener::connect_with(db.pool()).await.unwrap();
+    witness.listen(EVENTS_CHANNEL).await.unwrap();
+    let order_id = Uuid::new_v4();
+    let reserved = other
+        .execute(raffle_id, reserve_numbers(order_id, buyer(1), &[7]), meta())
+        .await
+        .unwrap();
+    let notice = format!("{raffle_id}:{}", reserved.events[0].sequence);
+    while witness.recv().await.unwrap().payload() != notice {}
+    let listener = remote_commits::listen(node.clone(), db.store.clone());
+    eventually(Duration::from_secs(10), "the node to catch up", || {
+        let node = node.clone();
+        async move {
+            node.read(raffle_id, move |raffle| raffle.order(order_id).is_some())
+                .await
+                .ok()
+                .filter(|known| *known)
+        }
+    })
+    .await;
+
+    listener.abort();
+    node.shutdown().await;
+    other.shutdown().await;
+    db.drop_database().await;
+}
