@@ -10,12 +10,20 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tombola::engine::remote_commits;
 use tombola::engine::{Engine, EngineConfig, EngineError};
-use tombola::store::{IdempotencyRequest, EVENTS_CHANNEL};
+use tombola::store::EVENTS_CHANNEL;
 use tombola::testing::Faults;
-use tombola_domain::{RaffleCommand, RaffleEvent};
+use tombola_domain::{RaffleCommand, RaffleEvent, RecordPaymentFailure};
 use uuid::Uuid;
 
 use common::*;
+
+/// Reservations in the log.
+fn reservations<'a>(events: impl IntoIterator<Item = &'a RaffleEvent>) -> usize {
+    events
+        .into_iter()
+        .filter(|e| matches!(e, RaffleEvent::TicketsReserved { .. }))
+        .count()
+}
 
 /// Commands without an idempotency record (webhooks carry none), refused by a node that has
 /// not seen the order another node created: each must be decided again on the current
@@ -121,5 +129,100 @@ async fn a_listener_that_connects_makes_resident_raffles_catch_up() {
     listener.abort();
     node.shutdown().await;
     other.shutdown().await;
+    db.drop_database().await;
+}
+
+/// A value the domain takes but PostgreSQL cannot store (U+0000 in `jsonb`, here in a
+/// provider's failure reason kept in an idempotency record) must fail its own command only:
+/// every reservation batched with it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_database_refuses_fails_alone_not_its_batch() {
+    let (engine, db) = start_engine(EngineConfig::default()).await;
+    let raffle_id = open_raffle(&engine, 1_000, |_| {}).await;
+    let held = Uuid::new_v4();
+    engine
+        .execute(raffle_id, reserve_numbers(held, buyer(0), &[1_000]), meta())
+        .await
+        .unwrap();
+    let mut next = 1;
+    for round in 0..5 {
+        let bad = engine.execute(
+            raffle_id,
+            RaffleCommand::RecordPaymentFailure(RecordPaymentFailure {
+                order_id: held,
+                provider: "stripe".into(),
+                payment_id: "pi_1".into(),
+                provider_event_id: format!("evt_{round}"),
+                reason: "card\0declined".into(),
+            }),
+            keyed_meta(&format!("bad-{round}"), b"bad"),
+        );
+        let first = next;
+        let good = (0..20).map(|i| {
+            let number = first + i;
+            engine.execute(
+                raffle_id,
+                reserve_numbers(Uuid::new_v4(), buyer(u64::from(number)), &[number]),
+                meta(),
+            )
+        });
+        next += 20;
+        let (bad, good) = tokio::join!(bad, futures::future::join_all(good));
+        assert!(bad.is_err(), "the database cannot store it: {bad:?}");
+        for result in good {
+            let applied = result.expect("a command batched with the bad one commits");
+            assert_eq!(applied.events.len(), 1);
+        }
+    }
+    let log = log(&db.store, raffle_id).await;
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 101);
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await,
+        Ok(log.len() as u64)
+    );
+    assert_eq!(
+        engine_state(&engine, raffle_id).await,
+        db.store.load_raffle(raffle_id).await.unwrap().raffle
+    );
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// The append is sent and the connection is lost before any reply, and the stream does not
+/// show the batch: the caller must hear "outcome unknown", never "unavailable" (which a
+/// client takes to mean nothing happened, and retries without a key into a second hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_lost_without_a_trace_is_answered_outcome_unknown() {
+    let faults = Arc::new(Faults::default());
+    let db = TestDb::new(10).await;
+    let engine = Engine::with_faults(db.store.clone(), EngineConfig::default(), faults.clone());
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    faults.lose_appends(1);
+    let lost = engine
+        .execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(1), &[7]),
+            meta(),
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(EngineError::OutcomeUnknown { .. })),
+        "{lost:?}"
+    );
+    // It did not commit, and the raffle goes on from the stream as it is.
+    let held = engine
+        .execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(2), &[7]),
+            meta(),
+        )
+        .await
+        .expect("7 is free");
+    let log = log(&db.store, raffle_id).await;
+    assert_in_log(&log, &held);
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 1);
+
+    engine.shutdown().await;
     db.drop_database().await;
 }

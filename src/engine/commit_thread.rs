@@ -93,6 +93,12 @@ impl CommitThread {
     /// append queued or in flight: its writer waits for each before the next.
     pub fn append(&self, raffle_id: Uuid, batch: AppendBatch) -> AppendOutcome {
         let (done, outcome) = oneshot::channel();
+        if self.faults.as_ref().is_some_and(|f| f.take_lost_append()) {
+            let _ = done.send(Err(AppendError::Shared(
+                "connection lost before the reply (injected)".into(),
+            )));
+            return outcome;
+        }
         // If the thread is gone, `done` is dropped with the message and the caller sees it.
         let _ = self.queue.send(Append {
             raffle_id,

@@ -84,6 +84,27 @@ impl Store {
             .collect()
     }
 
+    /// The chain hash of the stream's event at `sequence` (if there is one), and the stream's
+    /// last sequence: enough to tell whether a batch ending there is the one stored.
+    pub async fn hash_at(
+        &self,
+        raffle_id: Uuid,
+        sequence: u64,
+    ) -> Result<(Option<String>, u64), StoreError> {
+        let (hash, last): (Option<String>, i64) = sqlx::query_as(
+            "SELECT (SELECT metadata->>'hash' FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3), \
+                    (SELECT coalesce(max(sequence), 0) FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2)",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .bind(sequence as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((hash, last as u64))
+    }
+
     /// The stream's events after `sequence`, in order.
     pub async fn events_after(
         &self,

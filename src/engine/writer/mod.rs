@@ -1,7 +1,7 @@
 //! A raffle's single writer: its loop, its state, and how it decides. The loop takes
 //! commands, reads and catch-ups from the queue, fires the hold timer ([`expiry`]) and
-//! leaves memory when idle (eviction); [`pipeline`] commits, [`conflicts`] retries what
-//! another node overtook, and [`snapshots`] decides when to save a snapshot.
+//! leaves memory when idle (eviction); [`pipeline`] commits, [`failures`] handles an
+//! append that failed, and [`snapshots`] decides when to save a snapshot.
 //!
 //! Commands are decided as they arrive, on top of everything decided before, and wait in
 //! the pending batch. At most one append runs at a time; when it commits, its callers are
@@ -10,8 +10,8 @@
 //! is reloaded and those commands are decided again. Reads, catch-ups and snapshots first
 //! let everything decided commit, so they only ever see committed state.
 
-mod conflicts;
 mod expiry;
+mod failures;
 mod pipeline;
 mod snapshots;
 

@@ -2,7 +2,7 @@
 //! A batch's callers are answered once its append commits; an append that fails voids
 //! everything decided after it, which is decided again on the reloaded state.
 
-use super::conflicts::AppendFailure;
+use super::failures::{fail_all, outcome_unknown, AppendFailure, Confirmation};
 use super::{answer, answer_all, CommandRequest, Writer};
 use crate::engine::commit_thread::AppendOutcome;
 use crate::engine::decide::{Decided, Position};
@@ -48,6 +48,8 @@ pub(super) struct InFlight {
     requests: Vec<CommandRequest>,
     results: Vec<Result<Applied, EngineError>>,
     published: Vec<StoredEvent>,
+    /// The stream's last sequence when the batch was decided.
+    start: u64,
     end: Position,
     keys: Vec<(String, String)>,
     events: usize,
@@ -72,6 +74,7 @@ impl Writer {
             .map(|record| (record.scope.clone(), record.key.clone()))
             .collect();
         let events = batch.append.events.len();
+        let start = batch.append.base_sequence;
         let task = (!batch.append.is_empty()).then(|| {
             self.engine
                 .inner
@@ -82,6 +85,7 @@ impl Writer {
             requests: batch.requests,
             results: batch.results,
             published: batch.published,
+            start,
             end: batch.end,
             keys,
             events,
@@ -123,9 +127,12 @@ impl Writer {
     }
 
     /// Waits for the batch in flight and answers its callers: with its results once it
-    /// committed (after starting the pending batch's append). Otherwise the state is reloaded, the batch is decided again and appended
-    /// in place (a conflict: another node wrote first) or refused as retryable, and the
-    /// pending batch, decided on top of it, is decided again.
+    /// committed (after starting the pending batch's append). Otherwise the state is
+    /// reloaded and, by what the failure was: a conflict (another node wrote first) decides
+    /// the batch again and appends it in place; a lost reply is confirmed against the stream
+    /// (answered as committed, decided again, or `outcome_unknown`); a batch the database
+    /// refused is appended one command at a time. The pending batch, decided on top of the
+    /// failed one, is decided again.
     pub(super) async fn settle(&mut self) {
         self.append_finished().await;
         let Some(flight) = self.in_flight.take() else {
@@ -147,25 +154,44 @@ impl Writer {
             }
         };
         let void = self.pending.take().map(|batch| batch.requests);
-        let reloaded = self.reload().await;
-        // A failure the database did not report (a lost connection) may hide a commit: if
-        // the stream now ends exactly where this batch would have (sequence and chain hash),
-        // it did commit, and its callers get their answers.
-        let committed_after_all = !failure.conflict
-            && reloaded.is_ok()
-            && flight.events > 0
-            && self.committed == flight.end;
-        let results = if committed_after_all {
-            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append reply lost; it committed");
-            let commands = flight.requests.len();
-            self.commit_done(flight.end, flight.published, commands, flight.events);
-            flight.results
-        } else if failure.conflict && reloaded.is_ok() {
-            self.commit_in_place(&flight.requests).await
+        let confirmation = if failure.maybe_stored && flight.events > 0 {
+            Some(self.confirm(flight.start, &flight.end).await)
         } else {
-            tracing::warn!(raffle_id = %self.raffle_id, reason = %failure.reason, "append failed");
-            let error = EngineError::unavailable(&failure.reason);
-            flight.requests.iter().map(|_| Err(error.clone())).collect()
+            None
+        };
+        let reloaded = self.reload().await;
+        let reason = &failure.reason;
+        let results = match (reloaded, confirmation) {
+            (Ok(()), Some(Confirmation::Committed)) => {
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, "append reply lost; it committed");
+                let commands = flight.requests.len();
+                self.commit_done(flight.end, flight.published, commands, flight.events);
+                flight.results
+            }
+            (_, Some(Confirmation::Committed | Confirmation::Unknown)) => {
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, "append reply lost; outcome unknown");
+                fail_all(&flight.requests, &outcome_unknown(reason))
+            }
+            (Err(_), _) => {
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, "append failed");
+                fail_all(&flight.requests, &EngineError::unavailable(reason))
+            }
+            // Certainly not stored: decide again on the stream as it is.
+            (Ok(()), Some(Confirmation::NotCommitted)) => {
+                self.commit_in_place(&flight.requests, false).await
+            }
+            (Ok(()), None) if failure.conflict || failure.maybe_stored => {
+                self.commit_in_place(&flight.requests, failure.conflict)
+                    .await
+            }
+            (Ok(()), None) if flight.requests.len() > 1 => {
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, commands = flight.requests.len(), "batch refused; appending its commands one by one");
+                self.commit_one_by_one(&flight.requests).await
+            }
+            (Ok(()), None) => {
+                tracing::warn!(raffle_id = %self.raffle_id, %reason, "append failed");
+                fail_all(&flight.requests, &EngineError::unavailable(reason))
+            }
         };
         answer(flight.requests, results);
         if let Some(requests) = void {
