@@ -98,7 +98,7 @@ impl Writer {
             } else {
                 Confirmation::NotCommitted
             };
-            let reloaded = self.reload().await;
+            let reloaded = self.refresh().await;
             match confirmation {
                 Confirmation::Committed if reloaded.is_ok() => {
                     self.commit_done(decided.end, decided.published, requests.len(), events);

@@ -57,7 +57,7 @@ struct Writer {
     tip: Position,
     snapshot_sequence: u64,
     /// Size of the last snapshot written: large raffles snapshot less often.
-    snapshot_bytes: usize,
+    snapshot_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     services: RaffleServices,
     /// In-memory state may hold uncommitted events and could not be reloaded: stop.
     poisoned: bool,
@@ -162,7 +162,7 @@ impl Writer {
             state: loaded.raffle,
             tip: committed.clone(),
             snapshot_sequence: committed.sequence,
-            snapshot_bytes: loaded.snapshot_bytes,
+            snapshot_bytes: std::sync::Arc::new(loaded.snapshot_bytes.into()),
             committed,
             services,
             poisoned: false,
@@ -255,20 +255,36 @@ impl Writer {
     }
 
     async fn catch_up(&mut self) -> Result<(), crate::store::StoreError> {
-        let events = self
+        let (state, committed) = (&mut self.state, &mut self.committed);
+        let replayed = self
             .engine
             .inner
             .store
-            .events_after(self.raffle_id, self.committed.sequence)
-            .await?;
-        for stored in events {
-            self.state.apply_event(&stored.event);
-            self.committed = Position {
-                sequence: stored.sequence,
-                hash: stored.metadata.hash,
-            };
-        }
+            .replay_after(self.raffle_id, committed.sequence, |stored| {
+                state.apply_event(&stored.event);
+                *committed = Position {
+                    sequence: stored.sequence,
+                    hash: stored.metadata.hash,
+                };
+            })
+            .await;
+        // Whatever was applied is committed: the state stays consistent either way.
         self.tip = self.committed.clone();
+        replayed
+    }
+
+    /// After a failed append: the state becomes the committed stream again. When nothing
+    /// decided since the last commit touched the state (a batch of refusals only), reading
+    /// the events after it is enough; otherwise the raffle is loaded again.
+    async fn refresh(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.tip != self.committed || self.poisoned {
+            return self.reload().await;
+        }
+        self.uncommitted_keys.clear();
+        if let Err(error) = self.catch_up().await {
+            self.poisoned = true;
+            return Err(error);
+        }
         Ok(())
     }
 

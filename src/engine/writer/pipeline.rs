@@ -159,7 +159,7 @@ impl Writer {
         } else {
             None
         };
-        let reloaded = self.reload().await;
+        let reloaded = self.refresh().await;
         let reason = &failure.reason;
         let results = match (reloaded, confirmation) {
             (Ok(()), Some(Confirmation::Committed)) => {

@@ -1,5 +1,7 @@
 //! When a writer snapshots its raffle, and saving the snapshot off the writer's path.
 
+use std::sync::atomic::Ordering;
+
 use super::Writer;
 
 /// A large raffle's next snapshot (after one of [`LARGE_SNAPSHOT`] or more) waits for one
@@ -16,8 +18,9 @@ impl Writer {
     /// snapshot is megabytes.
     pub(super) fn snapshot_due(&self) -> bool {
         let every = self.engine.inner.config.snapshot_every;
-        let by_size = if self.snapshot_bytes >= LARGE_SNAPSHOT {
-            (self.snapshot_bytes / SNAPSHOT_BYTES_PER_EVENT) as u64
+        let snapshot_bytes = self.snapshot_bytes.load(Ordering::Relaxed);
+        let by_size = if snapshot_bytes >= LARGE_SNAPSHOT {
+            (snapshot_bytes / SNAPSHOT_BYTES_PER_EVENT) as u64
         } else {
             0
         };
@@ -25,14 +28,16 @@ impl Writer {
     }
 
     /// Saves a snapshot off the hot path when one is due and the state is exactly the
-    /// committed stream (nothing in flight or pending).
+    /// committed stream (nothing in flight or pending). The writer only copies its state;
+    /// encoding (megabytes for a large raffle) runs on a blocking thread, and the size that
+    /// paces the next snapshot is known once it has.
     pub(super) fn maybe_snapshot(&mut self) {
         if !self.snapshot_due() || self.tip != self.committed {
             return;
         }
         self.snapshot_sequence = self.committed.sequence;
-        let bytes = self.state.encode_snapshot();
-        self.snapshot_bytes = bytes.len();
+        let state = self.state.clone();
+        let snapshot_bytes = self.snapshot_bytes.clone();
         let store = self.engine.inner.store.clone();
         let (raffle_id, sequence, hash) = (
             self.raffle_id,
@@ -41,6 +46,12 @@ impl Writer {
         );
         // Tracked with the writers, so shutdown waits for the save.
         self.engine.inner.tasks.spawn(async move {
+            let Ok(bytes) = tokio::task::spawn_blocking(move || state.encode_snapshot()).await
+            else {
+                tracing::warn!(%raffle_id, "snapshot not encoded");
+                return;
+            };
+            snapshot_bytes.store(bytes.len(), Ordering::Relaxed);
             if let Err(error) = store
                 .save_snapshot(raffle_id, sequence, &hash, &bytes)
                 .await
