@@ -32,6 +32,33 @@ pub async fn take_due(
     .await?)
 }
 
+/// Keeps a delivery that verified but could not be read, settled `rejected` with the reason,
+/// so that operators see it; a redelivery finds it there. `payload` must be JSON (a body
+/// that is not is kept as a JSON string).
+pub async fn store_unreadable(
+    store: &Store,
+    provider: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO payment_inbox \
+           (provider, event_id, event_type, payload, status, last_error, processed_at) \
+         VALUES ($1, $2, $3, $4::json, 'rejected', $5, now()) \
+         ON CONFLICT (provider, event_id) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(reason)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
 /// The raffle and order a payment id was announced with (refunds rarely carry them).
 pub async fn find_order_of_payment(
     store: &Store,
