@@ -496,30 +496,28 @@ fn failure(order_id: Uuid) -> RecordPaymentFailure {
     }
 }
 
+/// Order 1's payment `pi_1` failed, as recorded from the provider's event `event_id`.
+fn failed(event_id: &str, reason: &str, secs: i64) -> RaffleEvent {
+    RaffleEvent::PaymentFailed {
+        order_id: order(1),
+        provider: "stripe".into(),
+        payment_id: "pi_1".into(),
+        provider_event_id: event_id.into(),
+        reason: reason.into(),
+        at: at(secs),
+    }
+}
+
 #[test]
 fn a_failed_payment_is_recorded_and_keeps_the_hold() {
     let cfg = config(10);
     framework_at(30)
         .given(held(&cfg))
         .when(RaffleCommand::RecordPaymentFailure(failure(order(1))))
-        .then_expect_events(vec![RaffleEvent::PaymentFailed {
-            order_id: order(1),
-            provider: "stripe".into(),
-            payment_id: "pi_1".into(),
-            provider_event_id: "evt_f".into(),
-            reason: "card_declined".into(),
-            at: at(30),
-        }]);
+        .then_expect_events(vec![failed("evt_f", "card_declined", 30)]);
     let before = replay(&held(&cfg));
     let mut events = held(&cfg);
-    events.push(RaffleEvent::PaymentFailed {
-        order_id: order(1),
-        provider: "stripe".into(),
-        payment_id: "pi_1".into(),
-        provider_event_id: "evt_f".into(),
-        reason: "card_declined".into(),
-        at: at(30),
-    });
+    events.push(failed("evt_f", "card_declined", 30));
     // The failure is remembered (a redelivery of it is a duplicate); the hold is untouched.
     let after = replay(&events);
     assert_eq!(after.order(order(1)), before.order(order(1)));
@@ -551,14 +549,7 @@ fn a_failed_payment_is_recorded_and_keeps_the_hold() {
 fn a_failure_delivered_twice_is_recorded_once_and_another_failure_still_is() {
     let cfg = config(10);
     let mut events = held(&cfg);
-    events.push(RaffleEvent::PaymentFailed {
-        order_id: order(1),
-        provider: "stripe".into(),
-        payment_id: "pi_1".into(),
-        provider_event_id: "evt_f".into(),
-        reason: "card_declined".into(),
-        at: at(30),
-    });
+    events.push(failed("evt_f", "card_declined", 30));
     framework_at(35)
         .given(events.clone())
         .when(RaffleCommand::RecordPaymentFailure(failure(order(1))))
@@ -571,14 +562,7 @@ fn a_failure_delivered_twice_is_recorded_once_and_another_failure_still_is() {
     framework_at(35)
         .given(events)
         .when(RaffleCommand::RecordPaymentFailure(second))
-        .then_expect_events(vec![RaffleEvent::PaymentFailed {
-            order_id: order(1),
-            provider: "stripe".into(),
-            payment_id: "pi_1".into(),
-            provider_event_id: "evt_g".into(),
-            reason: "insufficient_funds".into(),
-            at: at(35),
-        }]);
+        .then_expect_events(vec![failed("evt_g", "insufficient_funds", 35)]);
 }
 
 #[test]
