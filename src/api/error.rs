@@ -109,6 +109,7 @@ impl ApiError {
             Self::RateLimited { retry_after }
             | Self::Overloaded { retry_after }
             | Self::Unavailable { retry_after } => Some(*retry_after),
+            Self::OutcomeUnknown => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
