@@ -12,7 +12,7 @@ use tombola::engine::remote_commits;
 use tombola::engine::{Engine, EngineConfig, EngineError};
 use tombola::store::EVENTS_CHANNEL;
 use tombola::testing::Faults;
-use tombola_domain::{RaffleCommand, RaffleEvent, RecordPaymentFailure};
+use tombola_domain::{ConfirmManualPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure};
 use uuid::Uuid;
 
 use common::*;
@@ -79,6 +79,53 @@ async fn a_node_that_is_behind_decides_refusals_again_on_the_current_stream() {
             .expect("an order created on another node is released");
         assert_eq!(release.events.len(), 1, "{release:?}");
     }
+    // A payment failure (a webhook) and a manual payment (the organizer), each for an order
+    // this node has not seen yet.
+    let (failing, manual) = (Uuid::new_v4(), Uuid::new_v4());
+    for (order_id, number) in [(failing, 10), (manual, 11)] {
+        other
+            .execute(
+                raffle_id,
+                reserve_numbers(order_id, buyer(3), &[number]),
+                meta(),
+            )
+            .await
+            .unwrap();
+    }
+    let failure = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::RecordPaymentFailure(RecordPaymentFailure {
+                order_id: failing,
+                provider: "stripe".into(),
+                payment_id: "pi_1".into(),
+                provider_event_id: "evt_1".into(),
+                reason: "card_declined".into(),
+            }),
+            webhook_meta(),
+        )
+        .await
+        .expect("a failure for an order created on another node is recorded");
+    assert_eq!(failure.events.len(), 1, "{failure:?}");
+    let paid = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::ConfirmManualPayment(ConfirmManualPayment {
+                order_id: manual,
+                method: "cash".into(),
+                reference: "r-1".into(),
+                confirmed_by: "organizer".into(),
+            }),
+            meta(),
+        )
+        .await
+        .expect("an order created on another node is paid by hand");
+    assert!(
+        paid.events.iter().any(
+            |e| matches!(e.event, RaffleEvent::TicketsIssued { order_id, .. } if order_id == manual)
+        ),
+        "{paid:?}"
+    );
     let log = log(&db.store, raffle_id).await;
     let releases = log
         .iter()
