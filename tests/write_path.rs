@@ -236,6 +236,39 @@ async fn a_command_the_database_refuses_fails_alone_not_its_batch() {
     db.drop_database().await;
 }
 
+/// An idempotency key the database cannot even look up (U+0000 in `text`) fails its own
+/// command only, not the commands decided in the same turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_database_cannot_read_fails_alone_not_its_batch() {
+    let (engine, db) = start_engine(EngineConfig::default()).await;
+    let raffle_id = open_raffle(&engine, 1_000, |_| {}).await;
+    for round in 0..5u32 {
+        let bad = engine.execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(0), &[900 + round]),
+            keyed_meta(&format!("bad\0{round}"), b"bad"),
+        );
+        let good = (0..20).map(|i| {
+            let number = round * 20 + i + 1;
+            engine.execute(
+                raffle_id,
+                reserve_numbers(Uuid::new_v4(), buyer(u64::from(number)), &[number]),
+                keyed_meta(&format!("good-{number}"), b"good"),
+            )
+        });
+        let (bad, good) = tokio::join!(bad, futures::future::join_all(good));
+        assert!(bad.is_err(), "the database cannot read it: {bad:?}");
+        for result in good {
+            result.expect("a command decided with the bad one commits");
+        }
+    }
+    let log = log(&db.store, raffle_id).await;
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 100);
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
 /// The append is sent and the connection is lost before any reply, and the stream does not
 /// show the batch: the caller must hear "outcome unknown", never "unavailable" (which a
 /// client takes to mean nothing happened, and retries without a key into a second hold).

@@ -289,13 +289,27 @@ impl Writer {
     }
 
     /// Decides `requests` from the tip and adds them to the pending batch.
+    /// If looking up their idempotency keys fails, each command is tried alone, so that a
+    /// key the database cannot read fails its own command only.
     async fn decide_pending(&mut self, requests: Vec<CommandRequest>) {
         match self.decide(&requests).await {
-            Ok(decided) => match &mut self.pending {
-                Some(pending) => pending.extend(requests, decided),
-                None => self.pending = Some(Batch::new(requests, decided)),
-            },
+            Ok(decided) => self.add_pending(requests, decided),
+            Err(_) if requests.len() > 1 => {
+                for request in requests {
+                    match self.decide(std::slice::from_ref(&request)).await {
+                        Ok(decided) => self.add_pending(vec![request], decided),
+                        Err(error) => answer_all(vec![request], &EngineError::unavailable(&error)),
+                    }
+                }
+            }
             Err(error) => answer_all(requests, &EngineError::unavailable(&error)),
+        }
+    }
+
+    fn add_pending(&mut self, requests: Vec<CommandRequest>, decided: Decided) {
+        match &mut self.pending {
+            Some(pending) => pending.extend(requests, decided),
+            None => self.pending = Some(Batch::new(requests, decided)),
         }
     }
 
