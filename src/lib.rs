@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

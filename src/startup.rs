@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, EngineConfig};
 use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
-use crate::store::{Store, EVENTS_CHANNEL};
+use crate::store::Store;
 
 /// How long shutdown waits for a pool to close its connections politely.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,7 +52,7 @@ impl Application {
         );
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
-        let listener_task = spawn_remote_commit_listener(engine.clone(), store);
+        let listener_task = crate::engine::remote_commits::listen(engine.clone(), store);
         let secrets: Vec<String> = args
             .stripe_webhook_secrets
             .iter()
@@ -131,37 +131,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Other nodes' commits arrive by NOTIFY; resident raffles catch up so reads stay fresh.
-/// (Correctness never depends on it: appends are conditional on the stream's sequence.)
-fn spawn_remote_commit_listener(engine: Engine, store: Store) -> tokio::task::AbortHandle {
-    tokio::spawn(async move {
-        let mut attempt = 0;
-        loop {
-            match sqlx::postgres::PgListener::connect_with(store.pool()).await {
-                Ok(mut listener) => {
-                    if listener.listen(EVENTS_CHANNEL).await.is_ok() {
-                        attempt = 0;
-                        while let Ok(notification) = listener.recv().await {
-                            if let Some((raffle, sequence)) = notification.payload().split_once(':')
-                            {
-                                if let (Ok(raffle), Ok(sequence)) =
-                                    (raffle.parse(), sequence.parse())
-                                {
-                                    engine.notify_remote_commit(raffle, sequence);
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "LISTEN connection failed"),
-            }
-            attempt += 1;
-            tokio::time::sleep(crate::engine::backoff(attempt.min(8))).await;
-        }
-    })
-    .abort_handle()
 }
 
 /// Resolves on SIGINT or SIGTERM.

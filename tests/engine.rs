@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tombola::clock::ManualClock;
 use tombola::engine::{Applied, Engine, EngineConfig, EngineError};
 use tombola::store::{Source, Store};
+use tombola::testing::Faults;
 use tombola_domain::{
     Buyer, OrderStatus, Raffle, RaffleCommand, RaffleEvent, RefundReason, Selection,
 };
@@ -1465,14 +1466,11 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
 /// (not "unavailable" for a reservation that holds), and the raffle goes on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_was_lost_is_answered_as_committed() {
-    let lost = Arc::new(AtomicU32::new(0));
-    let (engine, db) = start_engine(EngineConfig {
-        lose_commit_replies: lost.clone(),
-        ..EngineConfig::default()
-    })
-    .await;
+    let faults = Arc::new(Faults::default());
+    let db = TestDb::new(10).await;
+    let engine = Engine::with_faults(db.store.clone(), EngineConfig::default(), faults.clone());
     let raffle_id = open_raffle(&engine, 100, |_| {}).await;
-    lost.store(1, Ordering::Relaxed);
+    faults.lose_commit_replies(1);
     let reserve = |i: u64, number: u32| {
         engine.execute(
             raffle_id,
@@ -1483,7 +1481,7 @@ async fn a_commit_whose_reply_was_lost_is_answered_as_committed() {
     let held = reserve(1, 7)
         .await
         .expect("it committed, so it is answered as such");
-    assert_eq!(lost.load(Ordering::Relaxed), 0, "the reply was lost");
+    assert_eq!(faults.commit_replies_to_lose(), 0, "the reply was lost");
     assert_in_log(&log(&db.store, raffle_id).await, &held);
     // Once: 7 stays taken, and the raffle takes commands as before.
     let code = reserve(2, 7)

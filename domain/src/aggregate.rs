@@ -22,6 +22,12 @@ use crate::orders::{
 use crate::tickets::{TicketPool, TicketState};
 use crate::values::digest64;
 
+/// A recorded payment failure's entry in the payment index: keyed by the provider's event,
+/// since one payment may fail several times. Prefixed, so it never equals a payment id's.
+fn failure_key(provider: &str, provider_event_id: &str) -> u64 {
+    digest64(&format!("failure\0{provider}\0{provider_event_id}"))
+}
+
 /// Holds expired per `HoldsExpired` event; a sweep of more continues in the next command.
 pub const MAX_EXPIRY_BATCH: usize = 5_000;
 
@@ -487,6 +493,11 @@ impl Raffle {
 
     fn record_failure(&self, failure: RecordPaymentFailure, now: DateTime<Utc>) -> Decision {
         self.order_pos(failure.order_id)?;
+        // A provider retries a delivery it believes lost: the same failure, once.
+        let key = failure_key(&failure.provider, &failure.provider_event_id);
+        if self.orders.payments.contains_key(&key) {
+            return Ok(vec![]);
+        }
         Ok(vec![RaffleEvent::PaymentFailed {
             order_id: failure.order_id,
             provider: failure.provider,
@@ -767,9 +778,19 @@ impl Raffle {
                     }
                 }
             }
-            RaffleEvent::ManualPaymentConfirmed { .. }
-            | RaffleEvent::PaymentFlagged { .. }
-            | RaffleEvent::PaymentFailed { .. } => {}
+            RaffleEvent::PaymentFailed {
+                order_id,
+                provider,
+                provider_event_id,
+                ..
+            } => {
+                let pos = self.orders.find(order_id).unwrap_or(NO_ORDER);
+                self.orders
+                    .payments
+                    .entry(failure_key(provider, provider_event_id))
+                    .or_insert(pos);
+            }
+            RaffleEvent::ManualPaymentConfirmed { .. } | RaffleEvent::PaymentFlagged { .. } => {}
         }
     }
 

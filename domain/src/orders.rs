@@ -108,7 +108,8 @@ pub(crate) struct OrderBook {
     pub orders: ChunkedVec<Order>,
     pub numbers: ChunkedVec<u32>,
     index: HashTable<u32>,
-    /// Payment id digest → order position, for every payment recorded.
+    /// Payment id digest → order position, for every payment recorded; and each recorded
+    /// failure's provider event, so that a failure delivered twice is recorded once.
     pub payments: HashMap<u64, u32>,
     /// Live tickets per buyer e-mail digest; only kept when the raffle limits buyers.
     pub buyers: Option<HashMap<u64, u32>>,

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -234,7 +235,7 @@ impl Keys {
         let record = self.lookup(key_id).await?.ok_or(ApiError::Unauthorized)?;
         let presented = Sha256::digest(secret.as_bytes());
         let expired = record.valid_until.is_some_and(|until| until <= Utc::now());
-        if expired || !constant_time_eq(&record.hash, presented.as_slice()) {
+        if expired || !bool::from(record.hash.as_slice().ct_eq(presented.as_slice())) {
             return Err(ApiError::Unauthorized);
         }
         self.mark_used(key_id);
@@ -323,10 +324,6 @@ fn new_secret() -> (Uuid, String) {
         Uuid::new_v4(),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
     )
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl FromRequestParts<AppState> for Caller {

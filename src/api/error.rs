@@ -38,6 +38,8 @@ pub enum ApiError {
     Overloaded { retry_after: Duration },
     #[error("temporarily unavailable")]
     Unavailable { retry_after: Duration },
+    #[error("the command may or may not have been applied; retry with the same Idempotency-Key or look it up")]
+    OutcomeUnknown,
     #[error("invalid webhook: {0}")]
     InvalidWebhook(String),
     #[error("{0} are not configured on this server")]
@@ -73,6 +75,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } => "overloaded",
             Self::Unavailable { .. } => "unavailable",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::InvalidWebhook(_) => "invalid_webhook",
             Self::NotConfigured(_) => "not_configured",
             Self::Internal(_) => "internal_error",
@@ -94,7 +97,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::Unavailable { .. } | Self::OutcomeUnknown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +109,7 @@ impl ApiError {
             Self::RateLimited { retry_after }
             | Self::Overloaded { retry_after }
             | Self::Unavailable { retry_after } => Some(*retry_after),
+            Self::OutcomeUnknown => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -135,6 +141,10 @@ impl From<EngineError> for ApiError {
                 Self::Unavailable {
                     retry_after: Duration::from_secs(1),
                 }
+            }
+            EngineError::OutcomeUnknown { reason } => {
+                tracing::warn!(%reason, "command outcome unknown");
+                Self::OutcomeUnknown
             }
             EngineError::ShuttingDown => Self::Unavailable {
                 retry_after: Duration::from_secs(5),

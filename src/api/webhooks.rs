@@ -43,9 +43,14 @@ pub async fn stripe(
     provider
         .verify(&headers, &body, Utc::now())
         .map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
-    let event = provider
-        .parse(&body)
-        .map_err(|e| ApiError::InvalidWebhook(e.to_string()))?;
+    let event = match provider.parse(&body) {
+        Ok(event) => event,
+        Err(error) => {
+            let reason = error.to_string();
+            keep_unreadable(payments, provider.name(), &body, &reason).await?;
+            return Err(ApiError::InvalidWebhook(reason));
+        }
+    };
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::InvalidWebhook("body is not UTF-8".into()))?;
     let new = payments
@@ -62,4 +67,51 @@ pub async fn stripe(
         received: true,
         duplicate: !new,
     }))
+}
+
+/// A verified delivery that cannot be read is still a payment provider telling something:
+/// it is kept in the inbox as `rejected` for operators, under its event id when the body
+/// has one, else under a digest of the body (so a redelivery lands on the same row).
+async fn keep_unreadable(
+    payments: &crate::payments::worker::PaymentsIn,
+    provider: &str,
+    body: &[u8],
+    reason: &str,
+) -> Result<(), ApiError> {
+    let text = String::from_utf8_lossy(body).replace('\0', "\u{fffd}");
+    let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let field = |name: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty() && !s.contains('\0'))
+            .map(str::to_owned)
+    };
+    let event_id = field("id").unwrap_or_else(|| {
+        use sha2::Digest;
+        format!(
+            "unreadable_{}",
+            hex::encode(&sha2::Sha256::digest(body)[..16])
+        )
+    });
+    let event_type = field("type").unwrap_or_else(|| "unknown".into());
+    let payload = match json {
+        Some(_) => text,
+        None => serde_json::Value::String(text).to_string(),
+    };
+    crate::payments::inbox::store_unreadable(
+        payments.engine.store(),
+        provider,
+        &event_id,
+        &event_type,
+        &payload,
+        reason,
+    )
+    .await
+    .map_err(|error| {
+        tracing::warn!(%error, "unreadable delivery not stored");
+        ApiError::Unavailable {
+            retry_after: std::time::Duration::from_secs(1),
+        }
+    })
 }

@@ -14,13 +14,13 @@
 //! its own answer. A lost connection fails every member: the group may have committed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::store::{AppendBatch, AppendError, Store};
+use crate::testing::Faults;
 
 /// Raffles per group; more wait for the next one.
 const MAX_GROUP: usize = 256;
@@ -40,11 +40,11 @@ pub(super) struct CommitThread {
     queue: mpsc::UnboundedSender<Append>,
     /// Dropped with the engine: the thread's runtime then stops.
     _stop: oneshot::Sender<()>,
+    faults: Option<Arc<Faults>>,
 }
 
 impl CommitThread {
-    /// `lose_replies`: see `EngineConfig::lose_commit_replies`.
-    pub fn start(store: &Store, lose_replies: Arc<AtomicU32>) -> std::io::Result<Self> {
+    pub fn start(store: &Store, faults: Option<Arc<Faults>>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -62,7 +62,7 @@ impl CommitThread {
                     let own = store.sibling("tombola-commit");
                     let (committed, tips) = mpsc::unbounded_channel();
                     tokio::spawn(announce(own.clone(), tips));
-                    tokio::spawn(commit_groups(own.clone(), queued, committed, lose_replies));
+                    tokio::spawn(commit_groups(own.clone(), queued, committed));
                     own
                 };
                 let _ = ready.send(own);
@@ -78,6 +78,7 @@ impl CommitThread {
             store,
             queue,
             _stop: stop,
+            faults,
         })
     }
 
@@ -92,25 +93,32 @@ impl CommitThread {
     /// append queued or in flight: its writer waits for each before the next.
     pub fn append(&self, raffle_id: Uuid, batch: AppendBatch) -> AppendOutcome {
         let (done, outcome) = oneshot::channel();
+        if self.faults.as_ref().is_some_and(|f| f.take_lost_append()) {
+            let _ = done.send(Err(AppendError::Shared(
+                "connection lost before the reply (injected)".into(),
+            )));
+            return outcome;
+        }
         // If the thread is gone, `done` is dropped with the message and the caller sees it.
         let _ = self.queue.send(Append {
             raffle_id,
             batch,
             done,
         });
-        outcome
+        match &self.faults {
+            None => outcome,
+            Some(faults) => lose_reply(outcome, faults.clone()),
+        }
     }
 }
 
 /// Takes what is queued as groups, one batch per raffle, and commits one group at a time:
-/// while it commits, what arrives waits in the queue for the next. With two groups in
-/// flight, groups were smaller and took more of the CPU that acknowledgements wait for
-/// (webhooks bench, 5,000 deliveries/s: ack p99 47–49 ms with one, 69–77 ms with two).
+/// while it commits, what arrives waits in the queue for the next. Two groups in flight made
+/// groups smaller and acknowledgements slower (figures: docs/decisions/0011).
 async fn commit_groups(
     store: Store,
     mut queue: mpsc::UnboundedReceiver<Append>,
     committed: mpsc::UnboundedSender<(Uuid, u64)>,
-    lose_replies: Arc<AtomicU32>,
 ) {
     // Connect now: the first appends should not wait for a handshake.
     drop(store.pool().acquire().await);
@@ -134,7 +142,7 @@ async fn commit_groups(
             }
             group.push(append);
         }
-        commit_group(&store, group, &committed, &lose_replies).await;
+        commit_group(&store, group, &committed).await;
     }
 }
 
@@ -142,7 +150,6 @@ async fn commit_group(
     store: &Store,
     group: Vec<Append>,
     committed: &mpsc::UnboundedSender<(Uuid, u64)>,
-    lose_replies: &AtomicU32,
 ) {
     let started = std::time::Instant::now();
     let (with_events, answers_only): (Vec<Append>, Vec<Append>) =
@@ -188,19 +195,25 @@ async fn commit_group(
         if let (Ok(()), Some(last)) = (&outcome, append.batch.events.last()) {
             let _ = committed.send((append.raffle_id, last.sequence));
         }
-        let lost = outcome.is_ok()
-            && lose_replies
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok();
-        let outcome = if lost {
-            Err(AppendError::Shared(
-                "connection lost after the commit (injected)".into(),
-            ))
-        } else {
-            outcome
-        };
         let _ = append.done.send(outcome);
     }
+}
+
+/// Test seam ([`Faults::lose_commit_replies`]): a committed append's reply turned into the
+/// error a connection lost between the commit and its reply gives.
+fn lose_reply(outcome: AppendOutcome, faults: Arc<Faults>) -> AppendOutcome {
+    let (done, lost) = oneshot::channel();
+    tokio::spawn(async move {
+        let Ok(result) = outcome.await else { return };
+        let result = match result {
+            Ok(()) if faults.take_lost_commit_reply() => Err(AppendError::Shared(
+                "connection lost after the commit (injected)".into(),
+            )),
+            result => result,
+        };
+        let _ = done.send(result);
+    });
+    lost
 }
 
 /// Appends each batch on its own, concurrently.

@@ -143,7 +143,10 @@ impl Decider<'_> {
                         replayed: false,
                     })
                 }
-                Err(error) => Err(EngineError::Rejected(Rejection::from(&error))),
+                Err(error) => {
+                    batch.refusals = true;
+                    Err(EngineError::Rejected(Rejection::from(&error)))
+                }
             };
             if let Some(idempotency) = &meta.idempotency {
                 let response = match &result {

@@ -40,6 +40,11 @@ pub enum EngineError {
     /// Idempotency-Key, to be safe).
     #[error("temporarily unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The append was sent, and the connection was lost before its reply: the command may
+    /// or may not have committed, and the stream could not tell yet. Retry only with the
+    /// same Idempotency-Key, or look the outcome up (docs/CLIENTS.md).
+    #[error("the outcome is unknown: {reason}")]
+    OutcomeUnknown { reason: String },
     #[error("the server is shutting down")]
     ShuttingDown,
 }

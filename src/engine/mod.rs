@@ -10,9 +10,10 @@ mod commit_thread;
 mod decide;
 mod errors;
 mod registry;
+pub mod remote_commits;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +26,10 @@ use crate::clock::{Clock, SystemClock};
 use uuid::Uuid;
 
 use crate::store::{IdempotencyRequest, Source, Store, StoredEvent};
+use crate::testing::Faults;
 
 pub use errors::{EngineError, Rejection};
 use registry::Registry;
-pub use writer::backoff;
 use writer::Message;
 
 #[derive(Clone)]
@@ -46,10 +47,6 @@ pub struct EngineConfig {
     pub max_conflict_retries: u32,
     /// The domain's "now" and the hold timers' time: one clock, so tests move both.
     pub clock: Arc<dyn Clock>,
-    /// Test seam: this many of the next appends that commit are reported to their writers
-    /// as failed, as when the connection drops between the commit and its reply.
-    #[doc(hidden)]
-    pub lose_commit_replies: Arc<AtomicU32>,
 }
 
 impl Default for EngineConfig {
@@ -61,7 +58,6 @@ impl Default for EngineConfig {
             evict_after: Duration::from_secs(600),
             max_conflict_retries: 8,
             clock: Arc::new(SystemClock),
-            lose_commit_replies: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -135,11 +131,19 @@ struct Inner {
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Self {
+        Self::start(store, config, None)
+    }
+
+    /// An engine whose appends suffer the `faults` a test injects.
+    pub fn with_faults(store: Store, config: EngineConfig, faults: Arc<Faults>) -> Self {
+        Self::start(store, config, Some(faults))
+    }
+
+    fn start(store: Store, config: EngineConfig, faults: Option<Arc<Faults>>) -> Self {
         let (published, _) = broadcast::channel(4096);
         // As tokio does for its own workers: a process that cannot start a thread is done.
         let commits = Arc::new(
-            commit_thread::CommitThread::start(&store, config.lose_commit_replies.clone())
-                .expect("the commit thread starts"),
+            commit_thread::CommitThread::start(&store, faults).expect("the commit thread starts"),
         );
         Self {
             inner: Arc::new(Inner {
@@ -163,6 +167,8 @@ impl Engine {
     }
 
     /// Committed batches, in commit order per raffle (projections, outbound webhooks).
+    /// Free while nobody subscribes: writers copy events for publishing only when the
+    /// channel has a receiver.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.inner.published.subscribe()
     }
@@ -228,6 +234,14 @@ impl Engine {
     pub fn notify_remote_commit(&self, raffle_id: Uuid, sequence: u64) {
         if let Some(sender) = self.inner.registry.get(raffle_id) {
             let _ = sender.try_send(Message::CatchUp(sequence));
+        }
+    }
+
+    /// Notices from other nodes may have been missed (the listener was not connected):
+    /// every resident raffle reads what was committed since its last event.
+    pub fn catch_up_all(&self) {
+        for sender in self.inner.registry.all() {
+            let _ = sender.try_send(Message::CatchUp(u64::MAX));
         }
     }
 

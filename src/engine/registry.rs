@@ -33,6 +33,13 @@ impl Registry {
             .map(|(_, sender)| sender.clone())
     }
 
+    pub fn all(&self) -> Vec<mpsc::Sender<Message>> {
+        self.lock()
+            .values()
+            .map(|(_, sender)| sender.clone())
+            .collect()
+    }
+
     pub fn get_or_spawn(
         &self,
         raffle_id: Uuid,

@@ -32,6 +32,33 @@ pub async fn take_due(
     .await?)
 }
 
+/// Keeps a delivery that verified but could not be read, settled `rejected` with the reason,
+/// so that operators see it; a redelivery finds it there. `payload` must be JSON (a body
+/// that is not is kept as a JSON string).
+pub async fn store_unreadable(
+    store: &Store,
+    provider: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO payment_inbox \
+           (provider, event_id, event_type, payload, status, last_error, processed_at) \
+         VALUES ($1, $2, $3, $4::json, 'rejected', $5, now()) \
+         ON CONFLICT (provider, event_id) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(reason)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
 /// The raffle and order a payment id was announced with (refunds rarely carry them).
 pub async fn find_order_of_payment(
     store: &Store,
@@ -74,11 +101,9 @@ pub struct Settled<'a> {
 /// is still the one it was taken with: a leased row that a poller took meanwhile keeps that
 /// poller's settlement.
 ///
-/// The guard is the attempt count, not `status = 'pending'`: that predicate matches the
-/// partial queue index, which keeps an entry for every version of a row that was ever
-/// pending until vacuum removes it. With statistics saying few rows are pending, the planner
-/// drove the update from that index and visited about 900 buffers per call (31 per settled
-/// row, at 2,500 deliveries/s); joined on the primary key it is a few per row.
+/// The guard is the attempt count, not `status = 'pending'`: that predicate lets the planner
+/// drive the update from the partial queue index, full of dead entries between vacuums
+/// (figures: docs/decisions/0011).
 pub async fn settle(
     executor: impl sqlx::PgExecutor<'_>,
     settled: &[Settled<'_>],

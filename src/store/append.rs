@@ -1,11 +1,12 @@
 //! One group commit: all events of a writer's batch, the idempotency records of the
 //! commands in it and the raffle's registry row, in one statement (one round trip, atomic).
+//! Telling other nodes about it is [`super::notify`]; snapshots are [`super::snapshots`].
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyRecord;
-use super::{Store, StoreError, EVENTS_CHANNEL, RAFFLE_STREAM};
+use super::{Store, StoreError, RAFFLE_STREAM};
 
 /// An event ready to store: payload and metadata already serialized (and hashed).
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct AppendBatch {
     pub idempotency: Vec<IdempotencyRecord>,
     /// Registry row, when this batch created the raffle or changed its status.
     pub registry: Option<RegistryRow>,
+    /// Some command was refused: with no event to collide on, the stream's tip is checked,
+    /// so that a refusal decided on a stale state is decided again.
+    pub refusals: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +77,7 @@ impl AppendError {
 
 impl AppendBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.idempotency.is_empty()
+        self.events.is_empty() && self.idempotency.is_empty() && !self.refusals
     }
 }
 
@@ -172,23 +176,18 @@ impl Store {
     }
 
     /// A batch with answers (refusals, replays) but no event. With no event to collide on,
-    /// the answers were decided at `base_sequence`, and a node that was behind must not store
-    /// them as final: the stream's tip is checked in the same transaction.
+    /// the answers were decided at `base_sequence`, and a node that was behind must not give
+    /// them as final: the stream's tip is checked, in the transaction that stores their
+    /// idempotency records if there are any.
     async fn store_answers(&self, raffle_id: Uuid, batch: &AppendBatch) -> Result<(), AppendError> {
         if batch.idempotency.is_empty() {
-            return Ok(());
+            if !batch.refusals {
+                return Ok(());
+            }
+            return check_tip(&self.pool, raffle_id, batch.base_sequence).await;
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(RAFFLE_STREAM)
-        .bind(raffle_id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        if last.unwrap_or(0) as u64 != batch.base_sequence {
-            return Err(AppendError::Conflict);
-        }
+        check_tip(&mut *tx, raffle_id, batch.base_sequence).await?;
         let mut answers = Answers::default();
         for record in &batch.idempotency {
             answers.push(raffle_id, record);
@@ -209,44 +208,25 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
 
-    /// Tells other nodes (LISTEN on [`EVENTS_CHANNEL`]) that streams grew, as `raffle:sequence`
-    /// notices. Sent after the appends commit, never inside them: a transaction that notifies
-    /// holds PostgreSQL's global notify lock through its commit's WAL flush, so every raffle's
-    /// group commit queued behind every other's. A notify-only transaction does not wait for
-    /// a flush, and nothing depends on notices for correctness.
-    pub async fn announce(&self, notices: &[String]) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, notice) FROM UNNEST($2::text[]) AS notice")
-            .bind(EVENTS_CHANNEL)
-            .bind(notices)
-            .execute(&self.pool)
-            .await?;
+/// Fails with a conflict unless the stream ends at `sequence`.
+async fn check_tip(
+    executor: impl sqlx::PgExecutor<'_>,
+    raffle_id: Uuid,
+    sequence: u64,
+) -> Result<(), AppendError> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(RAFFLE_STREAM)
+    .bind(raffle_id.to_string())
+    .fetch_one(executor)
+    .await?;
+    if last.unwrap_or(0) as u64 == sequence {
         Ok(())
-    }
-
-    /// Stores a snapshot unless a newer one is already there (several nodes may race).
-    pub async fn save_snapshot(
-        &self,
-        raffle_id: Uuid,
-        last_sequence: u64,
-        last_hash: &str,
-        payload: &[u8],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO raffle_snapshots (raffle_id, last_sequence, last_hash, format, payload) \
-             VALUES ($1, $2, $3, 1, $4) \
-             ON CONFLICT (raffle_id) DO UPDATE \
-               SET last_sequence = EXCLUDED.last_sequence, last_hash = EXCLUDED.last_hash, \
-                   format = EXCLUDED.format, payload = EXCLUDED.payload, taken_at = now() \
-             WHERE raffle_snapshots.last_sequence < EXCLUDED.last_sequence",
-        )
-        .bind(raffle_id)
-        .bind(last_sequence as i64)
-        .bind(last_hash)
-        .bind(payload)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    } else {
+        Err(AppendError::Conflict)
     }
 }
 

@@ -53,11 +53,13 @@ impl Store {
                 snapshot_bytes: 0,
             },
         };
-        for stored in self.events_after(raffle_id, loaded.last_sequence).await? {
+        let after = loaded.last_sequence;
+        self.replay_after(raffle_id, after, |stored| {
             loaded.raffle.apply_event(&stored.event);
             loaded.last_sequence = stored.sequence;
             loaded.last_hash = stored.metadata.hash;
-        }
+        })
+        .await?;
         Ok(loaded)
     }
 
@@ -84,32 +86,68 @@ impl Store {
             .collect()
     }
 
+    /// The chain hash of the stream's event at `sequence` (if there is one), and the stream's
+    /// last sequence: enough to tell whether a batch ending there is the one stored.
+    pub async fn hash_at(
+        &self,
+        raffle_id: Uuid,
+        sequence: u64,
+    ) -> Result<(Option<String>, u64), StoreError> {
+        let (hash, last): (Option<String>, i64) = sqlx::query_as(
+            "SELECT (SELECT metadata->>'hash' FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3), \
+                    (SELECT coalesce(max(sequence), 0) FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2)",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .bind(sequence as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((hash, last as u64))
+    }
+
     /// The stream's events after `sequence`, in order.
     pub async fn events_after(
         &self,
         raffle_id: Uuid,
         sequence: u64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let mut events = Vec::new();
+        self.replay_after(raffle_id, sequence, |stored| events.push(stored))
+            .await?;
+        Ok(events)
+    }
+
+    /// Hands each of the stream's events after `sequence` to `apply`, in order, as the rows
+    /// arrive: a large raffle may replay a million events after its snapshot, and they are
+    /// never all in memory at once. On an error, `apply` has seen a prefix of the events.
+    pub async fn replay_after(
+        &self,
+        raffle_id: Uuid,
+        sequence: u64,
+        mut apply: impl FnMut(StoredEvent),
+    ) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let aggregate_id = raffle_id.to_string();
+        let mut rows = sqlx::query_as::<_, (i64, String, String)>(
             "SELECT sequence, payload::text, metadata::text FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
              ORDER BY sequence",
         )
         .bind(RAFFLE_STREAM)
-        .bind(raffle_id.to_string())
+        .bind(&aggregate_id)
         .bind(sequence as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(sequence, payload, metadata)| {
-                Ok(StoredEvent {
-                    raffle_id,
-                    sequence: sequence as u64,
-                    event: serde_json::from_str(&payload)
-                        .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))?,
-                    metadata: EventMetadata::from_json(&metadata).map_err(StoreError::Corrupt)?,
-                })
-            })
-            .collect()
+        .fetch(&self.pool);
+        while let Some((sequence, payload, metadata)) = rows.try_next().await? {
+            apply(StoredEvent {
+                raffle_id,
+                sequence: sequence as u64,
+                event: serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))?,
+                metadata: EventMetadata::from_json(&metadata).map_err(StoreError::Corrupt)?,
+            });
+        }
+        Ok(())
     }
 }

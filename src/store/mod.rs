@@ -7,6 +7,8 @@ pub mod chain;
 mod idempotency;
 mod load;
 pub mod metadata;
+mod notify;
+mod snapshots;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;

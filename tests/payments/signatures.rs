@@ -346,3 +346,41 @@ async fn a_bad_signature_is_a_400_problem_and_stores_nothing() {
     assert_eq!(server.order_status(&order).await, "paid");
     server.teardown().await;
 }
+
+/// A delivery that is Stripe's (the signature verifies) but that Tombola cannot read is
+/// refused as before, and kept in the inbox as `rejected` with the reason, so that an
+/// operator sees a payment that was never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_delivery_that_cannot_be_read_is_kept_as_rejected() {
+    let server = spawn_app().await;
+    let raffle = server.open_raffle(json!({})).await;
+    let order = server.reserve_order(raffle, &[1, 2], 1).await;
+    let id = event_id();
+    let mut event = Payment::for_order(&order).succeeded(&id);
+    event["data"]["object"]["amount"] = json!("a thousand");
+    event["data"]["object"]["amount_received"] = json!("a thousand");
+
+    let delivery = server.deliver(&event).await;
+    assert_eq!(
+        delivery.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        delivery.body
+    );
+    assert_eq!(delivery.body["code"], "invalid_webhook");
+    let row = server.inbox_row(&id).await;
+    assert_eq!(row.status, "rejected");
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("amount")),
+        "{row:?}"
+    );
+    // Delivered again: still one row, and nothing is applied.
+    let again = server.deliver(&event).await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.inbox_count().await, 1);
+    assert_eq!(server.process_all().await, 0);
+    assert_eq!(server.order_status(&order).await, "reserved");
+    server.teardown().await;
+}

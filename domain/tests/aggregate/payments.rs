@@ -496,37 +496,73 @@ fn failure(order_id: Uuid) -> RecordPaymentFailure {
     }
 }
 
+/// Order 1's payment `pi_1` failed, as recorded from the provider's event `event_id`.
+fn failed(event_id: &str, reason: &str, secs: i64) -> RaffleEvent {
+    RaffleEvent::PaymentFailed {
+        order_id: order(1),
+        provider: "stripe".into(),
+        payment_id: "pi_1".into(),
+        provider_event_id: event_id.into(),
+        reason: reason.into(),
+        at: at(secs),
+    }
+}
+
 #[test]
 fn a_failed_payment_is_recorded_and_keeps_the_hold() {
     let cfg = config(10);
     framework_at(30)
         .given(held(&cfg))
         .when(RaffleCommand::RecordPaymentFailure(failure(order(1))))
-        .then_expect_events(vec![RaffleEvent::PaymentFailed {
-            order_id: order(1),
-            provider: "stripe".into(),
-            payment_id: "pi_1".into(),
-            provider_event_id: "evt_f".into(),
-            reason: "card_declined".into(),
-            at: at(30),
-        }]);
+        .then_expect_events(vec![failed("evt_f", "card_declined", 30)]);
     let before = replay(&held(&cfg));
     let mut events = held(&cfg);
-    events.push(RaffleEvent::PaymentFailed {
-        order_id: order(1),
-        provider: "stripe".into(),
-        payment_id: "pi_1".into(),
-        provider_event_id: "evt_f".into(),
-        reason: "card_declined".into(),
-        at: at(30),
-    });
-    assert_eq!(replay(&events), before);
+    events.push(failed("evt_f", "card_declined", 30));
+    // The failure is remembered (a redelivery of it is a duplicate); the hold is untouched.
+    let after = replay(&events);
+    assert_eq!(after.order(order(1)), before.order(order(1)));
+    assert_eq!(after.free_numbers(), before.free_numbers());
+    assert_eq!(
+        (
+            after.reserved_count(),
+            after.sold_count(),
+            after.order_count()
+        ),
+        (
+            before.reserved_count(),
+            before.sold_count(),
+            before.order_count()
+        )
+    );
+    assert_eq!(after.next_expiry(), before.next_expiry());
+    assert_eq!(after.status(), before.status());
     // A failed attempt does not burn the payment id: the retry that succeeds issues.
     let p = payment(order(1), "pi_1", 1_000);
     framework_at(40)
         .given(events)
         .when(RaffleCommand::RecordPayment(p.clone()))
         .then_expect_events(vec![recorded(&p, 40), issued(order(1), &[3, 4], 40)]);
+}
+
+/// A provider retries a delivery it thinks was lost: the same failure event again.
+#[test]
+fn a_failure_delivered_twice_is_recorded_once_and_another_failure_still_is() {
+    let cfg = config(10);
+    let mut events = held(&cfg);
+    events.push(failed("evt_f", "card_declined", 30));
+    framework_at(35)
+        .given(events.clone())
+        .when(RaffleCommand::RecordPaymentFailure(failure(order(1))))
+        .then_expect_events(vec![]);
+    let second = RecordPaymentFailure {
+        provider_event_id: "evt_g".into(),
+        reason: "insufficient_funds".into(),
+        ..failure(order(1))
+    };
+    framework_at(35)
+        .given(events)
+        .when(RaffleCommand::RecordPaymentFailure(second))
+        .then_expect_events(vec![failed("evt_g", "insufficient_funds", 35)]);
 }
 
 #[test]

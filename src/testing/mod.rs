@@ -1,7 +1,10 @@
 //! Fresh databases for tests and benchmarks: one new database per call, migrated and ready,
 //! on the server that `DATABASE_URL` names or else on the private cluster under
 //! `TOMBOLA_DATA_DIR` (default `.tombola` in the workspace), which is started if needed
-//! and left running for the next test run.
+//! and left running for the next test run. [`Faults`] are what tests inject into an engine.
+
+mod faults;
+pub use faults::Faults;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};

@@ -1,0 +1,384 @@
+//! A raffle's single writer: its loop, its state, and how it decides. The loop takes
+//! commands, reads and catch-ups from the queue, fires the hold timer ([`expiry`]) and
+//! leaves memory when idle (eviction); [`pipeline`] commits, [`failures`] handles an
+//! append that failed, and [`snapshots`] decides when to save a snapshot.
+//!
+//! Commands are decided as they arrive, on top of everything decided before, and wait in
+//! the pending batch. At most one append runs at a time; when it commits, its callers are
+//! answered and the pending batch's append starts at once, so the database never waits for
+//! the writer to decide. An append that fails voids everything decided after it: the state
+//! is reloaded and those commands are decided again. Reads, catch-ups and snapshots first
+//! let everything decided commit, so they only ever see committed state.
+
+mod expiry;
+mod failures;
+mod pipeline;
+mod snapshots;
+
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tombola_domain::{Raffle, RaffleCommand, RaffleServices};
+use uuid::Uuid;
+
+use super::decide::{Decided, Decider, KnownKeys, Position};
+use super::{Applied, CommandMeta, Committed, Engine, EngineError};
+use crate::store::StoredEvent;
+use expiry::hold_timer;
+use pipeline::{Batch, InFlight};
+
+/// Most messages taken from the queue per turn of the loop: a finished append is noticed
+/// (and the next one started) between turns, so a turn must stay short.
+const TURN: usize = 64;
+
+pub(crate) enum Message {
+    Command(Box<CommandRequest>),
+    Read(Box<dyn FnOnce(&Raffle) + Send>),
+    /// Another node committed up to this sequence.
+    CatchUp(u64),
+    /// Just be loaded (arms the hold timer).
+    Refresh,
+}
+
+pub(crate) struct CommandRequest {
+    pub command: RaffleCommand,
+    pub meta: CommandMeta,
+    pub reply: oneshot::Sender<Result<Applied, EngineError>>,
+}
+
+struct Writer {
+    engine: Engine,
+    raffle_id: Uuid,
+    aggregate_id: String,
+    state: Raffle,
+    /// The stream's last committed event.
+    committed: Position,
+    /// The last event decided: `committed` plus the batches in flight and pending.
+    tip: Position,
+    snapshot_sequence: u64,
+    /// Size of the last snapshot written: large raffles snapshot less often.
+    snapshot_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    services: RaffleServices,
+    /// In-memory state may hold uncommitted events and could not be reloaded: stop.
+    poisoned: bool,
+    /// After a failed expiry, due holds wait a moment rather than retry in a tight loop.
+    expiry_retry_at: Option<Instant>,
+    in_flight: Option<InFlight>,
+    pending: Option<Batch>,
+    /// Idempotency records decided but not yet committed: a retry in a later batch must
+    /// find them.
+    uncommitted_keys: KnownKeys,
+}
+
+pub(crate) async fn run(
+    engine: Engine,
+    raffle_id: Uuid,
+    generation: u64,
+    mut receiver: mpsc::Receiver<Message>,
+) {
+    let registry = &engine.inner.registry;
+    let mut writer = match Writer::load(engine.clone(), raffle_id).await {
+        Ok(writer) => writer,
+        Err(error) => {
+            tracing::error!(%raffle_id, %error, "could not load raffle");
+            registry.retire(raffle_id, generation, &mut receiver, true);
+            while let Some(message) = receiver.recv().await {
+                if let Message::Command(request) = message {
+                    let _ = request.reply.send(Err(EngineError::unavailable(&error)));
+                }
+            }
+            return;
+        }
+    };
+    let config = engine.inner.config.clone();
+    let mut idle_deadline = Instant::now() + config.evict_after;
+    loop {
+        let expiry_due = writer.expiry_due_at();
+        let in_flight = writer.in_flight.is_some();
+        // A full pending batch takes nothing more until the append ahead of it commits.
+        let room = config.max_batch.max(1).saturating_sub(writer.pending_len());
+        let evictable =
+            !in_flight && (writer.state.next_expiry().is_none() || writer.state.config().is_none());
+        tokio::select! {
+            biased;
+            // A finished append goes first: its callers wait, and so does the next batch.
+            () = writer.append_finished(), if in_flight => {
+                writer.advance().await;
+                writer.maybe_snapshot();
+            }
+            // Due holds before queued commands, without a timer round-trip: under sustained
+            // load the queue is never empty, and a timer polled after it would never fire.
+            () = hold_timer(&*config.clock, expiry_due), if expiry_due.is_some() && room > 0 => {
+                writer.expire_due_holds().await;
+            }
+            message = receiver.recv(), if room > 0 => {
+                let Some(first) = message else { break };
+                let mut batch = vec![first];
+                while batch.len() < room.min(TURN) {
+                    match receiver.try_recv() {
+                        Ok(message) => batch.push(message),
+                        Err(_) => break,
+                    }
+                }
+                writer.process(batch).await;
+                idle_deadline = Instant::now() + config.evict_after;
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if evictable => {
+                if registry.retire(raffle_id, generation, &mut receiver, false) {
+                    break;
+                }
+            }
+        }
+        // A raffle that does not exist, or a writer whose state is suspect, does not stay.
+        let leave = writer.poisoned || (writer.state.config().is_none() && receiver.is_empty());
+        if leave {
+            writer.flush().await;
+            if registry.retire(raffle_id, generation, &mut receiver, writer.poisoned) {
+                break;
+            }
+        }
+    }
+    // Retired: the receiver is closed, but what was queued before still gets decided.
+    while let Ok(message) = receiver.try_recv() {
+        writer.process(vec![message]).await;
+    }
+    writer.flush().await;
+}
+
+impl Writer {
+    async fn load(engine: Engine, raffle_id: Uuid) -> Result<Self, crate::store::StoreError> {
+        let loaded = engine.inner.store.load_raffle(raffle_id).await?;
+        let services = RaffleServices::new(
+            engine.inner.config.clock.clone(),
+            Box::new(rand_chacha::ChaCha12Rng::from_os_rng()),
+        );
+        let committed = Position {
+            sequence: loaded.last_sequence,
+            hash: loaded.last_hash,
+        };
+        Ok(Self {
+            raffle_id,
+            aggregate_id: raffle_id.to_string(),
+            state: loaded.raffle,
+            tip: committed.clone(),
+            snapshot_sequence: committed.sequence,
+            snapshot_bytes: std::sync::Arc::new(loaded.snapshot_bytes.into()),
+            committed,
+            services,
+            poisoned: false,
+            expiry_retry_at: None,
+            in_flight: None,
+            pending: None,
+            uncommitted_keys: KnownKeys::new(),
+            engine,
+        })
+    }
+
+    /// Discards in-memory state and reads the committed stream again. Whatever was decided
+    /// and not committed is void; the caller owns deciding it again.
+    async fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+        self.uncommitted_keys.clear();
+        match self.engine.inner.store.load_raffle(self.raffle_id).await {
+            Ok(loaded) => {
+                self.state = loaded.raffle;
+                self.committed = Position {
+                    sequence: loaded.last_sequence,
+                    hash: loaded.last_hash,
+                };
+                self.tip = self.committed.clone();
+                self.poisoned = false;
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error)
+            }
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending
+            .as_ref()
+            .map_or(0, |batch| batch.requests.len())
+    }
+
+    async fn process(&mut self, batch: Vec<Message>) {
+        let mut commands = Vec::new();
+        let mut reads = Vec::new();
+        let mut catch_up = 0;
+        for message in batch {
+            match message {
+                Message::Command(request) => commands.push(*request),
+                Message::Read(read) => reads.push(read),
+                Message::CatchUp(sequence) => catch_up = catch_up.max(sequence),
+                Message::Refresh => {}
+            }
+        }
+        // A notification at or below the tip is this node's own commit, or another node's
+        // that the batch in flight will collide with (and reload on): not worth a flush.
+        let behind = catch_up > self.tip.sequence;
+        if self.poisoned || behind || self.snapshot_due() {
+            self.flush().await;
+            self.maybe_snapshot();
+        }
+        // A poisoned writer's state may hold events that never committed (its reload after
+        // a failed append failed too): nothing may be decided or read against it. This
+        // happens to the commands that were queued when the writer retired.
+        if self.poisoned {
+            if let Err(error) = self.reload().await {
+                answer_all(commands, &EngineError::unavailable(&error));
+                return;
+            }
+        }
+        if behind && catch_up > self.committed.sequence {
+            if let Err(error) = self.catch_up().await {
+                tracing::warn!(raffle_id = %self.raffle_id, %error, "catch-up failed");
+            }
+        }
+        if !commands.is_empty() {
+            self.decide_pending(commands).await;
+            if self.in_flight.is_none() {
+                self.start_pending();
+            }
+        }
+        if !reads.is_empty() {
+            self.flush().await;
+            // A failed append whose reload failed too leaves uncommitted events in the
+            // state: read only after a reload; dropped reads answer "unavailable".
+            if self.poisoned && self.reload().await.is_err() {
+                return;
+            }
+            for read in reads {
+                read(&self.state);
+            }
+        }
+    }
+
+    async fn catch_up(&mut self) -> Result<(), crate::store::StoreError> {
+        let (state, committed) = (&mut self.state, &mut self.committed);
+        let replayed = self
+            .engine
+            .inner
+            .store
+            .replay_after(self.raffle_id, committed.sequence, |stored| {
+                state.apply_event(&stored.event);
+                *committed = Position {
+                    sequence: stored.sequence,
+                    hash: stored.metadata.hash,
+                };
+            })
+            .await;
+        // Whatever was applied is committed: the state stays consistent either way.
+        self.tip = self.committed.clone();
+        replayed
+    }
+
+    /// After a failed append: the state becomes the committed stream again. When nothing
+    /// decided since the last commit touched the state (a batch of refusals only), reading
+    /// the events after it is enough; otherwise the raffle is loaded again.
+    async fn refresh(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.tip != self.committed || self.poisoned {
+            return self.reload().await;
+        }
+        self.uncommitted_keys.clear();
+        if let Err(error) = self.catch_up().await {
+            self.poisoned = true;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Decides `requests` from the tip and adds them to the pending batch.
+    /// If looking up their idempotency keys fails, each command is tried alone, so that a
+    /// key the database cannot read fails its own command only.
+    async fn decide_pending(&mut self, requests: Vec<CommandRequest>) {
+        match self.decide(&requests).await {
+            Ok(decided) => self.add_pending(requests, decided),
+            Err(_) if requests.len() > 1 => {
+                for request in requests {
+                    match self.decide(std::slice::from_ref(&request)).await {
+                        Ok(decided) => self.add_pending(vec![request], decided),
+                        Err(error) => answer_all(vec![request], &EngineError::unavailable(&error)),
+                    }
+                }
+            }
+            Err(error) => answer_all(requests, &EngineError::unavailable(&error)),
+        }
+    }
+
+    fn add_pending(&mut self, requests: Vec<CommandRequest>, decided: Decided) {
+        match &mut self.pending {
+            Some(pending) => pending.extend(requests, decided),
+            None => self.pending = Some(Batch::new(requests, decided)),
+        }
+    }
+
+    /// Decides `requests` from the tip, after looking up their idempotency keys.
+    async fn decide(
+        &mut self,
+        requests: &[CommandRequest],
+    ) -> Result<Decided, crate::store::StoreError> {
+        let mut known = KnownKeys::new();
+        let mut lookups = Vec::new();
+        for idempotency in requests.iter().filter_map(|r| r.meta.idempotency.as_ref()) {
+            let id = (idempotency.scope.clone(), idempotency.key.clone());
+            match self.uncommitted_keys.get(&id) {
+                Some(record) => {
+                    known.insert(id, record.clone());
+                }
+                None => lookups.push(idempotency),
+            }
+        }
+        for record in self.engine.inner.store.find_idempotency(&lookups).await? {
+            known.insert((record.scope.clone(), record.key.clone()), record);
+        }
+        let decider = Decider {
+            raffle_id: self.raffle_id,
+            aggregate_id: &self.aggregate_id,
+            services: &self.services,
+            publishing: self.engine.inner.published.receiver_count() > 0,
+        };
+        let decided = decider.decide(&mut self.state, &self.tip, requests, &mut known);
+        for record in &decided.batch.idempotency {
+            let id = (record.scope.clone(), record.key.clone());
+            self.uncommitted_keys.insert(id, record.clone());
+        }
+        self.tip = decided.end.clone();
+        Ok(decided)
+    }
+
+    /// A batch committed: move the committed position and tell listeners.
+    fn commit_done(
+        &mut self,
+        end: Position,
+        published: Vec<StoredEvent>,
+        commands: usize,
+        events: usize,
+    ) {
+        self.committed = end;
+        metrics::histogram!("tombola_engine_batch_commands").record(commands as f64);
+        metrics::histogram!("tombola_engine_batch_events").record(events as f64);
+        if !published.is_empty() {
+            let _ = self
+                .engine
+                .inner
+                .published
+                .send(std::sync::Arc::new(Committed {
+                    raffle_id: self.raffle_id,
+                    events: published,
+                }));
+        }
+    }
+}
+
+fn answer(requests: Vec<CommandRequest>, results: Vec<Result<Applied, EngineError>>) {
+    for (request, result) in requests.into_iter().zip(results) {
+        let _ = request.reply.send(result);
+    }
+}
+
+fn answer_all(requests: Vec<CommandRequest>, error: &EngineError) {
+    for request in requests {
+        let _ = request.reply.send(Err(error.clone()));
+    }
+}

@@ -1,0 +1,307 @@
+//! The write-path defects of issue 19, each against a real PostgreSQL: a node that is behind
+//! must not refuse for good, one bad command must not fail its batch, and a commit whose
+//! outcome is unknown must say so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tombola::engine::remote_commits;
+use tombola::engine::{Engine, EngineConfig, EngineError};
+use tombola::store::EVENTS_CHANNEL;
+use tombola::testing::Faults;
+use tombola_domain::{ConfirmManualPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure};
+use uuid::Uuid;
+
+use tombola_testkit::engine::*;
+use tombola_testkit::{eventually, TestDb};
+
+/// Reservations in the log.
+fn reservations<'a>(events: impl IntoIterator<Item = &'a RaffleEvent>) -> usize {
+    events
+        .into_iter()
+        .filter(|e| matches!(e, RaffleEvent::TicketsReserved { .. }))
+        .count()
+}
+
+/// Commands without an idempotency record (webhooks carry none), refused by a node that has
+/// not seen the order another node created: each must be decided again on the current
+/// stream, not refused with `order_not_found` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_behind_decides_refusals_again_on_the_current_stream() {
+    let db = TestDb::new(10).await;
+    let behind = Engine::new(db.store.clone(), EngineConfig::default());
+    let other = Engine::new(db.connect(4).await, EngineConfig::default());
+    let raffle_id = open_raffle(&behind, 100, |_| {}).await;
+
+    let extended = Uuid::new_v4();
+    let released = Uuid::new_v4();
+    for (order_id, number) in [(extended, 7), (released, 8)] {
+        other
+            .execute(
+                raffle_id,
+                reserve_numbers(order_id, buyer(1), &[number]),
+                meta(),
+            )
+            .await
+            .expect("the other node reserves");
+    }
+    let until = chrono::Utc::now() + chrono::Duration::minutes(20);
+    let extension = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::ExtendHold {
+                order_id: extended,
+                until,
+            },
+            webhook_meta(),
+        )
+        .await
+        .expect("the hold of an order created on another node is extended");
+    assert!(
+        matches!(
+            extension.events.as_slice(),
+            [e] if matches!(e.event, RaffleEvent::HoldExtended { order_id, .. } if order_id == extended)
+        ),
+        "{extension:?}"
+    );
+    // The node is current now; another order created meanwhile is again unknown to it.
+    let late = Uuid::new_v4();
+    other
+        .execute(raffle_id, reserve_numbers(late, buyer(2), &[9]), meta())
+        .await
+        .unwrap();
+    for order_id in [released, late] {
+        let release = behind
+            .execute(raffle_id, RaffleCommand::Release { order_id }, meta())
+            .await
+            .expect("an order created on another node is released");
+        assert_eq!(release.events.len(), 1, "{release:?}");
+    }
+    // A payment failure (a webhook) and a manual payment (the organizer), each for an order
+    // this node has not seen yet.
+    let (failing, manual) = (Uuid::new_v4(), Uuid::new_v4());
+    for (order_id, number) in [(failing, 10), (manual, 11)] {
+        other
+            .execute(
+                raffle_id,
+                reserve_numbers(order_id, buyer(3), &[number]),
+                meta(),
+            )
+            .await
+            .unwrap();
+    }
+    let failure = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::RecordPaymentFailure(RecordPaymentFailure {
+                order_id: failing,
+                provider: "stripe".into(),
+                payment_id: "pi_1".into(),
+                provider_event_id: "evt_1".into(),
+                reason: "card_declined".into(),
+            }),
+            webhook_meta(),
+        )
+        .await
+        .expect("a failure for an order created on another node is recorded");
+    assert_eq!(failure.events.len(), 1, "{failure:?}");
+    let paid = behind
+        .execute(
+            raffle_id,
+            RaffleCommand::ConfirmManualPayment(ConfirmManualPayment {
+                order_id: manual,
+                method: "cash".into(),
+                reference: "r-1".into(),
+                confirmed_by: "organizer".into(),
+            }),
+            meta(),
+        )
+        .await
+        .expect("an order created on another node is paid by hand");
+    assert!(
+        paid.events.iter().any(
+            |e| matches!(e.event, RaffleEvent::TicketsIssued { order_id, .. } if order_id == manual)
+        ),
+        "{paid:?}"
+    );
+    let log = log(&db.store, raffle_id).await;
+    let releases = log
+        .iter()
+        .filter(|s| matches!(s.event, RaffleEvent::ReservationReleased { .. }))
+        .count();
+    assert_eq!(releases, 2);
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await,
+        Ok(log.len() as u64)
+    );
+
+    behind.shutdown().await;
+    other.shutdown().await;
+    db.drop_database().await;
+}
+
+/// Notices sent while a node's LISTEN connection is down are lost. Once it listens again,
+/// every resident raffle must catch up, or the node stays behind without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_connects_makes_resident_raffles_catch_up() {
+    let db = TestDb::new(10).await;
+    let node = Engine::new(db.store.clone(), EngineConfig::default());
+    let other = Engine::new(db.connect(4).await, EngineConfig::default());
+    let raffle_id = open_raffle(&node, 100, |_| {}).await;
+    // Committed while `node` listens to nobody: its notice is lost for `node`. (A witness
+    // hears it go by, so that the node's listener cannot connect in time to hear it too.)
+    let mut witness = PgListener::connect_with(db.pool()).await.unwrap();
+    witness.listen(EVENTS_CHANNEL).await.unwrap();
+    let order_id = Uuid::new_v4();
+    let reserved = other
+        .execute(raffle_id, reserve_numbers(order_id, buyer(1), &[7]), meta())
+        .await
+        .unwrap();
+    let notice = format!("{raffle_id}:{}", reserved.events[0].sequence);
+    while witness.recv().await.unwrap().payload() != notice {}
+    let listener = remote_commits::listen(node.clone(), db.store.clone());
+    eventually(Duration::from_secs(10), "the node to catch up", || {
+        let node = node.clone();
+        async move {
+            node.read(raffle_id, move |raffle| raffle.order(order_id).is_some())
+                .await
+                .ok()
+                .filter(|known| *known)
+        }
+    })
+    .await;
+
+    listener.abort();
+    node.shutdown().await;
+    other.shutdown().await;
+    db.drop_database().await;
+}
+
+/// A value the domain takes but PostgreSQL cannot store (U+0000 in `jsonb`, here in a
+/// provider's failure reason kept in an idempotency record) must fail its own command only:
+/// every reservation batched with it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_database_refuses_fails_alone_not_its_batch() {
+    let (engine, db) = start_engine(EngineConfig::default()).await;
+    let raffle_id = open_raffle(&engine, 1_000, |_| {}).await;
+    let held = Uuid::new_v4();
+    engine
+        .execute(raffle_id, reserve_numbers(held, buyer(0), &[1_000]), meta())
+        .await
+        .unwrap();
+    let mut next = 1;
+    for round in 0..5 {
+        let bad = engine.execute(
+            raffle_id,
+            RaffleCommand::RecordPaymentFailure(RecordPaymentFailure {
+                order_id: held,
+                provider: "stripe".into(),
+                payment_id: "pi_1".into(),
+                provider_event_id: format!("evt_{round}"),
+                reason: "card\0declined".into(),
+            }),
+            keyed_meta(&format!("bad-{round}"), b"bad"),
+        );
+        let first = next;
+        let good = (0..20).map(|i| {
+            let number = first + i;
+            engine.execute(
+                raffle_id,
+                reserve_numbers(Uuid::new_v4(), buyer(u64::from(number)), &[number]),
+                meta(),
+            )
+        });
+        next += 20;
+        let (bad, good) = tokio::join!(bad, futures::future::join_all(good));
+        assert!(bad.is_err(), "the database cannot store it: {bad:?}");
+        for result in good {
+            let applied = result.expect("a command batched with the bad one commits");
+            assert_eq!(applied.events.len(), 1);
+        }
+    }
+    let log = log(&db.store, raffle_id).await;
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 101);
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await,
+        Ok(log.len() as u64)
+    );
+    assert_eq!(
+        engine_state(&engine, raffle_id).await,
+        db.store.load_raffle(raffle_id).await.unwrap().raffle
+    );
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// An idempotency key the database cannot even look up (U+0000 in `text`) fails its own
+/// command only, not the commands decided in the same turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_database_cannot_read_fails_alone_not_its_batch() {
+    let (engine, db) = start_engine(EngineConfig::default()).await;
+    let raffle_id = open_raffle(&engine, 1_000, |_| {}).await;
+    for round in 0..5u32 {
+        let bad = engine.execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(0), &[900 + round]),
+            keyed_meta(&format!("bad\0{round}"), b"bad"),
+        );
+        let good = (0..20).map(|i| {
+            let number = round * 20 + i + 1;
+            engine.execute(
+                raffle_id,
+                reserve_numbers(Uuid::new_v4(), buyer(u64::from(number)), &[number]),
+                keyed_meta(&format!("good-{number}"), b"good"),
+            )
+        });
+        let (bad, good) = tokio::join!(bad, futures::future::join_all(good));
+        assert!(bad.is_err(), "the database cannot read it: {bad:?}");
+        for result in good {
+            result.expect("a command decided with the bad one commits");
+        }
+    }
+    let log = log(&db.store, raffle_id).await;
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 100);
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// The append is sent and the connection is lost before any reply, and the stream does not
+/// show the batch: the caller must hear "outcome unknown", never "unavailable" (which a
+/// client takes to mean nothing happened, and retries without a key into a second hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_lost_without_a_trace_is_answered_outcome_unknown() {
+    let faults = Arc::new(Faults::default());
+    let db = TestDb::new(10).await;
+    let engine = Engine::with_faults(db.store.clone(), EngineConfig::default(), faults.clone());
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    faults.lose_appends(1);
+    let lost = engine
+        .execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(1), &[7]),
+            meta(),
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(EngineError::OutcomeUnknown { .. })),
+        "{lost:?}"
+    );
+    // It did not commit, and the raffle goes on from the stream as it is.
+    let held = engine
+        .execute(
+            raffle_id,
+            reserve_numbers(Uuid::new_v4(), buyer(2), &[7]),
+            meta(),
+        )
+        .await
+        .expect("7 is free");
+    let log = log(&db.store, raffle_id).await;
+    assert_in_log(&log, &held);
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 1);
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
