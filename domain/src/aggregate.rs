@@ -16,11 +16,11 @@ use crate::config::{LatePaymentPolicy, RaffleConfig};
 use crate::draw::{self, Winner};
 use crate::errors::{LimitKind, RaffleError};
 use crate::events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
+use crate::money::Money;
 use crate::orders::{
     from_secs, to_secs_ceil, to_secs_floor, OrderBook, OrderStatus, OrderView, NO_ORDER,
 };
 use crate::tickets::{TicketPool, TicketState};
-use crate::money::Money;
 use crate::values::{digest64, Email, PlusAddressing};
 
 /// The per-buyer limit's key for `email`: the digest of who it counts as (see
@@ -263,7 +263,8 @@ impl Raffle {
         }
         if let (Some(limit), Some(held)) = (
             config.max_tickets_per_buyer,
-            self.orders.buyer_held(buyer_key(Some(config), buyer.email())),
+            self.orders
+                .buyer_held(buyer_key(Some(config), buyer.email())),
         ) {
             if held + requested > limit {
                 return Err(RaffleError::LimitExceeded {

@@ -215,7 +215,12 @@ impl RaffleConfig {
         let bundles = self
             .bundles
             .iter()
-            .map(|b| Ok((b.quantity as usize, Money::new(b.price_minor, self.currency)?)))
+            .map(|b| {
+                Ok((
+                    b.quantity as usize,
+                    Money::new(b.price_minor, self.currency)?,
+                ))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(too_large)?;
         // `None`: no way to pay for that many tickets within the limit.

@@ -34,9 +34,9 @@ pub use config::{Bundle, LatePaymentPolicy, Prize, RaffleConfig, MAX_TICKETS_PER
 pub use draw::{draw_winners, DrawError, Winner};
 pub use errors::{LimitKind, RaffleError, RejectionKind};
 pub use events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
+pub use money::{Money, MoneyError, MAX_AMOUNT_MINOR};
 pub use orders::{OrderStatus, OrderView};
 pub use snapshot::SnapshotError;
+pub use text::{parse_text, text_allows, TextKind};
 pub use tickets::TicketState;
-pub use money::{Money, MoneyError, MAX_AMOUNT_MINOR};
-pub use text::{parse_text, TextKind};
 pub use values::{Buyer, Currency, Email, InvalidValue, PlusAddressing};

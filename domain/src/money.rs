@@ -109,7 +109,10 @@ mod tests {
     fn arithmetic_is_checked_not_wrapping() {
         let max = usd(MAX_AMOUNT_MINOR).unwrap();
         assert_eq!(max.checked_mul(2), Err(MoneyError::OutOfRange));
-        assert_eq!(max.checked_add(usd(1).unwrap()), Err(MoneyError::OutOfRange));
+        assert_eq!(
+            max.checked_add(usd(1).unwrap()),
+            Err(MoneyError::OutOfRange)
+        );
         assert_eq!(usd(500).unwrap().checked_mul(3).unwrap().minor(), 1500);
         let eur = Money::new(1, Currency::parse("EUR").unwrap()).unwrap();
         assert_eq!(

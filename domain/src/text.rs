@@ -48,6 +48,12 @@ pub fn parse_text(
     Ok(text.to_owned())
 }
 
+/// Whether `c` may appear in a field of `kind` (to drop what may not from text that must
+/// be kept, such as a provider's message).
+pub fn text_allows(kind: TextKind, c: char) -> bool {
+    refusal(kind, c).is_none()
+}
+
 /// Why `c` may not appear in a field of `kind`, if it may not.
 pub(crate) fn refusal(kind: TextKind, c: char) -> Option<&'static str> {
     let multiline = matches!(kind, TextKind::Note | TextKind::Exact);
@@ -67,7 +73,6 @@ pub(crate) fn refusal(kind: TextKind, c: char) -> Option<&'static str> {
     }
     None
 }
-
 
 #[cfg(test)]
 mod tests {

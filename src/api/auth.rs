@@ -106,6 +106,11 @@ impl Keys {
                 "required for organizer and client keys",
             ));
         }
+        let organizer_id = organizer_id
+            .map(|o| {
+                tombola_domain::parse_text("organizer", o, tombola_domain::TextKind::Name, 100)
+            })
+            .transpose()?;
         let key_id = Uuid::new_v4();
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
@@ -117,7 +122,7 @@ impl Keys {
         .bind(key_id)
         .bind(Sha256::digest(secret.as_bytes()).to_vec())
         .bind(role.as_str())
-        .bind(organizer_id.map(str::trim))
+        .bind(organizer_id)
         .bind(label)
         .execute(store.pool())
         .await?;
@@ -180,6 +185,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -188,7 +199,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         let caller = state.keys.verify(token.trim()).await?;
         state.limits.check_key(caller.key_id)?;

@@ -66,7 +66,8 @@ impl AppState {
         }
     }
 
-    /// Checks that `caller` may act on `raffle_id`; a raffle that does not exist is a 404.
+    /// Checks that `caller` may act on `raffle_id`. Another organizer's raffle is a 404
+    /// exactly like one that does not exist, so ids leak nothing across organizers.
     pub async fn authorize(&self, caller: &Caller, raffle_id: Uuid) -> Result<(), ApiError> {
         let cached = self.lock_organizers().get(&raffle_id).cloned();
         let organizer = match cached {
@@ -86,7 +87,7 @@ impl AppState {
         if caller.may_access(&organizer) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden)
+            Err(ApiError::NotFound("raffle"))
         }
     }
 

@@ -3,7 +3,10 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection};
+use tombola_domain::{
+    parse_text, Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection,
+    TextKind,
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -50,8 +53,7 @@ pub async fn reserve(
         &body.buyer.name,
         &body.buyer.email,
         body.buyer.phone.as_deref(),
-    )
-    .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    )?;
     let selection = match (body.numbers, body.quantity) {
         (Some(numbers), None) => Selection::Numbers(numbers),
         (None, Some(quantity)) => Selection::Random(quantity),
@@ -148,15 +150,14 @@ pub async fn manual_payment(
 ) -> Result<axum::Json<OrderBody>, ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
-    if body.method.trim().is_empty() || body.method.len() > 64 {
-        return Err(ApiError::invalid("method", "must be 1 to 64 characters"));
-    }
+    let method = parse_text("method", &body.method, TextKind::Name, 64)?;
+    let reference = parse_text("reference", &body.reference, TextKind::Note, 200)?;
     let path = format!("/v1/raffles/{id}/orders/{order_id}/manual-payment");
     let meta = command_meta(&caller, &headers, Method::POST, &path, &body)?;
     let command = RaffleCommand::ConfirmManualPayment(ConfirmManualPayment {
         order_id,
-        method: body.method.trim().to_owned(),
-        reference: body.reference,
+        method,
+        reference,
         confirmed_by: caller.actor(),
     });
     state.engine.execute(id, command, meta).await?;
@@ -193,9 +194,10 @@ pub async fn refund(
     let command = RaffleCommand::Refund(RefundOrder {
         order_id,
         amount_refunded_minor: body.amount,
-        reason: body
-            .reason
-            .unwrap_or_else(|| "refunded by the organizer".into()),
+        reason: match &body.reason {
+            Some(reason) => parse_text("reason", reason, TextKind::Note, 500)?,
+            None => "refunded by the organizer".into(),
+        },
         refund_id: None,
     });
     state.engine.execute(id, command, meta).await?;

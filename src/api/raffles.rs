@@ -5,8 +5,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use tombola_domain::{
-    Bundle, CreateRaffle, Currency, LatePaymentPolicy, Prize, RaffleCommand, RaffleEvent,
-    TicketState,
+    parse_text, Bundle, CreateRaffle, Currency, LatePaymentPolicy, PlusAddressing, Prize,
+    RaffleCommand, RaffleEvent, RaffleStatus, TextKind, TicketState,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -56,6 +56,10 @@ pub struct CreateRaffleRequest {
     /// Required for admin keys; organizer keys create for their own organizer.
     #[serde(default)]
     pub organizer_id: Option<String>,
+    /// Whether `ana+1@example.com` and `ana@example.com` are one buyer for
+    /// `max_tickets_per_buyer`: `separate_buyers` (default) or `same_buyer`.
+    #[serde(default)]
+    pub plus_addressing: Option<String>,
 }
 
 fn one() -> u32 {
@@ -90,6 +94,16 @@ impl CreateRaffleRequest {
                 ))
             }
         };
+        let plus_addressing = match self.plus_addressing.as_deref() {
+            None | Some("separate_buyers") => PlusAddressing::SeparateBuyers,
+            Some("same_buyer") => PlusAddressing::SameBuyer,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "plus_addressing",
+                    "must be separate_buyers or same_buyer",
+                ))
+            }
+        };
         let minutes = |m: Option<u32>, field: &str| {
             m.map(|m| {
                 m.checked_mul(60)
@@ -105,8 +119,7 @@ impl CreateRaffleRequest {
             first_number: self.first_number,
             number_width: self.number_width,
             price_minor: self.price_minor,
-            currency: Currency::parse(&self.currency)
-                .map_err(|e| ApiError::invalid(e.field, e.reason))?,
+            currency: Currency::parse(&self.currency)?,
             bundles: self
                 .bundles
                 .into_iter()
@@ -129,6 +142,7 @@ impl CreateRaffleRequest {
                 .collect(),
             draw_commitment: self.draw_commitment,
             late_payment_policy,
+            plus_addressing,
         })
     }
 }
@@ -206,6 +220,18 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<RaffleList>, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let status = query
+        .status
+        .as_deref()
+        .map(|name| {
+            RaffleStatus::parse(name).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    "must be draft, on_sale, closed, drawn or cancelled",
+                )
+            })
+        })
+        .transpose()?;
     let organizer = if caller.role == Role::Admin {
         None
     } else {
@@ -214,7 +240,7 @@ pub async fn list(
     let raffles = crate::store::list_raffles(
         state.engine.store(),
         organizer.as_deref(),
-        query.status.as_deref(),
+        status.map(RaffleStatus::as_str),
         query.after,
         i64::from(limit),
     )
@@ -325,10 +351,10 @@ pub async fn cancel(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
     let body = super::optional_json::<CancelRequest>(&body?)?;
-    let reason = body
-        .reason
-        .clone()
-        .unwrap_or_else(|| "cancelled by the organizer".into());
+    let reason = match &body.reason {
+        Some(reason) => parse_text("reason", reason, TextKind::Note, 500)?,
+        None => "cancelled by the organizer".into(),
+    };
     run_command(
         &state,
         &caller,
@@ -377,8 +403,13 @@ pub async fn draw(
         &format!("/v1/raffles/{id}/draw"),
         &body,
         RaffleCommand::Draw {
-            seed: body.seed.clone(),
-            public_entropy: body.public_entropy.clone(),
+            seed: parse_text("seed", &body.seed, TextKind::Exact, 1000)?,
+            public_entropy: parse_text(
+                "public_entropy",
+                &body.public_entropy,
+                TextKind::Exact,
+                1000,
+            )?,
         },
     )
     .await?;

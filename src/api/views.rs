@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{OrderView, Raffle, RaffleEvent, Winner};
+use tombola_domain::{OrderStatus, OrderView, Raffle, RaffleEvent, Winner};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -142,7 +142,8 @@ pub struct OrderBody {
     pub currency: String,
     pub buyer: Option<BuyerBody>,
     pub reserved_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    /// When the hold ends; only while the order is `reserved`.
+    pub expires_at: Option<DateTime<Utc>>,
     pub paid_at: Option<DateTime<Utc>>,
     pub payment: Option<PaymentBody>,
 }
@@ -158,9 +159,9 @@ impl OrderBody {
             match event {
                 RaffleEvent::TicketsReserved { buyer: b, .. } => {
                     buyer = Some(BuyerBody {
-                        name: b.name.clone(),
-                        email: b.email.as_str().to_owned(),
-                        phone: b.phone.clone(),
+                        name: b.name().to_owned(),
+                        email: b.email().as_str().to_owned(),
+                        phone: b.phone().map(str::to_owned),
                     })
                 }
                 RaffleEvent::PaymentRecorded { payment: p, at, .. } => {
@@ -205,7 +206,7 @@ impl OrderBody {
             currency: view.currency.to_string(),
             buyer,
             reserved_at: view.reserved_at,
-            expires_at: view.expires_at,
+            expires_at: (view.status == OrderStatus::Reserved).then_some(view.expires_at),
             paid_at: view.issued_at,
             payment: issuing_payment.or(payment),
         }

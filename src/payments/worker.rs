@@ -13,7 +13,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tombola_domain::{
-    ProviderPayment, RaffleCommand, RaffleEvent, RecordPaymentFailure, RefundOrder,
+    ProviderPayment, RaffleCommand, RaffleError, RaffleEvent, RecordPaymentFailure, RefundOrder,
 };
 
 use super::inbox::{self, DueDelivery, Settled, Settlement};
@@ -343,11 +343,13 @@ impl PaymentsIn {
             // not refundable, so wait for it rather than drop the refund for good.
             Err(EngineError::Rejected(rejection))
                 if matches!(event.action, PaymentAction::Refunded { .. })
-                    && rejection.code == "invalid_order_state" =>
+                    && matches!(rejection.error, RaffleError::InvalidOrderState { .. }) =>
             {
-                Err(Failure::Retry(rejection.message))
+                Err(Failure::Retry(rejection.message()))
             }
-            Err(EngineError::Rejected(rejection)) => Err(Failure::Rejected(rejection.code)),
+            Err(EngineError::Rejected(rejection)) => {
+                Err(Failure::Rejected(rejection.code().to_owned()))
+            }
             Err(other) => Err(Failure::Retry(other.to_string())),
         }
     }
