@@ -61,6 +61,8 @@ pub struct RaffleBody {
     pub draw_commitment: String,
     /// `refund` or `substitute`.
     pub late_payment_policy: String,
+    /// `separate_buyers` or `same_buyer`: whether plus-addresses are one buyer.
+    pub plus_addressing: String,
     pub available: u64,
     pub reserved: u64,
     pub sold: u64,
@@ -102,6 +104,7 @@ impl RaffleBody {
                 .collect(),
             draw_commitment: c.draw_commitment.clone(),
             late_payment_policy: c.late_payment_policy.as_str().to_owned(),
+            plus_addressing: c.plus_addressing.as_str().to_owned(),
             available: raffle.available_count(),
             reserved: raffle.reserved_count(),
             sold: raffle.sold_count(),

@@ -370,4 +370,46 @@ mod tests {
             PaymentAction::Ignored
         );
     }
+
+    #[test]
+    fn ids_with_control_characters_are_refused_and_messages_cleaned() {
+        let mut intent: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/stripe/payment_intent.json"
+        ))
+        .unwrap();
+        let mut event: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/stripe/event.json")).unwrap();
+        event["type"] = "payment_intent.payment_failed".into();
+        intent["last_payment_error"] =
+            serde_json::json!({"message": "card\u{0} declined\u{1b}[0m"});
+        event["data"]["object"] = intent.clone();
+        match stripe(&[])
+            .parse(event.to_string().as_bytes())
+            .unwrap()
+            .action
+        {
+            PaymentAction::Failed { reason, .. } => assert_eq!(reason, "card declined[0m"),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let mut nul_event = event.clone();
+        nul_event["id"] = "evt_\u{0}1".into();
+        let mut nul_payment = event.clone();
+        nul_payment["data"]["object"]["id"] = "pi_\u{0}1".into();
+        let mut newline_payment = event;
+        newline_payment["data"]["object"]["id"] = "pi_1\n".into();
+        for bad in [nul_event, nul_payment] {
+            assert!(
+                matches!(
+                    stripe(&[]).parse(bad.to_string().as_bytes()),
+                    Err(VerifyError::InvalidBody(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Surrounding whitespace is trimmed, as every id field's policy says.
+        assert!(stripe(&[])
+            .parse(newline_payment.to_string().as_bytes())
+            .is_ok());
+    }
 }
