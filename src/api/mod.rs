@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 mod health;
+mod inbox;
 mod orders;
 mod raffles;
 pub mod rate_limit;
@@ -209,6 +210,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(orders::get, orders::release))
         .routes(routes!(orders::manual_payment))
         .routes(routes!(orders::refund))
+        .routes(routes!(inbox::needs_action))
         .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

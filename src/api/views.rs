@@ -133,6 +133,18 @@ pub struct PaymentBody {
     pub at: DateTime<Utc>,
 }
 
+/// A payment on this order that an operator must act on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderFlag {
+    /// `payment_flagged` (a payment that issued nothing: wrong amount or currency, or a
+    /// payment id seen on another order) or `refund_required` (money to send back).
+    pub kind: String,
+    /// E.g. `amount_mismatch`, `payment_id_reused`, `tickets_taken`, `raffle_cancelled`.
+    pub reason: String,
+    pub payment_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderBody {
     pub order_id: Uuid,
@@ -149,6 +161,8 @@ pub struct OrderBody {
     pub expires_at: Option<DateTime<Utc>>,
     pub paid_at: Option<DateTime<Utc>>,
     pub payment: Option<PaymentBody>,
+    /// Payments on this order that need an operator, oldest first; empty when none.
+    pub flags: Vec<OrderFlag>,
 }
 
 impl OrderBody {
@@ -158,8 +172,31 @@ impl OrderBody {
         let mut buyer = None;
         let mut payment = None;
         let mut issuing_payment = None;
+        let mut flags = Vec::new();
         for event in events {
             match event {
+                RaffleEvent::PaymentFlagged {
+                    payment_id,
+                    reason,
+                    at,
+                    ..
+                } => flags.push(OrderFlag {
+                    kind: "payment_flagged".into(),
+                    reason: reason.clone(),
+                    payment_id: Some(payment_id.clone()),
+                    at: *at,
+                }),
+                RaffleEvent::RefundRequired {
+                    payment_id,
+                    reason,
+                    at,
+                    ..
+                } => flags.push(OrderFlag {
+                    kind: "refund_required".into(),
+                    reason: reason.as_str().to_owned(),
+                    payment_id: payment_id.clone(),
+                    at: *at,
+                }),
                 RaffleEvent::TicketsReserved { buyer: b, .. } => {
                     buyer = Some(BuyerBody {
                         name: b.name().to_owned(),
@@ -197,6 +234,10 @@ impl OrderBody {
                     })
                 }
                 RaffleEvent::TicketsIssued { .. } => issuing_payment = payment.clone(),
+                // The money went back: nothing is owed any more.
+                RaffleEvent::OrderRefunded { .. } => {
+                    flags.retain(|f: &OrderFlag| f.kind != "refund_required")
+                }
                 _ => {}
             }
         }
@@ -212,6 +253,7 @@ impl OrderBody {
             expires_at: (view.status == OrderStatus::Reserved).then_some(view.expires_at),
             paid_at: view.issued_at,
             payment: issuing_payment.or(payment),
+            flags,
         }
     }
 }

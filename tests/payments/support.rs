@@ -191,7 +191,7 @@ impl TestServer {
 
     // ----- the API, as an admin -----
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
