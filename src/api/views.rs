@@ -2,6 +2,8 @@
 //! units with an ISO currency). Built from domain state and events, never from SQL rows.
 
 use chrono::{DateTime, Utc};
+
+use crate::audit::chain::Anchor;
 use serde::{Deserialize, Serialize};
 use tombola_domain::{OrderStatus, OrderView, Raffle, RaffleEvent, Winner};
 use utoipa::ToSchema;
@@ -163,6 +165,10 @@ pub struct OrderBody {
     pub payment: Option<PaymentBody>,
     /// Payments on this order that need an operator, oldest first; empty when none.
     pub flags: Vec<OrderFlag>,
+    /// Once paid: `SEQUENCE:HASH` of the event that issued the tickets. Keep it: `tombola
+    /// audit verify --receipt` (or `GET …/audit/verify?receipt=`) proves against the log
+    /// that the issue is still there, unchanged (docs/AUDIT.md).
+    pub receipt: Option<Anchor>,
 }
 
 impl OrderBody {
@@ -254,6 +260,7 @@ impl OrderBody {
             paid_at: view.issued_at,
             payment: issuing_payment.or(payment),
             flags,
+            receipt: None,
         }
     }
 }
