@@ -37,6 +37,6 @@ pub use events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
 pub use money::{Money, MoneyError, MAX_AMOUNT_MINOR};
 pub use orders::{OrderStatus, OrderView};
 pub use snapshot::SnapshotError;
-pub use text::{parse_text, text_allows, TextKind};
+pub use text::{json_schema_pattern, parse_text, text_allows, TextKind};
 pub use tickets::TicketState;
 pub use values::{Buyer, Currency, Email, InvalidValue, PlusAddressing};

@@ -48,6 +48,36 @@ pub fn parse_text(
     Ok(text.to_owned())
 }
 
+/// A JSON Schema `pattern` (ECMA-262 and Python `re` alike) for text of `kind`: at least
+/// one visible character, none that the policy refuses. Built by asking the policy about
+/// every character of the Basic Multilingual Plane, so the published schema and the parser
+/// cannot disagree there; the few refused characters beyond it (astral format characters)
+/// a pattern without the `u` flag cannot name.
+pub fn json_schema_pattern(kind: TextKind) -> String {
+    let mut ranges = String::new();
+    let mut start: Option<u32> = None;
+    let flush = |ranges: &mut String, from: u32, to: u32| {
+        ranges.push_str(&format!("\\u{from:04X}"));
+        if to > from {
+            ranges.push_str(&format!("-\\u{to:04X}"));
+        }
+    };
+    for code in 0..=0x1_0000u32 {
+        let refused = char::from_u32(code)
+            .filter(|_| code < 0x1_0000)
+            .is_some_and(|c| refusal(kind, c).is_some());
+        match (refused, start) {
+            (true, None) => start = Some(code),
+            (false, Some(from)) => {
+                flush(&mut ranges, from, code - 1);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    format!("^[^{ranges}]*[^{ranges}\\s][^{ranges}]*$")
+}
+
 /// Whether `c` may appear in a field of `kind` (to drop what may not from text that must
 /// be kept, such as a provider's message).
 pub fn text_allows(kind: TextKind, c: char) -> bool {
@@ -97,6 +127,21 @@ mod tests {
         assert_eq!(
             parse_text("buyer.name", "  José Núñez 李 ", TextKind::Name, 200).unwrap(),
             "José Núñez 李"
+        );
+    }
+
+    #[test]
+    fn the_published_pattern_names_what_the_policy_refuses() {
+        let name = json_schema_pattern(TextKind::Name);
+        assert!(
+            name.starts_with("^[^\\u0000-\\u001F\\u007F-\\u009F\\u00AD"),
+            "{name}"
+        );
+        assert!(name.contains("\\u200B-\\u200F"), "{name}");
+        let note = json_schema_pattern(TextKind::Note);
+        assert!(
+            note.starts_with("^[^\\u0000-\\u0008\\u000B-\\u000C\\u000E-\\u001F"),
+            "{note}"
         );
     }
 

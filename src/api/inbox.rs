@@ -34,7 +34,7 @@ pub async fn needs_action(
     Query(query): Query<NeedsActionQuery>,
 ) -> Result<axum::Json<NeedsActionList>, ApiError> {
     caller.require(&[Role::Admin])?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    let limit = super::raffles::page_limit(query.limit, 100, 1_000)?;
     let payments = inbox::list(
         state.engine.store(),
         InboxFilter::NeedsAction,

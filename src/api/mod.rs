@@ -9,6 +9,7 @@ mod inbox;
 mod orders;
 mod raffles;
 pub mod rate_limit;
+mod spec;
 mod views;
 mod webhooks;
 
@@ -242,7 +243,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .split_for_parts();
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(spec::complete(&openapi));
     routes
         .route(
             "/openapi.json",

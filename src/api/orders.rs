@@ -21,15 +21,18 @@ pub struct ReserveRequest {
     pub buyer: BuyerBody,
     /// These exact numbers…
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub numbers: Option<Vec<u32>>,
     /// …or this many random free numbers.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub quantity: Option<u32>,
 }
 
 /// Hold numbers for a buyer until `expires_at`; payment issues them.
 #[utoipa::path(post, path = "/v1/raffles/{id}/reservations", tag = "orders",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters",
+        pattern = "^[!-~]([ !-~]{0,253}[!-~])?$")),
     request_body = ReserveRequest,
     responses((status = 201, body = OrderBody), (status = 409, description = "Numbers taken or sales closed"),
         (status = 422, description = "Invalid request or limit exceeded")),
@@ -138,8 +141,10 @@ pub async fn release(
 #[serde(deny_unknown_fields)]
 pub struct ManualPaymentRequest {
     /// How the buyer paid, e.g. `cash`, `bank_transfer`.
+    #[schema(min_length = 1, max_length = 64)]
     pub method: String,
     /// The organizer's reference (receipt number, transfer id…).
+    #[schema(min_length = 1, max_length = 200)]
     pub reference: String,
 }
 
@@ -174,10 +179,12 @@ pub async fn manual_payment(
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: Option<String>,
     /// Total refunded so far, in minor units; less than the order's amount is a partial
     /// refund that keeps the tickets. Default: the whole amount.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub amount: Option<i64>,
 }
 

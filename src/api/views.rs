@@ -11,12 +11,15 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BundleBody {
+    #[schema(minimum = 2)]
     pub quantity: u32,
+    #[schema(minimum = 1, maximum = 99_999_999)]
     pub price_minor: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PrizeBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Early-bird prize: only tickets issued before this instant take part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,9 +120,12 @@ impl RaffleBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuyerBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(min_length = 3, max_length = 254)]
     pub email: String,
     #[serde(default)]
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
 }
 
