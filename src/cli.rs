@@ -137,6 +137,25 @@ pub enum KeysCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Keys with their role, organizer, label, creation, last use and revocation (one JSON
+    /// object per line; never a secret).
+    List {
+        #[arg(long)]
+        organizer: Option<String>,
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key now: every node refuses it within 30 s (its key cache).
+    Revoke { key_id: uuid::Uuid },
+    /// Issue a replacement (same role, organizer, label; printed once on stdout) and keep
+    /// the old key working for a grace period, then refuse it.
+    Rotate {
+        key_id: uuid::Uuid,
+        /// Hours the old key keeps working.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +232,31 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             println!("{key}");
+        }
+        Command::Keys(KeysCommand::List { organizer, all }) => {
+            for key in Keys::list(&database.store, organizer.as_deref(), all).await? {
+                println!("{}", serde_json::to_string(&key)?);
+            }
+        }
+        Command::Keys(KeysCommand::Revoke { key_id }) => {
+            if !Keys::revoke(&database.store, key_id).await? {
+                anyhow::bail!("no valid key {key_id}");
+            }
+            eprintln!(
+                "tombola: {key_id} revoked; every node refuses it within {} s",
+                crate::api::auth::CACHE_TTL.as_secs()
+            );
+        }
+        Command::Keys(KeysCommand::Rotate {
+            key_id,
+            grace_hours,
+        }) => {
+            let grace = std::time::Duration::from_secs(grace_hours.saturating_mul(3600));
+            let Some(key) = Keys::rotate(&database.store, key_id, grace).await? else {
+                anyhow::bail!("no valid key {key_id}");
+            };
+            println!("{key}");
+            eprintln!("tombola: {key_id} keeps working for {grace_hours} h, then is refused");
         }
         Command::Raffles(RafflesCommand::List {
             status,
