@@ -109,9 +109,13 @@ pub enum ExportFormat {
 pub enum InboxCommand {
     /// Recent deliveries, newest first (one JSON object per line).
     List {
-        /// Only deliveries that failed or were rejected: those an operator must look at.
-        #[arg(long)]
+        /// Only deliveries that failed or were rejected.
+        #[arg(long, conflicts_with = "needs_action")]
         failed: bool,
+        /// Everything an operator must act on: failed or rejected deliveries, and payments
+        /// that must be refunded (`refund_required`) or matched nothing (`payment_flagged`).
+        #[arg(long)]
+        needs_action: bool,
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
@@ -278,8 +282,18 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
                 println!("{id}\t{status}\t{organizer}\t{title}");
             }
         }
-        Command::Inbox(InboxCommand::List { failed, limit }) => {
-            for entry in crate::payments::inbox::list(&database.store, failed, limit).await? {
+        Command::Inbox(InboxCommand::List {
+            failed,
+            needs_action,
+            limit,
+        }) => {
+            use crate::payments::inbox::{list, InboxFilter};
+            let filter = match (failed, needs_action) {
+                (_, true) => InboxFilter::NeedsAction,
+                (true, false) => InboxFilter::Failed,
+                (false, false) => InboxFilter::All,
+            };
+            for entry in list(&database.store, filter, limit).await? {
                 println!("{}", serde_json::to_string(&entry)?);
             }
         }

@@ -313,7 +313,9 @@ impl Target for EngineTarget {
         };
         match self.engine.execute(self.raffle_id, command, meta).await {
             Ok(_) => Ok(()),
-            Err(EngineError::Rejected(rejection)) if rejection.code == "not_enough_tickets" => {
+            Err(EngineError::Rejected(rejection))
+                if matches!(rejection.error, RaffleError::NotEnoughTickets { .. }) =>
+            {
                 Err(Failure::SoldOut)
             }
             Err(EngineError::Overloaded { .. } | EngineError::Unavailable { .. }) => {

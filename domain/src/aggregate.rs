@@ -16,11 +16,24 @@ use crate::config::{LatePaymentPolicy, RaffleConfig};
 use crate::draw::{self, Winner};
 use crate::errors::{LimitKind, RaffleError};
 use crate::events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
+use crate::money::Money;
 use crate::orders::{
     from_secs, to_secs_ceil, to_secs_floor, OrderBook, OrderStatus, OrderView, NO_ORDER,
 };
 use crate::tickets::{TicketPool, TicketState};
-use crate::values::digest64;
+use crate::values::{digest64, Email, PlusAddressing};
+
+/// The per-buyer limit's key for `email`: the digest of who it counts as (see
+/// [`Email::identity`]). A plain ASCII address under the default setting is its own
+/// identity, so the common case costs no normalisation.
+fn buyer_key(config: Option<&RaffleConfig>, email: &Email) -> u64 {
+    let plus = config.map_or(PlusAddressing::default(), |c| c.plus_addressing);
+    if plus == PlusAddressing::SeparateBuyers && email.as_str().is_ascii() {
+        digest64(email.as_str())
+    } else {
+        digest64(&email.identity(plus))
+    }
+}
 
 /// A recorded payment failure's entry in the payment index: keyed by the provider's event,
 /// since one payment may fail several times. Prefixed, so it never equals a payment id's.
@@ -52,6 +65,19 @@ impl RaffleStatus {
             Self::Drawn => "drawn",
             Self::Cancelled => "cancelled",
         }
+    }
+
+    /// The status named as in JSON, or `None`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Draft,
+            Self::OnSale,
+            Self::Closed,
+            Self::Drawn,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
     }
 }
 
@@ -124,7 +150,10 @@ impl Raffle {
             order_id,
             status: order.status,
             numbers: self.orders.numbers_vec(pos),
-            amount_minor: config.price_for(order.numbers_len),
+            // Orders of a raffle priced before totals were bounded may have none.
+            amount_minor: config
+                .price_for(order.numbers_len)
+                .map_or(i64::MAX, Money::minor),
             currency: config.currency,
             reserved_at: from_secs(order.reserved_at),
             expires_at: from_secs(order.expires_at),
@@ -158,7 +187,7 @@ impl Raffle {
                 RaffleStatus::OnSale => Ok(vec![]),
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
-                    expected: "draft",
+                    expected: "draft".into(),
                 }),
             },
             RaffleCommand::Reserve(reserve) => self.reserve(config, reserve, now, services),
@@ -180,7 +209,7 @@ impl Raffle {
                 RaffleStatus::Closed => Ok(vec![]),
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
-                    expected: "on_sale",
+                    expected: "on_sale".into(),
                 }),
             },
             RaffleCommand::Draw {
@@ -191,7 +220,7 @@ impl Raffle {
                 RaffleStatus::Cancelled => Ok(vec![]),
                 RaffleStatus::Drawn => Err(RaffleError::InvalidRaffleState {
                     status: RaffleStatus::Drawn,
-                    expected: "not yet drawn",
+                    expected: "not yet drawn".into(),
                 }),
                 _ => Ok(vec![RaffleEvent::RaffleCancelled { reason, at: now }]),
             },
@@ -240,7 +269,8 @@ impl Raffle {
         }
         if let (Some(limit), Some(held)) = (
             config.max_tickets_per_buyer,
-            self.orders.buyer_held(digest64(buyer.email.as_str())),
+            self.orders
+                .buyer_held(buyer_key(Some(config), buyer.email())),
         ) {
             if held + requested > limit {
                 return Err(RaffleError::LimitExceeded {
@@ -280,10 +310,11 @@ impl Raffle {
                 .tickets
                 .pick_random(quantity, services.rng().as_mut())?,
         };
+        let amount = config.price_for(numbers.len() as u32)?;
         Ok(vec![RaffleEvent::TicketsReserved {
             order_id,
             buyer,
-            amount_minor: config.price_for(numbers.len() as u32),
+            amount_minor: amount.minor(),
             currency: config.currency,
             numbers,
             at: now,
@@ -414,8 +445,10 @@ impl Raffle {
             OrderStatus::Refunded | OrderStatus::RefundRequired => {
                 refund(RefundReason::OrderNotPayable, payment.amount_minor)
             }
-            _ if payment.amount_minor != config.price_for(order.numbers_len)
-                || payment.currency != config.currency =>
+            _ if !matches!(
+                (config.price_for(order.numbers_len), Money::new(payment.amount_minor, payment.currency)),
+                (Ok(due), Ok(paid)) if due == paid
+            ) =>
             {
                 self.flag(
                     config,
@@ -449,8 +482,11 @@ impl Raffle {
             order_id,
             payment_id: payment_id.to_owned(),
             reason: reason.to_owned(),
-            expected_amount_minor: pos
-                .map_or(0, |p| config.price_for(self.orders.get(p).numbers_len)),
+            expected_amount_minor: pos.map_or(0, |p| {
+                config
+                    .price_for(self.orders.get(p).numbers_len)
+                    .map_or(i64::MAX, Money::minor)
+            }),
             expected_currency: config.currency,
             at,
         }
@@ -533,7 +569,7 @@ impl Raffle {
                 status: self.status,
             });
         }
-        let amount_minor = config.price_for(order.numbers_len);
+        let amount_minor = config.price_for(order.numbers_len)?.minor();
         let confirmed = RaffleEvent::ManualPaymentConfirmed {
             order_id,
             method: manual.method,
@@ -565,7 +601,7 @@ impl Raffle {
             OrderStatus::Refunded => return Ok(vec![]),
             status => return Err(RaffleError::InvalidOrderState { order_id, status }),
         }
-        let amount_minor = config.price_for(order.numbers_len);
+        let amount_minor = config.price_for(order.numbers_len)?.minor();
         match refund.amount_refunded_minor {
             Some(refunded) if refunded <= 0 => Err(RaffleError::InvalidRefundAmount),
             Some(refunded) if refunded < amount_minor => {
@@ -603,7 +639,7 @@ impl Raffle {
         if self.status != RaffleStatus::Closed {
             return Err(RaffleError::InvalidRaffleState {
                 status: self.status,
-                expected: "closed",
+                expected: "closed".into(),
             });
         }
         draw::verify_seed(&seed, &config.draw_commitment)
@@ -670,7 +706,7 @@ impl Raffle {
                 self.orders.insert_reserved(
                     *order_id,
                     numbers,
-                    digest64(buyer.email.as_str()),
+                    buyer_key(self.config.as_deref(), buyer.email()),
                     to_secs_floor(*at),
                     to_secs_ceil(*expires_at),
                 );

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{Bundle, LatePaymentPolicy, Prize};
-use crate::values::{Buyer, Currency};
+use crate::values::{Buyer, Currency, PlusAddressing};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RaffleCommand {
@@ -57,6 +57,7 @@ pub struct CreateRaffle {
     pub prizes: Vec<Prize>,
     pub draw_commitment: String,
     pub late_payment_policy: LatePaymentPolicy,
+    pub plus_addressing: PlusAddressing,
 }
 
 impl CreateRaffle {
@@ -84,6 +85,7 @@ impl CreateRaffle {
             draw_commitment: "19b25856e1c150ca834cffc8b59b23adbd0ec0389e58eb22b3b64768098d002b"
                 .into(),
             late_payment_policy: LatePaymentPolicy::Refund,
+            plus_addressing: PlusAddressing::SeparateBuyers,
         }
     }
 }

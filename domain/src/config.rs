@@ -6,7 +6,9 @@ use uuid::Uuid;
 
 use crate::commands::CreateRaffle;
 use crate::errors::RaffleError;
-use crate::values::Currency;
+use crate::money::{Money, MAX_AMOUNT_MINOR};
+use crate::text::{parse_text, TextKind};
+use crate::values::{Currency, PlusAddressing};
 
 pub const MAX_TICKET_COUNT: u32 = 10_000_000;
 /// Bounds the bundle-pricing search (O(quantity × bundles)) and the size of one event.
@@ -74,19 +76,29 @@ pub struct RaffleConfig {
     pub draw_commitment: String,
     #[serde(default)]
     pub late_payment_policy: LatePaymentPolicy,
+    /// Whether plus-addresses count as one buyer for `max_tickets_per_buyer`.
+    #[serde(default)]
+    pub plus_addressing: PlusAddressing,
 }
 
 impl RaffleConfig {
     pub(crate) fn parse(cmd: CreateRaffle) -> Result<Self, RaffleError> {
         let invalid = |field: &'static str, reason: &'static str| {
-            Err(RaffleError::InvalidRaffle { field, reason })
+            Err(RaffleError::InvalidRaffle {
+                field: field.into(),
+                reason: reason.into(),
+            })
         };
-        let title = cmd.title.trim().to_owned();
-        if title.is_empty() || title.chars().count() > 200 {
-            return invalid("title", "must be 1 to 200 characters");
-        }
-        if cmd.organizer_id.trim().is_empty() {
-            return invalid("organizer_id", "must not be empty");
+        let text = |field, raw: &str, max| {
+            parse_text(field, raw, TextKind::Name, max).map_err(|e| RaffleError::InvalidRaffle {
+                field: e.field.into(),
+                reason: e.reason,
+            })
+        };
+        let title = text("title", &cmd.title, 200)?;
+        let organizer_id = text("organizer_id", &cmd.organizer_id, 100)?;
+        for prize in &cmd.prizes {
+            text("prizes", &prize.name, 200)?;
         }
         if !(1..=MAX_TICKET_COUNT).contains(&cmd.ticket_count) {
             return invalid("ticket_count", "must be between 1 and 10000000");
@@ -103,8 +115,8 @@ impl RaffleConfig {
                 "must fit the largest number and be at most 10",
             );
         }
-        if cmd.price_minor <= 0 {
-            return invalid("price_minor", "must be positive");
+        if !(1..=MAX_AMOUNT_MINOR).contains(&cmd.price_minor) {
+            return invalid("price_minor", "must be between 1 and 99999999");
         }
         if cmd.bundles.len() > MAX_BUNDLES {
             return invalid("bundles", "at most 16 bundles");
@@ -112,11 +124,11 @@ impl RaffleConfig {
         if cmd
             .bundles
             .iter()
-            .any(|b| b.quantity < 2 || b.price_minor <= 0)
+            .any(|b| b.quantity < 2 || !(1..=MAX_AMOUNT_MINOR).contains(&b.price_minor))
         {
             return invalid(
                 "bundles",
-                "each bundle needs a quantity of 2 or more and a positive price",
+                "each bundle needs a quantity of 2 or more and a price between 1 and 99999999",
             );
         }
         let hold_seconds = cmd.hold_seconds.unwrap_or(DEFAULT_HOLD_SECONDS);
@@ -138,7 +150,7 @@ impl RaffleConfig {
         if cmd.max_tickets_per_buyer == Some(0) {
             return invalid("max_tickets_per_buyer", "must be positive when given");
         }
-        if cmd.prizes.len() > MAX_PRIZES || cmd.prizes.iter().any(|p| p.name.trim().is_empty()) {
+        if cmd.prizes.len() > MAX_PRIZES {
             return invalid("prizes", "at most 1000 prizes, each with a name");
         }
         let commitment = cmd.draw_commitment.trim().to_ascii_lowercase();
@@ -151,7 +163,7 @@ impl RaffleConfig {
         Ok(Self {
             raffle_id: cmd.raffle_id,
             title,
-            organizer_id: cmd.organizer_id.trim().to_owned(),
+            organizer_id,
             ticket_count: cmd.ticket_count,
             first_number: cmd.first_number,
             number_width,
@@ -162,9 +174,17 @@ impl RaffleConfig {
             max_hold_seconds,
             max_tickets_per_order: cmd.max_tickets_per_order,
             max_tickets_per_buyer: cmd.max_tickets_per_buyer,
-            prizes: cmd.prizes,
+            prizes: cmd
+                .prizes
+                .into_iter()
+                .map(|p| Prize {
+                    name: p.name.trim().to_owned(),
+                    ..p
+                })
+                .collect(),
             draw_commitment: commitment,
             late_payment_policy: cmd.late_payment_policy,
+            plus_addressing: cmd.plus_addressing,
         })
     }
 
@@ -182,24 +202,42 @@ impl RaffleConfig {
     }
 
     /// The cheapest way to pay for exactly `quantity` tickets with single tickets and bundles
-    /// (unbounded knapsack; quantity is capped by `MAX_TICKETS_PER_ORDER_CAP`).
-    pub fn price_for(&self, quantity: u32) -> i64 {
+    /// (unbounded knapsack; quantity is capped by `MAX_TICKETS_PER_ORDER_CAP`). A total beyond
+    /// [`MAX_AMOUNT_MINOR`] is refused, never wrapped.
+    pub fn price_for(&self, quantity: u32) -> Result<Money, RaffleError> {
+        let too_large = |_| RaffleError::AmountTooLarge {
+            limit: MAX_AMOUNT_MINOR,
+        };
+        let price = Money::new(self.price_minor, self.currency).map_err(too_large)?;
         if self.bundles.is_empty() {
-            return self.price_minor * i64::from(quantity);
+            return price.checked_mul(quantity).map_err(too_large);
         }
+        let bundles = self
+            .bundles
+            .iter()
+            .map(|b| {
+                Ok((
+                    b.quantity as usize,
+                    Money::new(b.price_minor, self.currency)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(too_large)?;
+        // `None`: no way to pay for that many tickets within the limit.
         let quantity = quantity as usize;
-        let mut best = vec![0i64; quantity + 1];
+        let mut best = vec![Some(Money::zero(self.currency)); quantity + 1];
         for q in 1..=quantity {
-            let mut cost = best[q - 1] + self.price_minor;
-            for bundle in &self.bundles {
-                let size = bundle.quantity as usize;
-                if size <= q {
-                    cost = cost.min(best[q - size] + bundle.price_minor);
-                }
-            }
-            best[q] = cost;
+            let single = best[q - 1].and_then(|b| b.checked_add(price).ok());
+            best[q] = bundles
+                .iter()
+                .filter(|(size, _)| *size <= q)
+                .filter_map(|(size, cost)| best[q - size]?.checked_add(*cost).ok())
+                .chain(single)
+                .min_by_key(|m| m.minor());
         }
-        best[quantity]
+        best[quantity].ok_or(RaffleError::AmountTooLarge {
+            limit: MAX_AMOUNT_MINOR,
+        })
     }
 }
 
@@ -214,6 +252,36 @@ mod tests {
         RaffleConfig::parse(cmd).unwrap()
     }
 
+    fn price(cfg: &RaffleConfig, quantity: u32) -> i64 {
+        cfg.price_for(quantity).unwrap().minor()
+    }
+
+    #[test]
+    fn prices_beyond_the_provider_limit_are_refused_not_wrapped() {
+        let mut cmd = CreateRaffle::example(Uuid::nil(), 100);
+        cmd.price_minor = i64::MAX;
+        assert!(matches!(
+            RaffleConfig::parse(cmd.clone()),
+            Err(RaffleError::InvalidRaffle { field, .. }) if field == "price_minor"
+        ));
+        cmd.price_minor = 10;
+        cmd.bundles = vec![Bundle {
+            quantity: 3,
+            price_minor: i64::MAX,
+        }];
+        assert!(RaffleConfig::parse(cmd.clone()).is_err());
+        cmd.bundles.clear();
+        cmd.price_minor = MAX_AMOUNT_MINOR;
+        let cfg = RaffleConfig::parse(cmd).unwrap();
+        assert_eq!(price(&cfg, 1), MAX_AMOUNT_MINOR);
+        assert_eq!(
+            cfg.price_for(2),
+            Err(RaffleError::AmountTooLarge {
+                limit: MAX_AMOUNT_MINOR
+            })
+        );
+    }
+
     #[test]
     fn bundles_pick_the_cheapest_combination() {
         let cfg = config(vec![
@@ -226,12 +294,12 @@ mod tests {
                 price_minor: 100,
             },
         ]);
-        assert_eq!(cfg.price_for(1), 10);
-        assert_eq!(cfg.price_for(5), 40);
-        assert_eq!(cfg.price_for(7), 60);
-        assert_eq!(cfg.price_for(20), 100);
-        assert_eq!(cfg.price_for(19), 3 * 40 + 4 * 10);
-        assert_eq!(cfg.price_for(45), 100 + 100 + 40);
+        assert_eq!(price(&cfg, 1), 10);
+        assert_eq!(price(&cfg, 5), 40);
+        assert_eq!(price(&cfg, 7), 60);
+        assert_eq!(price(&cfg, 20), 100);
+        assert_eq!(price(&cfg, 19), 3 * 40 + 4 * 10);
+        assert_eq!(price(&cfg, 45), 100 + 100 + 40);
     }
 
     #[test]
@@ -240,7 +308,7 @@ mod tests {
             quantity: 3,
             price_minor: 50,
         }]);
-        assert_eq!(cfg.price_for(3), 30);
+        assert_eq!(price(&cfg, 3), 30);
     }
 
     #[test]

@@ -170,6 +170,20 @@ pub enum RefundReason {
     RaffleCancelled,
 }
 
+impl RefundReason {
+    /// The stable name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TicketsTaken => "tickets_taken",
+            Self::SalesClosed => "sales_closed",
+            Self::AlreadyPaid => "already_paid",
+            Self::OrderNotPayable => "order_not_payable",
+            Self::UnknownOrder => "unknown_order",
+            Self::RaffleCancelled => "raffle_cancelled",
+        }
+    }
+}
+
 impl RaffleEvent {
     pub fn name(&self) -> &'static str {
         match self {

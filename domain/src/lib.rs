@@ -17,8 +17,10 @@ mod config;
 pub mod draw;
 mod errors;
 mod events;
+mod money;
 mod orders;
 mod snapshot;
+mod text;
 mod tickets;
 mod values;
 
@@ -30,9 +32,11 @@ pub use commands::{
 };
 pub use config::{Bundle, LatePaymentPolicy, Prize, RaffleConfig, MAX_TICKETS_PER_ORDER_CAP};
 pub use draw::{draw_winners, DrawError, Winner};
-pub use errors::{LimitKind, RaffleError};
+pub use errors::{LimitKind, RaffleError, RejectionKind};
 pub use events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
+pub use money::{Money, MoneyError, MAX_AMOUNT_MINOR};
 pub use orders::{OrderStatus, OrderView};
 pub use snapshot::SnapshotError;
+pub use text::{json_schema_pattern, parse_text, text_allows, TextKind};
 pub use tickets::TicketState;
-pub use values::{Buyer, Currency, Email, InvalidValue};
+pub use values::{Buyer, Currency, Email, InvalidValue, PlusAddressing};

@@ -1,18 +1,24 @@
 //! Value objects parsed at the edge, so the aggregate never sees malformed input.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
+
+use crate::text::{parse_text, refusal, TextKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidValue {
     pub field: &'static str,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl InvalidValue {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        Self { field, reason }
+    pub(crate) fn new(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -62,7 +68,7 @@ impl fmt::Display for Currency {
     }
 }
 
-/// A buyer's e-mail, trimmed and lower-cased so per-buyer limits cannot be dodged by case.
+/// A buyer's e-mail, trimmed and lower-cased; control and format characters are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Email(String);
@@ -70,6 +76,9 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let email = raw.trim().to_lowercase();
+        if let Some(reason) = email.chars().find_map(|c| refusal(TextKind::Name, c)) {
+            return Err(InvalidValue::new("buyer.email", reason));
+        }
         let valid = email.len() <= 254
             && !email.chars().any(char::is_whitespace)
             && matches!(email.split_once('@'), Some((local, domain))
@@ -87,6 +96,58 @@ impl Email {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Who this address counts as for a per-buyer limit: compatibility-normalised (NFKC, so
+    /// `ａna` is `ana`), lower-cased again after it, with every non-ASCII character that is
+    /// confusable with ASCII replaced by its Unicode TS #39 skeleton (Cyrillic `а` → `a`), and
+    /// with `+tag` dropped from the local part when the raffle counts plus-addresses as one
+    /// buyer. ASCII stays as typed, so `rn` and `m` remain two buyers.
+    pub fn identity(&self, plus: PlusAddressing) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        let normalised = self.0.nfkc().collect::<String>().to_lowercase();
+        let mut identity = String::with_capacity(normalised.len());
+        for c in normalised.chars() {
+            if c.is_ascii() {
+                identity.push(c);
+                continue;
+            }
+            let skeleton: String = unicode_security::skeleton(&c.to_string()).collect();
+            if skeleton.is_ascii() {
+                identity.push_str(&skeleton.to_lowercase());
+            } else {
+                identity.push(c);
+            }
+        }
+        match (plus, identity.split_once('@')) {
+            (PlusAddressing::SameBuyer, Some((local, domain))) => {
+                let local = local.split_once('+').map_or(local, |(base, _)| base);
+                format!("{local}@{domain}")
+            }
+            _ => identity,
+        }
+    }
+}
+
+/// Whether `ana+raffle@example.com` is the same buyer as `ana@example.com` for a per-buyer
+/// limit: a per-raffle setting, since some mail providers deliver plus-addresses to one
+/// mailbox and others do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlusAddressing {
+    /// Each plus-address is its own buyer (the default, as before the setting existed).
+    #[default]
+    SeparateBuyers,
+    /// The `+tag` is ignored: every plus-address of a mailbox is one buyer.
+    SameBuyer,
+}
+
+impl PlusAddressing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SeparateBuyers => "separate_buyers",
+            Self::SameBuyer => "same_buyer",
+        }
     }
 }
 
@@ -107,21 +168,15 @@ impl From<Email> for String {
 /// events for the read models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Buyer {
-    pub name: String,
-    pub email: Email,
+    name: String,
+    email: Email,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phone: Option<String>,
+    phone: Option<String>,
 }
 
 impl Buyer {
     pub fn parse(name: &str, email: &str, phone: Option<&str>) -> Result<Self, InvalidValue> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(InvalidValue::new(
-                "buyer.name",
-                "must be 1 to 200 characters",
-            ));
-        }
+        let name = parse_text("buyer.name", name, TextKind::Name, 200)?;
         let phone = match phone.map(str::trim).filter(|p| !p.is_empty()) {
             None => None,
             Some(p)
@@ -134,10 +189,22 @@ impl Buyer {
             Some(_) => return Err(InvalidValue::new("buyer.phone", "must be a phone number")),
         };
         Ok(Self {
-            name: name.to_owned(),
+            name,
             email: Email::parse(email)?,
             phone,
         })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn email(&self) -> &Email {
+        &self.email
+    }
+
+    pub fn phone(&self) -> Option<&str> {
+        self.phone.as_deref()
     }
 }
 
@@ -185,6 +252,40 @@ mod tests {
         assert!(Buyer::parse(" ", "a@x.com", None).is_err());
         assert!(Buyer::parse("Ana", "a@x.com", Some("call me")).is_err());
         let buyer = Buyer::parse("Ana", "a@x.com", Some(" +52 55 1234 5678 ")).unwrap();
-        assert_eq!(buyer.phone.as_deref(), Some("+52 55 1234 5678"));
+        assert_eq!(buyer.phone(), Some("+52 55 1234 5678"));
+    }
+
+    #[test]
+    fn confusable_addresses_are_one_buyer() {
+        let identity = |raw: &str| {
+            Email::parse(raw)
+                .unwrap()
+                .identity(PlusAddressing::SeparateBuyers)
+        };
+        let ana = identity("ana@example.com");
+        assert_eq!(ana, "ana@example.com");
+        for same in [
+            "ANA@example.com",
+            "\u{430}na@example.com",
+            "\u{ff41}na@example.com",
+            "ana@ex\u{430}mple.com",
+        ] {
+            assert_eq!(identity(same), ana, "{same} should count as ana");
+        }
+        assert_ne!(identity("ana+1@example.com"), ana);
+        assert_eq!(
+            Email::parse("ana+1@example.com")
+                .unwrap()
+                .identity(PlusAddressing::SameBuyer),
+            ana
+        );
+        assert_eq!(identity("m@example.com"), "m@example.com");
+    }
+
+    #[test]
+    fn emails_refuse_nul_and_zero_width_characters() {
+        for bad in ["a\u{0}na@example.com", "a\u{200b}na@example.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 }

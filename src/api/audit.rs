@@ -24,8 +24,14 @@ use crate::store::RAFFLE_STREAM;
 pub struct VerifyParams {
     /// Heads recorded earlier, `SEQUENCE:HASH`, comma-separated: proves the tail was not
     /// cut off or rewritten since.
+    #[param(
+        pattern = "^\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*(,\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*)*$"
+    )]
     pub expect_head: Option<String>,
     /// Receipts of paid orders, `SEQUENCE:HASH`, comma-separated.
+    #[param(
+        pattern = "^\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*(,\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*)*$"
+    )]
     pub receipt: Option<String>,
 }
 

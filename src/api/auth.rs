@@ -150,6 +150,11 @@ impl Keys {
                 "required for organizer and client keys",
             ));
         }
+        let organizer_id = organizer_id
+            .map(|o| {
+                tombola_domain::parse_text("organizer", o, tombola_domain::TextKind::Name, 100)
+            })
+            .transpose()?;
         let (key_id, secret) = new_secret();
         sqlx::query(
             "INSERT INTO api_keys (key_id, secret_hash, role, organizer_id, label) \
@@ -158,7 +163,7 @@ impl Keys {
         .bind(key_id)
         .bind(Sha256::digest(secret.as_bytes()).to_vec())
         .bind(role.as_str())
-        .bind(organizer_id.map(str::trim))
+        .bind(organizer_id)
         .bind(label)
         .execute(store.pool())
         .await?;
@@ -326,6 +331,12 @@ fn new_secret() -> (Uuid, String) {
     )
 }
 
+/// The token of a `Bearer` credential; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -334,7 +345,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         let caller = state.keys.verify(token.trim()).await?;
         state.limits.check_key(caller.key_id)?;

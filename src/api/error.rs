@@ -8,11 +8,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
+use tombola_domain::{RaffleError, RejectionKind};
+
 use crate::engine::{EngineError, Rejection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{}", .0.message)]
+    #[error("{}", .0.error)]
     Rejected(Rejection),
     #[error("{detail}")]
     InvalidJson { detail: String },
@@ -62,7 +64,7 @@ impl ApiError {
 
     pub fn code(&self) -> &str {
         match self {
-            Self::Rejected(rejection) => &rejection.code,
+            Self::Rejected(rejection) => rejection.code(),
             Self::InvalidJson { .. } => "invalid_json",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::Unauthorized => "unauthorized",
@@ -84,7 +86,7 @@ impl ApiError {
 
     pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::Rejected(rejection) => rejection_status(&rejection.code),
+            Self::Rejected(rejection) => rejection_status(&rejection.error),
             Self::InvalidJson { .. } | Self::InvalidWebhook(_) => StatusCode::BAD_REQUEST,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidRequest { .. } | Self::IdempotencyConflict => {
@@ -116,17 +118,17 @@ impl ApiError {
 }
 
 /// 404 for what does not exist, 409 for state and contention, 422 for invalid commands.
-fn rejection_status(code: &str) -> StatusCode {
-    match code {
-        "raffle_not_found" | "order_not_found" => StatusCode::NOT_FOUND,
-        "tickets_unavailable"
-        | "not_enough_tickets"
-        | "sales_closed"
-        | "invalid_raffle_state"
-        | "invalid_order_state"
-        | "order_already_exists"
-        | "raffle_already_exists" => StatusCode::CONFLICT,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+fn rejection_status(error: &RaffleError) -> StatusCode {
+    match error.kind() {
+        RejectionKind::NotFound => StatusCode::NOT_FOUND,
+        RejectionKind::Conflict => StatusCode::CONFLICT,
+        RejectionKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+impl From<tombola_domain::InvalidValue> for ApiError {
+    fn from(error: tombola_domain::InvalidValue) -> Self {
+        Self::invalid(error.field, error.reason)
     }
 }
 
@@ -203,9 +205,11 @@ impl ApiError {
     }
 }
 
+/// A path that names nothing (an id that is no UUID) is a 404, exactly like a well-formed
+/// id that names nothing: no resource lives there.
 impl From<axum::extract::rejection::PathRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
-        Self::invalid("path", rejection.body_text())
+    fn from(_: axum::extract::rejection::PathRejection) -> Self {
+        Self::NotFound("resource")
     }
 }
 
@@ -236,8 +240,8 @@ impl IntoResponse for ApiError {
         body.insert("detail".into(), json!(detail));
         match &self {
             Self::Rejected(rejection) => {
-                for (key, value) in &rejection.data {
-                    body.entry(key.clone()).or_insert_with(|| value.clone());
+                for (key, value) in rejection.data() {
+                    body.entry(key).or_insert(value);
                 }
             }
             Self::InvalidRequest { field, .. } => {

@@ -5,9 +5,11 @@ mod audit;
 pub mod auth;
 pub mod error;
 mod health;
+mod inbox;
 mod orders;
 mod raffles;
 pub mod rate_limit;
+mod spec;
 mod views;
 mod webhooks;
 
@@ -86,7 +88,8 @@ impl AppState {
             })
     }
 
-    /// Checks that `caller` may act on `raffle_id`; a raffle that does not exist is a 404.
+    /// Checks that `caller` may act on `raffle_id`. Another organizer's raffle is a 404
+    /// exactly like one that does not exist, so ids leak nothing across organizers.
     pub async fn authorize(&self, caller: &Caller, raffle_id: Uuid) -> Result<(), ApiError> {
         let cached = self.lock_organizers().get(&raffle_id).cloned();
         let organizer = match cached {
@@ -106,7 +109,7 @@ impl AppState {
         if caller.may_access(&organizer) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden)
+            Err(ApiError::NotFound("raffle"))
         }
     }
 
@@ -231,6 +234,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(orders::get, orders::release))
         .routes(routes!(orders::manual_payment))
         .routes(routes!(orders::refund))
+        .routes(routes!(inbox::needs_action))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::draw_verify))
         .routes(routes!(audit::events_ndjson))
@@ -239,7 +243,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .split_for_parts();
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(spec::complete(&openapi));
     routes
         .route(
             "/openapi.json",

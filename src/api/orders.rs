@@ -3,7 +3,10 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection};
+use tombola_domain::{
+    parse_text, Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection,
+    TextKind,
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,15 +21,18 @@ pub struct ReserveRequest {
     pub buyer: BuyerBody,
     /// These exact numbers…
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub numbers: Option<Vec<u32>>,
     /// …or this many random free numbers.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub quantity: Option<u32>,
 }
 
 /// Hold numbers for a buyer until `expires_at`; payment issues them.
 #[utoipa::path(post, path = "/v1/raffles/{id}/reservations", tag = "orders",
-    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters",
+        pattern = "^[!-~]([ !-~]{0,253}[!-~])?$")),
     request_body = ReserveRequest,
     responses((status = 201, body = OrderBody), (status = 409, description = "Numbers taken or sales closed"),
         (status = 422, description = "Invalid request or limit exceeded")),
@@ -50,8 +56,7 @@ pub async fn reserve(
         &body.buyer.name,
         &body.buyer.email,
         body.buyer.phone.as_deref(),
-    )
-    .map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    )?;
     let selection = match (body.numbers, body.quantity) {
         (Some(numbers), None) => Selection::Numbers(numbers),
         (None, Some(quantity)) => Selection::Random(quantity),
@@ -136,8 +141,10 @@ pub async fn release(
 #[serde(deny_unknown_fields)]
 pub struct ManualPaymentRequest {
     /// How the buyer paid, e.g. `cash`, `bank_transfer`.
+    #[schema(min_length = 1, max_length = 64)]
     pub method: String,
     /// The organizer's reference (receipt number, transfer id…).
+    #[schema(min_length = 1, max_length = 200)]
     pub reference: String,
 }
 
@@ -154,15 +161,14 @@ pub async fn manual_payment(
 ) -> Result<axum::Json<OrderBody>, ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
-    if body.method.trim().is_empty() || body.method.len() > 64 {
-        return Err(ApiError::invalid("method", "must be 1 to 64 characters"));
-    }
+    let method = parse_text("method", &body.method, TextKind::Name, 64)?;
+    let reference = parse_text("reference", &body.reference, TextKind::Note, 200)?;
     let path = format!("/v1/raffles/{id}/orders/{order_id}/manual-payment");
     let meta = command_meta(&caller, &headers, Method::POST, &path, &body)?;
     let command = RaffleCommand::ConfirmManualPayment(ConfirmManualPayment {
         order_id,
-        method: body.method.trim().to_owned(),
-        reference: body.reference,
+        method,
+        reference,
         confirmed_by: caller.actor(),
     });
     state.engine.execute(id, command, meta).await?;
@@ -173,10 +179,12 @@ pub async fn manual_payment(
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: Option<String>,
     /// Total refunded so far, in minor units; less than the order's amount is a partial
     /// refund that keeps the tickets. Default: the whole amount.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub amount: Option<i64>,
 }
 
@@ -199,9 +207,10 @@ pub async fn refund(
     let command = RaffleCommand::Refund(RefundOrder {
         order_id,
         amount_refunded_minor: body.amount,
-        reason: body
-            .reason
-            .unwrap_or_else(|| "refunded by the organizer".into()),
+        reason: match &body.reason {
+            Some(reason) => parse_text("reason", reason, TextKind::Note, 500)?,
+            None => "refunded by the organizer".into(),
+        },
         refund_id: None,
     });
     state.engine.execute(id, command, meta).await?;

@@ -5,8 +5,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use tombola_domain::{
-    Bundle, CreateRaffle, Currency, LatePaymentPolicy, Prize, RaffleCommand, RaffleEvent,
-    TicketState,
+    parse_text, Bundle, CreateRaffle, Currency, LatePaymentPolicy, PlusAddressing, Prize,
+    RaffleCommand, RaffleEvent, RaffleStatus, TextKind, TicketState,
 };
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -21,41 +21,61 @@ const ORGANIZERS: &[Role] = &[Role::Admin, Role::Organizer];
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRaffleRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
     /// 1 to 10,000,000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub ticket_count: u32,
     /// 0 or 1 (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 0, maximum = 1)]
     pub first_number: u32,
     /// Zero-padding width for display; default: the digits of the largest number.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10)]
     pub number_width: Option<u8>,
+    /// Integer minor units, at most 99,999,999 (what a payment provider accepts).
+    #[schema(minimum = 1, maximum = 99_999_999)]
     pub price_minor: i64,
+    /// ISO 4217, e.g. `USD`.
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: String,
     /// E.g. 5 for 40: an order pays the cheapest combination.
     #[serde(default)]
     pub bundles: Vec<BundleBody>,
     /// Default 15.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_080)]
     pub hold_minutes: Option<u32>,
     /// Longest a hold may be extended to while a payment is pending. Default 72 hours.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 43_200)]
     pub max_hold_minutes: Option<u32>,
     /// Default 100.
     #[serde(default = "hundred")]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub max_tickets_per_order: u32,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tickets_per_buyer: Option<u32>,
     #[serde(default)]
     pub prizes: Vec<PrizeBody>,
     /// Hex SHA-256 of the organizer's secret draw seed.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub draw_commitment: String,
     /// `refund` (default) or `substitute`.
     #[serde(default)]
+    #[schema(pattern = "^(refund|substitute)$")]
     pub late_payment_policy: Option<String>,
     /// Required for admin keys; organizer keys create for their own organizer.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100)]
     pub organizer_id: Option<String>,
+    /// Whether `ana+1@example.com` and `ana@example.com` are one buyer for
+    /// `max_tickets_per_buyer`: `separate_buyers` (default) or `same_buyer`.
+    #[serde(default)]
+    #[schema(pattern = "^(separate_buyers|same_buyer)$")]
+    pub plus_addressing: Option<String>,
 }
 
 fn one() -> u32 {
@@ -90,6 +110,16 @@ impl CreateRaffleRequest {
                 ))
             }
         };
+        let plus_addressing = match self.plus_addressing.as_deref() {
+            None | Some("separate_buyers") => PlusAddressing::SeparateBuyers,
+            Some("same_buyer") => PlusAddressing::SameBuyer,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "plus_addressing",
+                    "must be separate_buyers or same_buyer",
+                ))
+            }
+        };
         let minutes = |m: Option<u32>, field: &str| {
             m.map(|m| {
                 m.checked_mul(60)
@@ -105,8 +135,7 @@ impl CreateRaffleRequest {
             first_number: self.first_number,
             number_width: self.number_width,
             price_minor: self.price_minor,
-            currency: Currency::parse(&self.currency)
-                .map_err(|e| ApiError::invalid(e.field, e.reason))?,
+            currency: Currency::parse(&self.currency)?,
             bundles: self
                 .bundles
                 .into_iter()
@@ -129,13 +158,15 @@ impl CreateRaffleRequest {
                 .collect(),
             draw_commitment: self.draw_commitment,
             late_payment_policy,
+            plus_addressing,
         })
     }
 }
 
 /// Create a raffle (draft). Admin or organizer.
 #[utoipa::path(post, path = "/v1/raffles", tag = "raffles", request_body = CreateRaffleRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters",
+        pattern = "^[!-~]([ !-~]{0,253}[!-~])?$")),
     responses((status = 201, body = RaffleBody), (status = 422, description = "Invalid raffle")),
     security(("api_key" = [])))]
 pub async fn create(
@@ -164,6 +195,18 @@ pub async fn create(
     ))
 }
 
+/// A page size: `default` when absent, refused outside `1..=max`.
+pub(super) fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(_) => Err(ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
+    }
+}
+
 async fn read_raffle(state: &AppState, raffle_id: Uuid) -> Result<RaffleBody, ApiError> {
     state
         .engine
@@ -175,8 +218,10 @@ async fn read_raffle(state: &AppState, raffle_id: Uuid) -> Result<RaffleBody, Ap
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Only raffles in this status.
+    #[param(pattern = "^(draft|on_sale|closed|drawn|cancelled)$")]
     pub status: Option<String>,
     /// Page size, at most 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Raffles created after this id (ids are time-ordered): the next page.
     pub after: Option<Uuid>,
@@ -205,7 +250,19 @@ pub async fn list(
     caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<RaffleList>, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 500);
+    let limit = page_limit(query.limit, 100, 500)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|name| {
+            RaffleStatus::parse(name).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    "must be draft, on_sale, closed, drawn or cancelled",
+                )
+            })
+        })
+        .transpose()?;
     let organizer = if caller.role == Role::Admin {
         None
     } else {
@@ -214,7 +271,7 @@ pub async fn list(
     let raffles = crate::store::list_raffles(
         state.engine.store(),
         organizer.as_deref(),
-        query.status.as_deref(),
+        status.map(RaffleStatus::as_str),
         query.after,
         i64::from(limit),
     )
@@ -310,6 +367,7 @@ pub async fn close(
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -325,10 +383,10 @@ pub async fn cancel(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<RaffleBody>, ApiError> {
     let body = super::optional_json::<CancelRequest>(&body?)?;
-    let reason = body
-        .reason
-        .clone()
-        .unwrap_or_else(|| "cancelled by the organizer".into());
+    let reason = match &body.reason {
+        Some(reason) => parse_text("reason", reason, TextKind::Note, 500)?,
+        None => "cancelled by the organizer".into(),
+    };
     run_command(
         &state,
         &caller,
@@ -345,8 +403,10 @@ pub async fn cancel(
 #[serde(deny_unknown_fields)]
 pub struct DrawRequest {
     /// The secret seed whose SHA-256 is the raffle's draw commitment.
+    #[schema(min_length = 1, max_length = 1000)]
     pub seed: String,
     /// Entropy published after sales closed (e.g. a lottery result).
+    #[schema(min_length = 1, max_length = 1000)]
     pub public_entropy: String,
 }
 
@@ -377,8 +437,13 @@ pub async fn draw(
         &format!("/v1/raffles/{id}/draw"),
         &body,
         RaffleCommand::Draw {
-            seed: body.seed.clone(),
-            public_entropy: body.public_entropy.clone(),
+            seed: parse_text("seed", &body.seed, TextKind::Exact, 1000)?,
+            public_entropy: parse_text(
+                "public_entropy",
+                &body.public_entropy,
+                TextKind::Exact,
+                1000,
+            )?,
         },
     )
     .await?;

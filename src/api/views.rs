@@ -5,18 +5,21 @@ use chrono::{DateTime, Utc};
 
 use crate::audit::chain::Anchor;
 use serde::{Deserialize, Serialize};
-use tombola_domain::{OrderView, Raffle, RaffleEvent, Winner};
+use tombola_domain::{OrderStatus, OrderView, Raffle, RaffleEvent, Winner};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BundleBody {
+    #[schema(minimum = 2)]
     pub quantity: u32,
+    #[schema(minimum = 1, maximum = 99_999_999)]
     pub price_minor: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PrizeBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Early-bird prize: only tickets issued before this instant take part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +66,8 @@ pub struct RaffleBody {
     pub draw_commitment: String,
     /// `refund` or `substitute`.
     pub late_payment_policy: String,
+    /// `separate_buyers` or `same_buyer`: whether plus-addresses are one buyer.
+    pub plus_addressing: String,
     pub available: u64,
     pub reserved: u64,
     pub sold: u64,
@@ -104,6 +109,7 @@ impl RaffleBody {
                 .collect(),
             draw_commitment: c.draw_commitment.clone(),
             late_payment_policy: c.late_payment_policy.as_str().to_owned(),
+            plus_addressing: c.plus_addressing.as_str().to_owned(),
             available: raffle.available_count(),
             reserved: raffle.reserved_count(),
             sold: raffle.sold_count(),
@@ -114,9 +120,12 @@ impl RaffleBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuyerBody {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(min_length = 3, max_length = 254)]
     pub email: String,
     #[serde(default)]
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
 }
 
@@ -132,6 +141,18 @@ pub struct PaymentBody {
     pub at: DateTime<Utc>,
 }
 
+/// A payment on this order that an operator must act on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderFlag {
+    /// `payment_flagged` (a payment that issued nothing: wrong amount or currency, or a
+    /// payment id seen on another order) or `refund_required` (money to send back).
+    pub kind: String,
+    /// E.g. `amount_mismatch`, `payment_id_reused`, `tickets_taken`, `raffle_cancelled`.
+    pub reason: String,
+    pub payment_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderBody {
     pub order_id: Uuid,
@@ -144,9 +165,12 @@ pub struct OrderBody {
     pub currency: String,
     pub buyer: Option<BuyerBody>,
     pub reserved_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    /// When the hold ends; only while the order is `reserved`.
+    pub expires_at: Option<DateTime<Utc>>,
     pub paid_at: Option<DateTime<Utc>>,
     pub payment: Option<PaymentBody>,
+    /// Payments on this order that need an operator, oldest first; empty when none.
+    pub flags: Vec<OrderFlag>,
     /// Once paid: `SEQUENCE:HASH` of the event that issued the tickets. Keep it: `tombola
     /// audit verify --receipt` (or `GET …/audit/verify?receipt=`) proves against the log
     /// that the issue is still there, unchanged (docs/AUDIT.md).
@@ -160,13 +184,36 @@ impl OrderBody {
         let mut buyer = None;
         let mut payment = None;
         let mut issuing_payment = None;
+        let mut flags = Vec::new();
         for event in events {
             match event {
+                RaffleEvent::PaymentFlagged {
+                    payment_id,
+                    reason,
+                    at,
+                    ..
+                } => flags.push(OrderFlag {
+                    kind: "payment_flagged".into(),
+                    reason: reason.clone(),
+                    payment_id: Some(payment_id.clone()),
+                    at: *at,
+                }),
+                RaffleEvent::RefundRequired {
+                    payment_id,
+                    reason,
+                    at,
+                    ..
+                } => flags.push(OrderFlag {
+                    kind: "refund_required".into(),
+                    reason: reason.as_str().to_owned(),
+                    payment_id: payment_id.clone(),
+                    at: *at,
+                }),
                 RaffleEvent::TicketsReserved { buyer: b, .. } => {
                     buyer = Some(BuyerBody {
-                        name: b.name.clone(),
-                        email: b.email.as_str().to_owned(),
-                        phone: b.phone.clone(),
+                        name: b.name().to_owned(),
+                        email: b.email().as_str().to_owned(),
+                        phone: b.phone().map(str::to_owned),
                     })
                 }
                 RaffleEvent::PaymentRecorded { payment: p, at, .. } => {
@@ -199,6 +246,10 @@ impl OrderBody {
                     })
                 }
                 RaffleEvent::TicketsIssued { .. } => issuing_payment = payment.clone(),
+                // The money went back: nothing is owed any more.
+                RaffleEvent::OrderRefunded { .. } => {
+                    flags.retain(|f: &OrderFlag| f.kind != "refund_required")
+                }
                 _ => {}
             }
         }
@@ -211,9 +262,10 @@ impl OrderBody {
             currency: view.currency.to_string(),
             buyer,
             reserved_at: view.reserved_at,
-            expires_at: view.expires_at,
+            expires_at: (view.status == OrderStatus::Reserved).then_some(view.expires_at),
             paid_at: view.issued_at,
             payment: issuing_payment.or(payment),
+            flags,
             receipt: None,
         }
     }

@@ -22,6 +22,7 @@ pub struct WebhookAck {
 
 /// Stripe events (`Stripe-Signature` verified). Answered once the delivery is stored.
 #[utoipa::path(post, path = "/v1/webhooks/stripe", tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix time>,v1=<hex HMAC-SHA256>`")),
     request_body(content = String, content_type = "application/json", description = "A Stripe Event object"),
     responses((status = 200, body = WebhookAck), (status = 400, description = "Bad or missing signature")))]
 pub async fn stripe(

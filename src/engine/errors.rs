@@ -4,33 +4,75 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tombola_domain::RaffleError;
 
-/// A domain rule refused the command. Stored with idempotency records, so it is plain data:
-/// the stable `code`, a human `message` and the fields a client can act on.
+/// A domain rule refused the command. Stored with idempotency records as plain data (the
+/// stable `code`, a human `message` and the fields a client can act on) and read back into
+/// the domain's error, so callers match on the error rather than on its code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "StoredRejection", try_from = "StoredRejection")]
 pub struct Rejection {
-    pub code: String,
-    pub message: String,
-    pub data: serde_json::Map<String, serde_json::Value>,
+    pub error: RaffleError,
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        self.error.code()
+    }
+
+    pub fn message(&self) -> String {
+        self.error.to_string()
+    }
+
+    /// The error's fields, without its code.
+    pub fn data(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(&self.error) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.remove("code");
+                map
+            }
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 impl From<&RaffleError> for Rejection {
     fn from(error: &RaffleError) -> Self {
-        let mut data = match serde_json::to_value(error) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        data.remove("code");
         Self {
-            code: error.code().to_owned(),
-            message: error.to_string(),
-            data,
+            error: error.clone(),
         }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRejection {
+    code: String,
+    message: String,
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<Rejection> for StoredRejection {
+    fn from(rejection: Rejection) -> Self {
+        Self {
+            code: rejection.code().to_owned(),
+            message: rejection.message(),
+            data: rejection.data(),
+        }
+    }
+}
+
+impl TryFrom<StoredRejection> for Rejection {
+    type Error = serde_json::Error;
+    fn try_from(stored: StoredRejection) -> Result<Self, Self::Error> {
+        let mut fields = stored.data;
+        fields.insert("code".into(), stored.code.into());
+        Ok(Self {
+            error: serde_json::from_value(serde_json::Value::Object(fields))?,
+        })
     }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
-    #[error("{}", .0.message)]
+    #[error("{}", .0.error)]
     Rejected(Rejection),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,

@@ -181,30 +181,53 @@ pub async fn release(
     Ok(())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InboxEntry {
     pub provider: String,
     pub event_id: String,
     pub event_type: String,
+    /// `pending`, `done`, `ignored`, `rejected` or `failed`.
     pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,
+    /// What applying it led to, e.g. `tickets_issued`, `refund_required`, `payment_flagged`.
     pub outcome: Option<String>,
+    pub payment_id: Option<String>,
+    pub raffle_id: Option<uuid::Uuid>,
+    pub order_id: Option<uuid::Uuid>,
     pub received_at: DateTime<Utc>,
 }
 
-/// Recent deliveries, newest first; `failed_only` keeps those an operator must look at.
+/// Which deliveries to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxFilter {
+    All,
+    /// Failed or rejected: the delivery itself could not be applied.
+    Failed,
+    /// Everything an operator must act on: failed or rejected deliveries, and applied ones
+    /// whose money must go back (`refund_required`) or matched nothing (`payment_flagged`).
+    NeedsAction,
+}
+
+/// Recent deliveries, newest first.
 pub async fn list(
     store: &Store,
-    failed_only: bool,
+    filter: InboxFilter,
     limit: i64,
 ) -> Result<Vec<InboxEntry>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT provider, event_id, event_type, status, attempts, last_error, outcome, received_at \
-         FROM payment_inbox WHERE (NOT $1 OR status IN ('failed', 'rejected')) \
-         ORDER BY received_at DESC LIMIT $2",
-    )
-    .bind(failed_only)
+    let condition = match filter {
+        InboxFilter::All => "true",
+        InboxFilter::Failed => "status IN ('failed', 'rejected')",
+        InboxFilter::NeedsAction => {
+            "(status IN ('failed', 'rejected') \
+              OR (status = 'done' AND outcome IN ('refund_required', 'payment_flagged')))"
+        }
+    };
+    Ok(sqlx::query_as(&format!(
+        "SELECT provider, event_id, event_type, status, attempts, last_error, outcome, \
+                payment_id, raffle_id, order_id, received_at \
+         FROM payment_inbox WHERE {condition} ORDER BY received_at DESC LIMIT $1"
+    ))
     .bind(limit)
     .fetch_all(store.pool())
     .await?)

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tombola_domain::Currency;
+use tombola_domain::{parse_text, text_allows, Currency, TextKind};
 use uuid::Uuid;
 
 use super::provider::{PaymentAction, PaymentProvider, ProviderEvent, VerifyError};
@@ -116,7 +116,15 @@ impl PaymentProvider for Stripe {
                 .and_then(Value::as_str)
                 .and_then(|s| Uuid::try_parse(s).ok())
         };
-        let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
+        // Ids become keys and columns: one with a control character is not Stripe's, and is
+        // refused rather than stored (and retried) forever.
+        let text = |key: &str| -> Result<Option<String>, VerifyError> {
+            object
+                .get(key)
+                .and_then(Value::as_str)
+                .map(|id| id_text(key, id))
+                .transpose()
+        };
         let int = |key: &str| object.get(key).and_then(Value::as_i64);
         let created = Utc
             .timestamp_opt(event.created, 0)
@@ -126,55 +134,78 @@ impl PaymentProvider for Stripe {
             |what: &str| VerifyError::InvalidBody(format!("{} lacks {what}", event.event_type));
         let action = match event.event_type.as_str() {
             "payment_intent.succeeded" => {
-                let currency = text("currency").ok_or_else(|| invalid("currency"))?;
+                let currency = text("currency")?.ok_or_else(|| invalid("currency"))?;
                 PaymentAction::Succeeded {
-                    payment_id: text("id").ok_or_else(|| invalid("id"))?,
+                    payment_id: text("id")?.ok_or_else(|| invalid("id"))?,
                     amount_minor: int("amount_received")
                         .or_else(|| int("amount"))
                         .ok_or_else(|| invalid("amount"))?,
                     currency: Currency::parse(&currency)
                         .map_err(|e| VerifyError::InvalidBody(e.to_string()))?,
-                    method: object
-                        .get("payment_method_types")
-                        .and_then(|t| t.get(0))
-                        .and_then(Value::as_str)
-                        .unwrap_or("card")
-                        .to_owned(),
+                    method: readable(
+                        object
+                            .get("payment_method_types")
+                            .and_then(|t| t.get(0))
+                            .and_then(Value::as_str),
+                        "card",
+                    ),
                 }
             }
             "payment_intent.payment_failed" => PaymentAction::Failed {
-                payment_id: text("id").ok_or_else(|| invalid("id"))?,
-                reason: object
-                    .get("last_payment_error")
-                    .and_then(|e| e.get("message").or_else(|| e.get("code")))
-                    .and_then(Value::as_str)
-                    .unwrap_or("payment failed")
-                    .to_owned(),
+                payment_id: text("id")?.ok_or_else(|| invalid("id"))?,
+                reason: readable(
+                    object
+                        .get("last_payment_error")
+                        .and_then(|e| e.get("message").or_else(|| e.get("code")))
+                        .and_then(Value::as_str),
+                    "payment failed",
+                ),
             },
             "payment_intent.processing" | "payment_intent.requires_action" => {
                 PaymentAction::Pending {
-                    payment_id: text("id").ok_or_else(|| invalid("id"))?,
+                    payment_id: text("id")?.ok_or_else(|| invalid("id"))?,
                     // Vouchers say when they lapse; otherwise ask for the longest hold allowed
                     // (the raffle caps it at its maximum).
                     until: voucher_expiry(object).unwrap_or(created + Duration::days(30)),
                 }
             }
             "charge.refunded" => PaymentAction::Refunded {
-                payment_id: text("payment_intent").ok_or_else(|| invalid("payment_intent"))?,
-                refund_id: text("id").ok_or_else(|| invalid("id"))?,
+                payment_id: text("payment_intent")?.ok_or_else(|| invalid("payment_intent"))?,
+                refund_id: text("id")?.ok_or_else(|| invalid("id"))?,
                 amount_refunded_minor: int("amount_refunded")
                     .ok_or_else(|| invalid("amount_refunded"))?,
             },
             _ => PaymentAction::Ignored,
         };
         Ok(ProviderEvent {
-            event_id: event.id,
+            event_id: id_text("event id", &event.id)?,
             event_type: event.event_type,
             created,
             raffle_id: metadata_id("raffle_id"),
             order_id: metadata_id("order_id"),
             action,
         })
+    }
+}
+
+/// A Stripe id, refused unless it is one line of visible text.
+fn id_text(what: &str, id: &str) -> Result<String, VerifyError> {
+    parse_text("id", id, TextKind::Name, 255)
+        .map_err(|e| VerifyError::InvalidBody(format!("{what}: {}", e.reason)))
+}
+
+/// Free text Stripe wrote for people (a failure message, a method name): kept for the
+/// record with what the text policy refuses dropped, since the payment it describes is real.
+fn readable(text: Option<&str>, default: &str) -> String {
+    let kept: String = text
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| text_allows(TextKind::Name, *c))
+        .take(500)
+        .collect();
+    match kept.trim() {
+        "" => default.to_owned(),
+        kept => kept.to_owned(),
     }
 }
 
@@ -334,5 +365,47 @@ mod tests {
             stripe(&[]).parse(event.as_bytes()).unwrap().action,
             PaymentAction::Ignored
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused_and_messages_cleaned() {
+        let mut intent: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/stripe/payment_intent.json"
+        ))
+        .unwrap();
+        let mut event: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/stripe/event.json")).unwrap();
+        event["type"] = "payment_intent.payment_failed".into();
+        intent["last_payment_error"] =
+            serde_json::json!({"message": "card\u{0} declined\u{1b}[0m"});
+        event["data"]["object"] = intent.clone();
+        match stripe(&[])
+            .parse(event.to_string().as_bytes())
+            .unwrap()
+            .action
+        {
+            PaymentAction::Failed { reason, .. } => assert_eq!(reason, "card declined[0m"),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let mut nul_event = event.clone();
+        nul_event["id"] = "evt_\u{0}1".into();
+        let mut nul_payment = event.clone();
+        nul_payment["data"]["object"]["id"] = "pi_\u{0}1".into();
+        let mut newline_payment = event;
+        newline_payment["data"]["object"]["id"] = "pi_1\n".into();
+        for bad in [nul_event, nul_payment] {
+            assert!(
+                matches!(
+                    stripe(&[]).parse(bad.to_string().as_bytes()),
+                    Err(VerifyError::InvalidBody(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Surrounding whitespace is trimmed, as every id field's policy says.
+        assert!(stripe(&[])
+            .parse(newline_payment.to_string().as_bytes())
+            .is_ok());
     }
 }

@@ -135,7 +135,7 @@ pub fn reserved_numbers(applied: &Applied) -> Option<Vec<u32>> {
 /// The stable code of a domain rejection, if `error` is one.
 pub fn rejection_code(error: &EngineError) -> Option<&str> {
     match error {
-        EngineError::Rejected(rejection) => Some(rejection.code.as_str()),
+        EngineError::Rejected(rejection) => Some(rejection.code()),
         _ => None,
     }
 }

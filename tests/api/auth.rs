@@ -88,7 +88,7 @@ async fn a_missing_or_wrong_key_is_401() {
 }
 
 #[tokio::test]
-async fn a_valid_key_outside_its_scope_is_403() {
+async fn another_organizers_raffle_is_404_and_a_role_outside_the_key_403() {
     let app = spawn_app().await;
     let raffle = app.raffle_on_sale(json!({})).await;
     let order = app
@@ -100,8 +100,8 @@ async fn a_valid_key_outside_its_scope_is_403() {
     let client = &app.client_key;
     let pay = json!({"method": "cash", "reference": "r"});
 
-    // Organizer B on organizer A's raffle.
-    let forbidden = [
+    // Organizer B on organizer A's raffle: answered exactly as a raffle that does not exist.
+    let hidden = [
         app.get(&format!("/v1/raffles/{raffle}"), b).await,
         app.get(&format!("/v1/raffles/{raffle}/availability"), b)
             .await,
@@ -131,6 +131,12 @@ async fn a_valid_key_outside_its_scope_is_403() {
         .send()
         .await
         .unwrap(),
+    ];
+    for response in hidden {
+        let (problem, _) = expect_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+        assert_eq!(problem["detail"], "raffle not found");
+    }
+    let forbidden = [
         // Organizer A's own key cannot create for B.
         app.post(
             "/v1/raffles",

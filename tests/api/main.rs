@@ -10,6 +10,7 @@ mod backpressure;
 mod buying;
 mod errors;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod openapi;
 mod shutdown;

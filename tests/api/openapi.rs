@@ -33,6 +33,7 @@ const SERVED: &[(&str, &str)] = &[
     ("DELETE", "/v1/raffles/{id}/orders/{order_id}"),
     ("POST", "/v1/raffles/{id}/orders/{order_id}/manual-payment"),
     ("POST", "/v1/raffles/{id}/orders/{order_id}/refund"),
+    ("GET", "/v1/payments/needs-action"),
     ("POST", "/v1/webhooks/stripe"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),

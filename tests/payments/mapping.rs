@@ -354,3 +354,72 @@ async fn an_unknown_event_type_is_acknowledged_and_ignored() {
     assert_eq!(server.order_status(&order).await, "reserved");
     server.teardown().await;
 }
+
+/// Issue 18, item 7: a payment for an unknown order and one of the wrong amount are on the
+/// operator's one list (the admin API's and the CLI's), and the order view shows its flag;
+/// a payment that issued its tickets is not on the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_that_need_an_operator_are_listed_and_flagged_on_the_order() {
+    let server = server().await;
+    let raffle = server.open_raffle(json!({})).await;
+    let fine = server.reserve_order(raffle, &[1], 1).await;
+    pay(&server, &Payment::for_order(&fine), &fine).await;
+
+    let short = server.reserve_order(raffle, &[2], 2).await;
+    let mut underpaid = Payment::for_order(&short);
+    underpaid.amount = PRICE - 1;
+    let underpaid_event = underpaid.succeeded(&event_id());
+    assert_eq!(
+        done(&apply(&server, &underpaid_event).await),
+        Some("payment_flagged")
+    );
+
+    let mut stray = Payment::for_order(&fine);
+    stray.order = uuid::Uuid::now_v7();
+    let stray_event = stray.succeeded(&event_id());
+    assert_eq!(
+        done(&apply(&server, &stray_event).await),
+        Some("refund_required")
+    );
+
+    let list = server
+        .call(reqwest::Method::GET, "/v1/payments/needs-action", None)
+        .await;
+    let listed: Vec<(&str, &str)> = list["payments"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            (
+                p["event_id"].as_str().unwrap(),
+                p["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (stray_event["id"].as_str().unwrap(), "refund_required"),
+            (underpaid_event["id"].as_str().unwrap(), "payment_flagged"),
+        ]
+    );
+    let cli = tombola::payments::inbox::list(
+        &tombola::store::Store::new(server.pool().clone()),
+        tombola::payments::inbox::InboxFilter::NeedsAction,
+        10,
+    )
+    .await
+    .expect("the CLI's list");
+    assert_eq!(cli.len(), 2);
+
+    let order = server.order_view(&short).await;
+    assert_eq!(order["status"], "reserved");
+    assert_eq!(order["flags"][0]["kind"], "payment_flagged");
+    assert_eq!(order["flags"][0]["reason"], "amount_mismatch");
+    assert_eq!(
+        order["flags"][0]["payment_id"],
+        underpaid.intent_id.as_str()
+    );
+    assert_eq!(server.order_view(&fine).await["flags"], json!([]));
+    server.teardown().await;
+}

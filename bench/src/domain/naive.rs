@@ -196,7 +196,7 @@ impl Model for NaiveRaffle<'_> {
             reserve.order_id,
             NaiveOrder {
                 id: reserve.order_id,
-                buyer_email: reserve.buyer.email.as_str().to_owned(),
+                buyer_email: reserve.buyer.email().as_str().to_owned(),
                 numbers,
                 status: Status::Reserved,
                 amount_minor,

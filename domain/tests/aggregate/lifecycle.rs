@@ -54,6 +54,7 @@ fn create_records_the_parsed_config() {
                 prizes: vec![prize("First prize")],
                 draw_commitment: draw::commitment_of(SEED),
                 late_payment_policy: LatePaymentPolicy::Refund,
+                plus_addressing: Default::default(),
             },
             at: at(0),
         }]);
@@ -211,7 +212,7 @@ fn sales_never_reopen() {
             .when(RaffleCommand::OpenSales)
             .then_expect_error(RaffleError::InvalidRaffleState {
                 status,
-                expected: "draft",
+                expected: "draft".into(),
             });
     }
 }
@@ -252,7 +253,7 @@ fn only_a_raffle_on_sale_can_close() {
             .when(RaffleCommand::CloseSales)
             .then_expect_error(RaffleError::InvalidRaffleState {
                 status,
-                expected: "on_sale",
+                expected: "on_sale".into(),
             });
     }
 }
@@ -472,7 +473,7 @@ fn the_draw_happens_once_and_only_after_sales_close() {
             .when(draw_cmd(SEED, "e"))
             .then_expect_error(RaffleError::InvalidRaffleState {
                 status,
-                expected: "closed",
+                expected: "closed".into(),
             });
     }
 }
@@ -569,6 +570,6 @@ fn a_drawn_raffle_cannot_be_cancelled() {
         .when(RaffleCommand::Cancel { reason: "r".into() })
         .then_expect_error(RaffleError::InvalidRaffleState {
             status: RaffleStatus::Drawn,
-            expected: "not yet drawn",
+            expected: "not yet drawn".into(),
         });
 }

@@ -98,6 +98,7 @@ pub fn config(ticket_count: u32) -> RaffleConfig {
         prizes: vec![prize("Car")],
         draw_commitment: draw::commitment_of(SEED),
         late_payment_policy: LatePaymentPolicy::Refund,
+        plus_addressing: Default::default(),
     }
 }
 

@@ -156,7 +156,7 @@ impl Model {
                     ModelOrder {
                         status: OrderStatus::Reserved,
                         numbers: numbers.clone(),
-                        email: buyer.email.as_str().to_lowercase(),
+                        email: buyer.email().as_str().to_lowercase(),
                         seq,
                         reserved_at: *at,
                         expires_at: *expires_at,

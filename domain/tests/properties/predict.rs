@@ -32,7 +32,7 @@ impl Model {
                 RaffleStatus::OnSale => Ok(vec![]),
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
-                    expected: "draft",
+                    expected: "draft".into(),
                 }),
             },
             C::Reserve(reserve) => self.predict_reserve(reserve, now, actual)?,
@@ -127,7 +127,7 @@ impl Model {
                 RaffleStatus::Closed => Ok(vec![]),
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
-                    expected: "on_sale",
+                    expected: "on_sale".into(),
                 }),
             },
             C::Draw {
@@ -138,7 +138,7 @@ impl Model {
                 RaffleStatus::Cancelled => Ok(vec![]),
                 RaffleStatus::Drawn => Err(RaffleError::InvalidRaffleState {
                     status: RaffleStatus::Drawn,
-                    expected: "not yet drawn",
+                    expected: "not yet drawn".into(),
                 }),
                 _ => Ok(vec![RaffleEvent::RaffleCancelled {
                     reason: reason.clone(),
@@ -181,7 +181,7 @@ impl Model {
             }));
         }
         if let Some(limit) = cfg.max_tickets_per_buyer {
-            let held = self.live_tickets_of(&reserve.buyer.email.as_str().to_lowercase());
+            let held = self.live_tickets_of(&reserve.buyer.email().as_str().to_lowercase());
             if held + requested > limit {
                 return Ok(Err(RaffleError::LimitExceeded {
                     kind: LimitKind::PerBuyer,
@@ -462,7 +462,7 @@ impl Model {
         if self.status != RaffleStatus::Closed {
             return Err(RaffleError::InvalidRaffleState {
                 status: self.status,
-                expected: "closed",
+                expected: "closed".into(),
             });
         }
         if seed != SEED {

@@ -175,11 +175,16 @@ impl PaymentsIn {
             // not refundable, so wait for it rather than drop the refund for good.
             Err(EngineError::Rejected(rejection))
                 if matches!(event.action, PaymentAction::Refunded { .. })
-                    && rejection.code == "invalid_order_state" =>
+                    && matches!(
+                        rejection.error,
+                        tombola_domain::RaffleError::InvalidOrderState { .. }
+                    ) =>
             {
-                Err(Failure::Retry(rejection.message))
+                Err(Failure::Retry(rejection.message()))
             }
-            Err(EngineError::Rejected(rejection)) => Err(Failure::Rejected(rejection.code)),
+            Err(EngineError::Rejected(rejection)) => {
+                Err(Failure::Rejected(rejection.code().to_owned()))
+            }
             Err(other) => Err(Failure::Retry(other.to_string())),
         }
     }
