@@ -18,6 +18,7 @@ pub mod draw;
 mod errors;
 mod events;
 mod orders;
+pub mod retry;
 mod snapshot;
 mod tickets;
 mod values;
