@@ -86,6 +86,16 @@ pub struct ServeArgs {
     /// smaller statements (at 5,000 deliveries/s, 2 answered faster than 4).
     #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = 2)]
     pub payment_workers: usize,
+
+    /// PostgreSQL for the read models and their checkpoints, when they outgrow the write
+    /// database. Default: the write database.
+    #[arg(long, env = "TOMBOLA_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
+
+    /// Longest a read with `min_position` waits for the read model to reach it before it is
+    /// answered 503 with Retry-After.
+    #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = 2000)]
+    pub min_position_wait_ms: u64,
 }
 
 impl ServeArgs {

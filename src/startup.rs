@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
 use crate::store::{Store, EVENTS_CHANNEL};
+use tombola_projections::{EventSource, Runtime, RuntimeConfig, RuntimeHandle};
 
 /// How long shutdown waits for a pool to close its connections politely.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +29,17 @@ pub struct Application {
     payments: Option<PaymentsIn>,
     payment_workers: usize,
     listener_task: tokio::task::AbortHandle,
+    read_side: ReadSide,
+}
+
+/// The projection runtime and what feeds it wake-ups.
+struct ReadSide {
+    handle: RuntimeHandle,
+    stop: CancellationToken,
+    runtime: tokio::task::JoinHandle<()>,
+    wakeups: tokio::task::AbortHandle,
+    /// The read database's own pool, when it is not the write database.
+    own_pool: Option<sqlx::PgPool>,
 }
 
 impl Application {
@@ -42,6 +54,7 @@ impl Application {
                 ..EngineConfig::default()
             },
         );
+        let read_side = start_read_side(args, &store, &engine).await?;
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
         let listener_task = spawn_remote_commit_listener(engine.clone(), store);
@@ -62,6 +75,10 @@ impl Application {
             RateLimits::new(args.rate_limit_per_key, args.rate_limit_per_ip),
             crate::telemetry::init_metrics(),
             payments.clone(),
+        )
+        .with_read_side(
+            read_side.handle.clone(),
+            Duration::from_millis(args.min_position_wait_ms),
         );
         let router = api::router(state, args.request_timeout(), args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
@@ -72,6 +89,7 @@ impl Application {
             payments,
             payment_workers: args.payment_workers,
             listener_task,
+            read_side,
         })
     }
 
@@ -87,6 +105,11 @@ impl Application {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The projection runtime's handle: status, positions, wake-ups.
+    pub fn read_side(&self) -> &RuntimeHandle {
+        &self.read_side.handle
     }
 
     pub async fn run_until_stopped(
@@ -116,9 +139,72 @@ impl Application {
         }
         self.engine.shutdown().await;
         self.listener_task.abort();
+        // Projections stop last: a batch in flight is rolled back and redone at next start.
+        self.read_side.wakeups.abort();
+        self.read_side.stop.cancel();
+        let _ = self.read_side.runtime.await;
+        if let Some(pool) = &self.read_side.own_pool {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, pool.close()).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Creates the read side's tables (on TOMBOLA_READ_DATABASE_URL, or the write database)
+/// and starts the projection runtime, woken by the engine after each commit; other nodes'
+/// commits wake it through NOTIFY, and it polls besides.
+async fn start_read_side(
+    args: &ServeArgs,
+    store: &Store,
+    engine: &Engine,
+) -> anyhow::Result<ReadSide> {
+    let own_pool = match &args.read_database_url {
+        Some(url) => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(
+                    url.parse::<sqlx::postgres::PgConnectOptions>()?
+                        .application_name("tombola-read"),
+                )
+                .await?,
+        ),
+        None => None,
+    };
+    let read_pool = own_pool.clone().unwrap_or_else(|| store.pool().clone());
+    let projections = tombola_projections::models::all();
+    tombola_projections::migrate(&read_pool, &projections).await?;
+    let runtime = Runtime::new(
+        EventSource::new(store.pool().clone()),
+        read_pool,
+        projections,
+        RuntimeConfig::default(),
+    );
+    let handle = runtime.handle();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let runtime = tokio::spawn(runtime.run(async move { stopped.cancelled().await }));
+    let mut commits = engine.subscribe();
+    let woken = handle.clone();
+    let wakeups = tokio::spawn(async move {
+        loop {
+            match commits.recv().await {
+                Ok(committed) => woken.wake(committed.raffle_id),
+                // Missed notices only delay: the poll finds those raffles.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+    .abort_handle();
+    Ok(ReadSide {
+        handle,
+        stop,
+        runtime,
+        wakeups,
+        own_pool,
+    })
 }
 
 /// Other nodes' commits arrive by NOTIFY; resident raffles catch up so reads stay fresh.

@@ -14,6 +14,7 @@
 mod envelope;
 pub mod models;
 mod projection;
+pub mod queries;
 mod runtime;
 mod schema;
 mod status;

@@ -7,6 +7,7 @@ mod health;
 mod orders;
 mod raffles;
 pub mod rate_limit;
+mod read;
 mod views;
 mod webhooks;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub payments: Option<crate::payments::worker::PaymentsIn>,
+    /// The read side, when the server runs it (see [`AppState::with_read_side`]).
+    pub read: Option<read::ReadSide>,
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -61,6 +64,7 @@ impl AppState {
             limits,
             metrics,
             payments,
+            read: None,
             readiness: Arc::default(),
             organizers: Arc::default(),
         }
@@ -88,6 +92,19 @@ impl AppState {
         } else {
             Err(ApiError::Forbidden)
         }
+    }
+
+    /// Serves the read endpoints from `runtime`'s read models.
+    pub fn with_read_side(
+        mut self,
+        runtime: tombola_projections::RuntimeHandle,
+        min_position_wait: Duration,
+    ) -> Self {
+        self.read = Some(read::ReadSide {
+            runtime,
+            min_position_wait,
+        });
+        self
     }
 
     fn lock_organizers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
@@ -208,6 +225,11 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(orders::get, orders::release))
         .routes(routes!(orders::manual_payment))
         .routes(routes!(orders::refund))
+        .routes(routes!(read::raffle_stats))
+        .routes(routes!(read::platform_stats))
+        .routes(routes!(read::orders))
+        .routes(routes!(read::ticket))
+        .routes(routes!(read::projections_status))
         .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -11,4 +11,5 @@ mod errors;
 mod helpers;
 mod idempotency;
 mod openapi;
+mod read_side;
 mod shutdown;
