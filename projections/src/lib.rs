@@ -15,12 +15,14 @@ mod envelope;
 pub mod models;
 mod projection;
 pub mod queries;
+mod rebuild;
 mod runtime;
 mod schema;
 mod status;
 
 pub use envelope::{Envelope, EventSource};
 pub use projection::{ApplyError, Batch, BoxFuture, Projection, Slot, Tables};
+pub use rebuild::{RebuildError, RebuildProgress};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 pub use schema::{migrate, ReadStoreError, MIGRATOR};
 pub use status::{ProjectionStatus, RaffleLag, Status};

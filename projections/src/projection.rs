@@ -79,6 +79,11 @@ pub trait Projection: Send + Sync + 'static {
     fn version(&self) -> u32;
     /// Logical names of the tables it owns.
     fn tables(&self) -> &'static [&'static str];
+    /// Whether every table it owns is keyed by raffle (then one raffle can be rebuilt
+    /// alone). Projections keeping totals across raffles answer false.
+    fn raffle_scoped(&self) -> bool {
+        true
+    }
     /// DDL creating its tables (and their indexes) under `tables`' names. Indexes are left
     /// unnamed so a shadow's indexes never collide with the live ones'.
     fn schema(&self, tables: Tables) -> String;

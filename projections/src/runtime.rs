@@ -58,19 +58,24 @@ pub struct Runtime {
 
 #[derive(Clone)]
 pub struct RuntimeHandle {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    source: EventSource,
-    read: PgPool,
-    projections: Vec<Arc<dyn Projection>>,
+pub(crate) struct Inner {
+    pub(crate) source: EventSource,
+    pub(crate) read: PgPool,
+    pub(crate) projections: Vec<Arc<dyn Projection>>,
     config: RuntimeConfig,
     dirty: Mutex<HashSet<Uuid>>,
     wake: Notify,
     /// Bumped after every committed batch: readers waiting for a position re-check.
     progress: watch::Sender<u64>,
     retries: Mutex<HashMap<(&'static str, Uuid), Retry>>,
+    /// Projections whose live tables were built by another version: they are rebuilt, and
+    /// their live tables wait, frozen, for the swap.
+    stale: Mutex<HashSet<&'static str>>,
+    /// Events applied to shadow tables (a rebuild's progress).
+    pub(crate) rebuilt: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,15 +85,15 @@ struct Retry {
 }
 
 /// How far one catch-up got.
-enum Outcome {
+pub(crate) enum Outcome {
     CaughtUp,
     /// Another node holds the pair right now.
     Busy,
 }
 
-struct Failure {
-    sequence: u64,
-    error: String,
+pub(crate) struct Failure {
+    pub(crate) sequence: u64,
+    pub(crate) error: String,
 }
 
 impl Runtime {
@@ -110,6 +115,8 @@ impl Runtime {
                 wake: Notify::new(),
                 progress: watch::channel(0).0,
                 retries: Mutex::new(HashMap::new()),
+                stale: Mutex::new(HashSet::new()),
+                rebuilt: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -301,6 +308,11 @@ pub(crate) async fn checkpoint(
     Ok(sequence.unwrap_or(0) as u64)
 }
 
+/// The projection-wide lock: shared by every batch, exclusive for a rebuild's swap.
+pub(crate) fn swap_lock_key(projection: &str) -> (i32, i32) {
+    lock_key(&format!("{projection}:swap"), Uuid::nil())
+}
+
 /// The advisory lock key of a (projection, raffle): two 32-bit halves, so it never meets the
 /// single 64-bit keys sqlx's migrator takes. FNV-1a: the same on every node and release.
 pub(crate) fn lock_key(projection: &str, raffle_id: Uuid) -> (i32, i32) {
@@ -318,8 +330,24 @@ impl Inner {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Raffles some projection has not caught up with.
+    /// Raffles some projection has not caught up with (and which projections' live tables
+    /// are of another version).
     async fn behind(&self) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let versions: Vec<(String, i32)> =
+            sqlx::query_as("SELECT projection, version FROM projection_versions")
+                .fetch_all(&self.read)
+                .await?;
+        let stale: HashSet<&'static str> = self
+            .projections
+            .iter()
+            .filter(|p| {
+                versions
+                    .iter()
+                    .any(|(name, v)| name == p.name() && *v as u32 != p.version())
+            })
+            .map(|p| p.name())
+            .collect();
+        *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
         let heads = self.source.heads().await?;
         let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
             "SELECT projection, raffle_id, sequence FROM projection_checkpoints WHERE slot = 'live'",
@@ -346,6 +374,14 @@ impl Inner {
     }
 
     async fn catch_up_logged(&self, projection: &dyn Projection, raffle_id: Uuid) {
+        if self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(projection.name())
+        {
+            return;
+        }
         let key = (projection.name(), raffle_id);
         let retry = self
             .retries
@@ -434,14 +470,18 @@ impl Inner {
     /// in batches of one transaction each. After a failed batch it goes on one event per
     /// transaction, so that everything before the failing event is applied and the failure
     /// names the event itself.
-    async fn catch_up(
+    pub(crate) async fn catch_up(
         &self,
         projection: &dyn Projection,
         raffle_id: Uuid,
         slot: Slot,
     ) -> Result<Outcome, Failure> {
         let tables = Tables { slot };
-        let (class, object) = lock_key(projection.name(), raffle_id);
+        let (class, object) = match slot {
+            Slot::Live => lock_key(projection.name(), raffle_id),
+            Slot::Shadow => lock_key(&format!("{}:shadow", projection.name()), raffle_id),
+        };
+        let (swap_class, swap_object) = swap_lock_key(projection.name());
         let failure = |sequence: u64, error: String| Failure { sequence, error };
         // One event at a time up to this sequence, after a batch failed.
         let mut careful_until: Option<u64> = None;
@@ -451,12 +491,19 @@ impl Inner {
                 .begin()
                 .await
                 .map_err(|e| failure(0, e.to_string()))?;
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-                .bind(class)
-                .bind(object)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| failure(0, e.to_string()))?;
+            // The pair's own lock, and a share of the projection's: a rebuild's swap takes
+            // that one exclusively, so no batch is ever half-way through tables being swapped.
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock($1, $2) \
+                    AND pg_try_advisory_xact_lock_shared($3, $4)",
+            )
+            .bind(class)
+            .bind(object)
+            .bind(swap_class)
+            .bind(swap_object)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| failure(0, e.to_string()))?;
             if !locked {
                 return Ok(Outcome::Busy);
             }
@@ -543,6 +590,10 @@ impl Inner {
             }
             .await;
             moved.map_err(|e| failure(first_sequence, e.to_string()))?;
+            if slot == Slot::Shadow {
+                self.rebuilt
+                    .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             self.progress.send_modify(|n| *n = n.wrapping_add(1));
             if undecodable.is_some() {
                 continue;

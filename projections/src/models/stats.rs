@@ -110,6 +110,10 @@ impl Projection for PlatformStats {
         &[PLATFORM_RAFFLES, PLATFORM_ORDERS, PLATFORM_STATS]
     }
 
+    fn raffle_scoped(&self) -> bool {
+        false
+    }
+
     fn schema(&self, tables: Tables) -> String {
         let totals = tables.name(PLATFORM_STATS);
         common_schema(&PLATFORM_LAYOUT, tables)

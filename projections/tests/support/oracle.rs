@@ -16,10 +16,33 @@ use uuid::Uuid;
 
 use super::history::History;
 
-/// The orders, folded one event at a time.
+/// The orders, folded one event at a time, checked against the aggregate.
 pub fn expected_orders(history: &History) -> BTreeMap<Uuid, OrderRow> {
+    let orders = fold_orders(&history.events);
+    // The aggregate decides status and numbers: the fold must agree with it.
+    for (id, row) in &orders {
+        let view = history
+            .raffle
+            .order(*id)
+            .expect("the aggregate knows every order");
+        assert_eq!(
+            row.status,
+            view.status.as_str(),
+            "order {id}: fold vs aggregate"
+        );
+        let mut numbers: Vec<i32> = view.numbers.iter().map(|&n| n as i32).collect();
+        let mut mine = row.numbers.clone();
+        numbers.sort_unstable();
+        mine.sort_unstable();
+        assert_eq!(mine, numbers, "order {id}: numbers, fold vs aggregate");
+    }
+    orders
+}
+
+/// The orders after `events` (a prefix of a log, or all of it), one event at a time.
+pub fn fold_orders(events: &[super::history::Recorded]) -> BTreeMap<Uuid, OrderRow> {
     let mut orders: BTreeMap<Uuid, OrderRow> = BTreeMap::new();
-    for recorded in &history.events {
+    for recorded in events {
         let seq = recorded.sequence as i64;
         let mut set = |id: &Uuid, f: &mut dyn FnMut(&mut OrderRow)| {
             if let Some(o) = orders.get_mut(id) {
@@ -150,24 +173,55 @@ pub fn expected_orders(history: &History) -> BTreeMap<Uuid, OrderRow> {
             _ => {}
         }
     }
-    // The aggregate decides status and numbers: the fold must agree with it.
-    for (id, row) in &orders {
-        let view = history
-            .raffle
-            .order(*id)
-            .expect("the aggregate knows every order");
-        assert_eq!(
-            row.status,
-            view.status.as_str(),
-            "order {id}: fold vs aggregate"
-        );
-        let mut numbers: Vec<i32> = view.numbers.iter().map(|&n| n as i32).collect();
-        let mut mine = row.numbers.clone();
-        numbers.sort_unstable();
-        mine.sort_unstable();
-        assert_eq!(mine, numbers, "order {id}: numbers, fold vs aggregate");
-    }
     orders
+}
+
+/// Reads one raffle's orders and the orders checkpoint in one snapshot, and the checkpoint
+/// again just after. (A swap between the snapshot's two statements makes the second read
+/// the new table: PostgreSQL resolves names from the latest catalog, not the snapshot's.
+/// The swap never moves a checkpoint back, so the rows then match a checkpoint between the
+/// two reads.)
+pub async fn orders_at_checkpoint(
+    pool: &PgPool,
+    raffle_id: Uuid,
+) -> (u64, u64, BTreeMap<Uuid, OrderRow>) {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let checkpoint: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM projection_checkpoints \
+         WHERE projection = 'orders' AND slot = 'live' AND raffle_id = $1",
+    )
+    .bind(raffle_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .unwrap();
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "SELECT order_id, status, buyer_name, buyer_email, buyer_phone, numbers, amount_minor, \
+                currency, payment_method, payment_reference, reserved_at, expires_at, paid_at, \
+                expired_at, released_at, refunded_at, late_payment, refund_required, \
+                amount_refunded_minor, last_sequence \
+         FROM read_orders WHERE raffle_id = $1",
+    )
+    .bind(raffle_id)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let after: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM projection_checkpoints \
+         WHERE projection = 'orders' AND slot = 'live' AND raffle_id = $1",
+    )
+    .bind(raffle_id)
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    (
+        checkpoint.unwrap_or(0) as u64,
+        after.unwrap_or(0) as u64,
+        orders.into_iter().map(|o| (o.order_id, o)).collect(),
+    )
 }
 
 /// number → (order, sold, since), from the aggregate's orders.
