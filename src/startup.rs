@@ -182,6 +182,17 @@ async fn start_read_side(
         RuntimeConfig::default(),
     );
     let handle = runtime.handle();
+    // A projection whose live tables an older version built is rebuilt in the background;
+    // its old tables keep serving (frozen) until the new ones are swapped in.
+    for name in handle.outdated().await? {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tracing::info!(projection = name, "rebuilding for a new version");
+            if let Err(error) = handle.rebuild(name, None, |_| {}).await {
+                tracing::error!(projection = name, %error, "rebuild for a new version failed");
+            }
+        });
+    }
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let runtime = tokio::spawn(runtime.run(async move { stopped.cancelled().await }));

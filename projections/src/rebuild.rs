@@ -28,6 +28,10 @@ pub enum RebuildError {
         sequence: u64,
         error: String,
     },
+    /// The shadow kept falling behind the live tables (commands arriving faster than it
+    /// catches up, or a raffle it cannot see): nothing was swapped; run it again to resume.
+    #[error("the shadow tables could not catch up with the live ones")]
+    Behind,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -184,11 +188,12 @@ impl RuntimeHandle {
             None => {
                 for table in projection.tables() {
                     let shadow = Tables::SHADOW.name(table);
-                    sqlx::raw_sql(&format!(
-                        "DROP TABLE IF EXISTS {table}; ALTER TABLE {shadow} RENAME TO {table};"
-                    ))
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {table}"))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 sqlx::query(
                     "DELETE FROM projection_checkpoints WHERE projection = $1 AND slot = 'live'",

@@ -70,8 +70,11 @@ pub(crate) async fn create_tables(
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::raw_sql(&projection.schema(tables))
-        .execute(&mut *conn)
-        .await?;
+    // One statement at a time (the DDL holds no semicolons but between statements).
+    for statement in projection.schema(tables).split(';') {
+        if !statement.trim().is_empty() {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+    }
     Ok(())
 }

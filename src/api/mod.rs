@@ -230,6 +230,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(read::orders))
         .routes(routes!(read::ticket))
         .routes(routes!(read::projections_status))
+        .routes(routes!(read::rebuild))
         .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

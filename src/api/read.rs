@@ -446,3 +446,29 @@ pub async fn projections_status(
     let read = state.read_side()?;
     Ok(axum::Json(read.runtime.status().await?))
 }
+
+/// Start rebuilding a projection (every raffle) in the server: shadow tables, then an atomic
+/// swap; the live tables keep serving meanwhile. Progress shows in the projections status.
+#[utoipa::path(post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "Rebuild started"), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn rebuild(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let read = state.read_side()?;
+    if !read.runtime.projections().iter().any(|p| p.name() == name) {
+        return Err(ApiError::NotFound("projection"));
+    }
+    let runtime = read.runtime.clone();
+    tokio::spawn(async move {
+        match runtime.rebuild(&name, None, |_| {}).await {
+            Ok(()) => tracing::info!(projection = %name, "rebuild swapped in"),
+            Err(error) => tracing::error!(projection = %name, %error, "rebuild failed"),
+        }
+    });
+    Ok(axum::http::StatusCode::ACCEPTED)
+}

@@ -34,6 +34,7 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/v1/raffles/{id}/orders"),
     ("GET", "/v1/raffles/{id}/tickets/{number}"),
     ("GET", "/v1/admin/projections"),
+    ("POST", "/v1/admin/projections/{name}/rebuild"),
     ("POST", "/v1/webhooks/stripe"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),

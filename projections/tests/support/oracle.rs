@@ -176,52 +176,62 @@ pub fn fold_orders(events: &[super::history::Recorded]) -> BTreeMap<Uuid, OrderR
     orders
 }
 
-/// Reads one raffle's orders and the orders checkpoint in one snapshot, and the checkpoint
-/// again just after. (A swap between the snapshot's two statements makes the second read
-/// the new table: PostgreSQL resolves names from the latest catalog, not the snapshot's.
-/// The swap never moves a checkpoint back, so the rows then match a checkpoint between the
-/// two reads.)
+/// What a reader of the orders model sees of an order: status, numbers, last change, refund.
+pub type OrderGist = (String, Vec<i32>, i64, i64);
+
+pub fn gist(orders: &BTreeMap<Uuid, OrderRow>) -> BTreeMap<Uuid, OrderGist> {
+    orders
+        .iter()
+        .map(|(id, o)| {
+            (
+                *id,
+                (
+                    o.status.clone(),
+                    o.numbers.clone(),
+                    o.last_sequence,
+                    o.amount_refunded_minor,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Reads one raffle's orders and the orders checkpoint in ONE statement, as the API reads a
+/// model. (Two statements, even in one REPEATABLE READ snapshot, may straddle a swap: table
+/// names resolve from the latest catalog, rows from the old snapshot; PostgreSQL documents
+/// renames and drops as not MVCC-safe.)
 pub async fn orders_at_checkpoint(
     pool: &PgPool,
     raffle_id: Uuid,
-) -> (u64, u64, BTreeMap<Uuid, OrderRow>) {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await
-        .unwrap();
-    let checkpoint: Option<i64> = sqlx::query_scalar(
-        "SELECT sequence FROM projection_checkpoints \
-         WHERE projection = 'orders' AND slot = 'live' AND raffle_id = $1",
+) -> (u64, BTreeMap<Uuid, OrderGist>) {
+    type Row = (
+        i64,
+        Option<Uuid>,
+        Option<String>,
+        Option<Vec<i32>>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.sequence, o.order_id, o.status, o.numbers, o.last_sequence, \
+                o.amount_refunded_minor \
+         FROM (SELECT coalesce((SELECT sequence FROM projection_checkpoints \
+                                WHERE projection = 'orders' AND slot = 'live' \
+                                  AND raffle_id = $1), 0) AS sequence) c \
+         LEFT JOIN read_orders o ON o.raffle_id = $1",
     )
     .bind(raffle_id)
-    .fetch_optional(&mut *tx)
+    .fetch_all(pool)
     .await
     .unwrap();
-    let orders: Vec<OrderRow> = sqlx::query_as(
-        "SELECT order_id, status, buyer_name, buyer_email, buyer_phone, numbers, amount_minor, \
-                currency, payment_method, payment_reference, reserved_at, expires_at, paid_at, \
-                expired_at, released_at, refunded_at, late_payment, refund_required, \
-                amount_refunded_minor, last_sequence \
-         FROM read_orders WHERE raffle_id = $1",
-    )
-    .bind(raffle_id)
-    .fetch_all(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    let after: Option<i64> = sqlx::query_scalar(
-        "SELECT sequence FROM projection_checkpoints \
-         WHERE projection = 'orders' AND slot = 'live' AND raffle_id = $1",
-    )
-    .bind(raffle_id)
-    .fetch_optional(pool)
-    .await
-    .unwrap();
-    (
-        checkpoint.unwrap_or(0) as u64,
-        after.unwrap_or(0) as u64,
-        orders.into_iter().map(|o| (o.order_id, o)).collect(),
-    )
+    let checkpoint = rows.first().map_or(0, |r| r.0) as u64;
+    let orders = rows
+        .into_iter()
+        .filter_map(|(_, id, status, numbers, last, refunded)| {
+            Some((id?, (status?, numbers?, last?, refunded?)))
+        })
+        .collect();
+    (checkpoint, orders)
 }
 
 /// number → (order, sold, since), from the aggregate's orders.
