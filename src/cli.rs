@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::api::auth::{Keys, Role};
+use crate::audit::chain::{Anchor, Expectations};
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::pgcluster::PrivateCluster;
 use crate::startup::{shutdown_signal, Application};
@@ -36,6 +37,14 @@ pub enum Command {
     /// The inbox of payment provider deliveries.
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Prove the log was not edited: verify hash chains, heads and receipts.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Prove a draw was fair: recompute its winners from the log.
+    #[command(subcommand)]
+    Draw(DrawCommand),
+    /// Stream a raffle's data to a file or stdout, with progress on stderr.
+    Export(ExportArgs),
     /// The read models: status and rebuilds.
     Projections(ProjectionsArgs),
 }
@@ -62,6 +71,62 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         raffle: Option<uuid::Uuid>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute hash chains and report the first broken link, or the head when all is
+    /// intact. Exits non-zero when any check fails.
+    Verify {
+        /// The raffle to verify.
+        #[arg(required_unless_present = "all")]
+        raffle: Option<uuid::Uuid>,
+        /// Every raffle.
+        #[arg(long, conflicts_with = "raffle")]
+        all: bool,
+        /// A head printed by an earlier verify (SEQUENCE:HASH): the log must still hold it
+        /// unchanged, which catches a truncated or rewritten tail. Repeatable.
+        #[arg(long = "expect-head", requires = "raffle")]
+        expect_head: Vec<Anchor>,
+        /// A paid order's receipt (SEQUENCE:HASH of its TicketsIssued event). Repeatable.
+        #[arg(long, requires = "raffle")]
+        receipt: Vec<Anchor>,
+        /// One JSON report per raffle on stdout instead of a line of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrawCommand {
+    /// Recompute a drawn raffle's winners from its log alone and compare them with the
+    /// recorded ones; prints the JSON report and exits non-zero unless they match.
+    Verify { raffle: uuid::Uuid },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    pub raffle: uuid::Uuid,
+    /// What to export.
+    #[arg(long, value_enum, default_value_t = ExportWhat::Events)]
+    pub what: ExportWhat,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+    pub format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportWhat {
+    /// The whole event log with metadata and chain hashes.
+    Events,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Ndjson,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +158,25 @@ pub enum KeysCommand {
         /// A note for operators (who holds the key).
         #[arg(long)]
         label: Option<String>,
+    },
+    /// Keys with their role, organizer, label, creation, last use and revocation (one JSON
+    /// object per line; never a secret).
+    List {
+        #[arg(long)]
+        organizer: Option<String>,
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key now: every node refuses it within 30 s (its key cache).
+    Revoke { key_id: uuid::Uuid },
+    /// Issue a replacement (same role, organizer, label; printed once on stdout) and keep
+    /// the old key working for a grace period, then refuse it.
+    Rotate {
+        key_id: uuid::Uuid,
+        /// Hours the old key keeps working.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
     },
 }
 
@@ -171,6 +255,31 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             println!("{key}");
         }
+        Command::Keys(KeysCommand::List { organizer, all }) => {
+            for key in Keys::list(&database.store, organizer.as_deref(), all).await? {
+                println!("{}", serde_json::to_string(&key)?);
+            }
+        }
+        Command::Keys(KeysCommand::Revoke { key_id }) => {
+            if !Keys::revoke(&database.store, key_id).await? {
+                anyhow::bail!("no valid key {key_id}");
+            }
+            eprintln!(
+                "tombola: {key_id} revoked; every node refuses it within {} s",
+                crate::api::auth::CACHE_TTL.as_secs()
+            );
+        }
+        Command::Keys(KeysCommand::Rotate {
+            key_id,
+            grace_hours,
+        }) => {
+            let grace = std::time::Duration::from_secs(grace_hours.saturating_mul(3600));
+            let Some(key) = Keys::rotate(&database.store, key_id, grace).await? else {
+                anyhow::bail!("no valid key {key_id}");
+            };
+            println!("{key}");
+            eprintln!("tombola: {key_id} keeps working for {grace_hours} h, then is refused");
+        }
         Command::Raffles(RafflesCommand::List {
             status,
             organizer,
@@ -200,6 +309,107 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             }
             eprintln!("tombola: {event_id} queued again");
         }
+        Command::Audit(AuditCommand::Verify {
+            raffle,
+            all: _,
+            expect_head,
+            receipt,
+            json,
+        }) => {
+            let expectations = Expectations {
+                heads: expect_head,
+                receipts: receipt,
+            };
+            audit_verify(&database.store, raffle, &expectations, json).await?;
+        }
+        Command::Draw(DrawCommand::Verify { raffle }) => {
+            let report = crate::audit::draw::verify_draw(database.store.pool(), raffle).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.verified {
+                anyhow::bail!("the draw of {raffle} does not verify");
+            }
+        }
+        Command::Export(args) => export(&database.store, args).await?,
+    }
+    Ok(())
+}
+
+/// Verifies one raffle, or every raffle; fails if any chain or expectation does not hold.
+async fn audit_verify(
+    store: &Store,
+    raffle: Option<uuid::Uuid>,
+    expectations: &Expectations,
+    json: bool,
+) -> anyhow::Result<()> {
+    let raffles = match raffle {
+        Some(raffle) => vec![raffle],
+        None => {
+            sqlx::query_scalar("SELECT raffle_id FROM raffles ORDER BY created_at, raffle_id")
+                .fetch_all(store.pool())
+                .await?
+        }
+    };
+    let mut broken = 0;
+    for raffle in raffles {
+        let total = crate::audit::log::stream_length(store.pool(), raffle).await?;
+        let bar = crate::progress::bar(total, "events");
+        let report =
+            crate::audit::chain::verify_raffle(store.pool(), raffle, expectations, |sequence| {
+                bar.set_position(sequence)
+            })
+            .await?;
+        bar.finish_and_clear();
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            match (&report.broken, &report.head) {
+                (Some(why), _) => println!("{raffle}\tBROKEN\t{why}"),
+                (None, Some(head)) => println!(
+                    "{raffle}\tintact\t{} events\thead {head}",
+                    report.events_verified
+                ),
+                (None, None) => println!("{raffle}\tintact\tno events"),
+            }
+        }
+        broken += usize::from(!report.intact);
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} raffle(s) failed verification");
+    }
+    Ok(())
+}
+
+/// Streams an export to a file or stdout; progress (rows/s, ETA) goes to stderr.
+async fn export(store: &Store, args: ExportArgs) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let ExportArgs {
+        raffle,
+        what: ExportWhat::Events,
+        format: ExportFormat::Ndjson,
+        output,
+    } = args;
+    let total = crate::audit::log::stream_length(store.pool(), raffle).await?;
+    let options = store.pool().connect_options();
+    let mut chunks = crate::export::events::events_ndjson(&options, raffle).await?;
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &output {
+        Some(path) => Box::new(tokio::fs::File::create(path).await?),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let bar = crate::progress::bar(total, "rows");
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        bar.inc(chunk.iter().filter(|&&b| b == b'\n').count() as u64);
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    bar.finish_and_clear();
+    if let Some(path) = output {
+        eprintln!(
+            "tombola: {} rows written to {}",
+            bar.position(),
+            path.display()
+        );
     }
     Ok(())
 }

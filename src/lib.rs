@@ -5,11 +5,14 @@
 //! layer; `cli` and `startup` run it all.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod payments;
 pub mod pgcluster;
+pub mod progress;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

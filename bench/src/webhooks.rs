@@ -123,6 +123,8 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
                 stripe_webhook_secrets: vec![SECRET.to_owned()],
                 stripe_tolerance_secs: 300,
                 payment_workers: args.payment_workers,
+                read_database_url: None,
+                min_position_wait_ms: 2_000,
             };
             let app = Application::build(&serve, store.clone())
                 .await

@@ -11,7 +11,7 @@
 //! 4. Prizes are drawn in the order listed. A prize's candidates are the issued ticket numbers,
 //!    sorted ascending; an early-bird prize keeps only tickets whose issue time, in whole Unix
 //!    seconds, is below its cutoff's. `uniform(n)`: take words until one is below
-//!    `floor(2^64 / n) * n`, answer it modulo `n` (no modulo bias). The candidate at that
+//!    `floor((2^64 - 1) / n) * n`, answer it modulo `n` (no modulo bias). The candidate at that
 //!    index wins unless it already won a previous prize, in which case draw again. A prize
 //!    whose candidates have all won stays without a winner.
 

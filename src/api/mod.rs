@@ -1,6 +1,7 @@
 //! The HTTP API: axum routers, one module per resource. Handlers stay thin: parse into
 //! domain commands, call the engine or the store, map the result.
 
+mod audit;
 pub mod auth;
 pub mod error;
 mod health;
@@ -47,6 +48,8 @@ pub struct AppState {
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
+    /// Exports and verifications read whole streams: at most this many at once per node.
+    heavy_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -67,7 +70,24 @@ impl AppState {
             read: None,
             readiness: Arc::default(),
             organizers: Arc::default(),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_HEAVY_READS)),
         }
+    }
+
+    /// At most `limit` exports and log verifications at once on this node.
+    pub fn with_heavy_read_limit(mut self, limit: usize) -> Self {
+        self.heavy_reads = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+        self
+    }
+
+    /// A place among the heavy reads, held until dropped; none free: 429 + Retry-After.
+    pub fn heavy_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.heavy_reads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::RateLimited {
+                retry_after: Duration::from_secs(5),
+            })
     }
 
     /// Checks that `caller` may act on `raffle_id`; a raffle that does not exist is a 404.
@@ -134,6 +154,9 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> R
     }
     serde_json::from_slice(body).map_err(ApiError::body)
 }
+
+/// Exports and verifications that may run at once per node unless configured otherwise.
+pub const DEFAULT_HEAVY_READS: usize = 4;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -218,7 +241,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(raffles::open))
         .routes(routes!(raffles::close))
         .routes(routes!(raffles::cancel))
-        .routes(routes!(raffles::draw))
+        .routes(routes!(raffles::draw, audit::draw))
         .routes(routes!(raffles::availability))
         .routes(routes!(raffles::availability_bitmap))
         .routes(routes!(orders::reserve))
@@ -231,6 +254,9 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(read::ticket))
         .routes(routes!(read::projections_status))
         .routes(routes!(read::rebuild))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::draw_verify))
+        .routes(routes!(audit::events_ndjson))
         .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -92,8 +92,14 @@ async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderB
         .read(id, move |raffle| raffle.order(order_id))
         .await?
         .ok_or(ApiError::NotFound("order"))?;
+    let paid = view.issued_at.is_some();
     let events = state.engine.store().order_events(id, order_id).await?;
-    Ok(OrderBody::new(id, view, &events))
+    let mut body = OrderBody::new(id, view, &events);
+    if paid {
+        let pool = state.engine.store().pool();
+        body.receipt = crate::audit::chain::receipt_of(pool, id, order_id).await?;
+    }
+    Ok(body)
 }
 
 /// An order: status, numbers, amount, buyer, hold expiry and payment.

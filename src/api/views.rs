@@ -2,6 +2,8 @@
 //! units with an ISO currency). Built from domain state and events, never from SQL rows.
 
 use chrono::{DateTime, Utc};
+
+use crate::audit::chain::Anchor;
 use serde::{Deserialize, Serialize};
 use tombola_domain::{OrderView, Raffle, RaffleEvent, Winner};
 use utoipa::ToSchema;
@@ -145,6 +147,10 @@ pub struct OrderBody {
     pub expires_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
     pub payment: Option<PaymentBody>,
+    /// Once paid: `SEQUENCE:HASH` of the event that issued the tickets. Keep it: `tombola
+    /// audit verify --receipt` (or `GET …/audit/verify?receipt=`) proves against the log
+    /// that the issue is still there, unchanged (docs/AUDIT.md).
+    pub receipt: Option<Anchor>,
 }
 
 impl OrderBody {
@@ -208,6 +214,7 @@ impl OrderBody {
             expires_at: view.expires_at,
             paid_at: view.issued_at,
             payment: issuing_payment.or(payment),
+            receipt: None,
         }
     }
 }

@@ -181,3 +181,143 @@ async fn a_valid_key_outside_its_scope_is_403() {
     assert_eq!(list["raffles"], json!([]));
     app.teardown().await;
 }
+
+/// A node that reads every key afresh: what every node sees once its cache has expired.
+fn uncached(app: &TestApp) -> tombola::api::auth::Keys {
+    tombola::api::auth::Keys::with_cache_ttl(app.store.clone(), std::time::Duration::ZERO)
+}
+
+fn key_id(key: &str) -> Uuid {
+    Uuid::parse_str(key.split('_').nth(1).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_listed_revoked_and_rotated_with_a_grace_period() {
+    use tombola::api::auth::{Keys, Role};
+    let app = spawn_app().await;
+    let node = uncached(&app);
+    let key = Keys::create(&app.store, Role::Client, Some(ORGANIZER), Some("shop"))
+        .await
+        .unwrap();
+    assert!(node.verify(&key).await.is_ok());
+
+    // Use is recorded (off the request path), and listing never shows a secret.
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = Keys::list(&app.store, Some(ORGANIZER), false)
+            .await
+            .unwrap();
+        if listed
+            .iter()
+            .any(|k| k.key_id == key_id(&key) && k.last_used_at.is_some())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let info = listed
+        .iter()
+        .find(|k| k.key_id == key_id(&key))
+        .expect("listed");
+    assert!(info.last_used_at.is_some(), "use recorded: {info:?}");
+    assert_eq!(
+        (info.role.as_str(), info.label.as_deref()),
+        ("client", Some("shop"))
+    );
+    let json = serde_json::to_string(&listed).unwrap();
+    assert!(!json.contains(key.rsplit('_').next().unwrap()) && !json.contains("hash"));
+
+    // Rotation: the new key works at once, the old one through its grace period.
+    let rotated = Keys::rotate(
+        &app.store,
+        key_id(&key),
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap()
+    .expect("a valid key rotates");
+    assert!(node.verify(&rotated).await.is_ok());
+    assert!(node.verify(&key).await.is_ok(), "the grace period holds");
+    let caller = node.verify(&rotated).await.unwrap();
+    assert_eq!(
+        (caller.role, caller.organizer_id.as_deref()),
+        (Role::Client, Some(ORGANIZER))
+    );
+
+    // Rotated without grace: refused at once by any node reading afresh.
+    let again = Keys::rotate(&app.store, key_id(&rotated), std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("rotates");
+    assert!(node.verify(&rotated).await.is_err());
+    assert!(node.verify(&again).await.is_ok());
+
+    // Revocation: refused at once by a node reading afresh; a second revoke is a no-op.
+    assert!(Keys::revoke(&app.store, key_id(&again)).await.unwrap());
+    assert!(node.verify(&again).await.is_err());
+    assert!(!Keys::revoke(&app.store, key_id(&again)).await.unwrap());
+    assert!(
+        Keys::rotate(&app.store, key_id(&again), std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let valid = Keys::list(&app.store, Some(ORGANIZER), false)
+        .await
+        .unwrap();
+    assert!(!valid.iter().any(|k| k.key_id == key_id(&again)));
+    let all = Keys::list(&app.store, Some(ORGANIZER), true).await.unwrap();
+    let revoked = all.iter().find(|k| k.key_id == key_id(&again)).unwrap();
+    assert!(revoked.revoked_at.is_some());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_cli_lists_revokes_and_rotates_keys() {
+    let app = spawn_app().await;
+    let tombola = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tombola"))
+            .args(args)
+            .env("DATABASE_URL", &app.db_url)
+            .env("TOMBOLA_DB_CONNECTIONS", "2")
+            .output()
+            .expect("the tombola binary runs")
+    };
+    let created = tombola(&[
+        "keys",
+        "create",
+        "--role",
+        "organizer",
+        "--organizer",
+        "org-z",
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let listed = tombola(&["keys", "list", "--organizer", "org-z"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["key_id"], key_id(&key).to_string());
+
+    let rotated = tombola(&[
+        "keys",
+        "rotate",
+        &key_id(&key).to_string(),
+        "--grace-hours",
+        "0",
+    ]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let new_key = String::from_utf8(rotated.stdout).unwrap().trim().to_owned();
+    assert!(uncached(&app).verify(&new_key).await.is_ok());
+    assert!(uncached(&app).verify(&key).await.is_err());
+    let revoked = tombola(&["keys", "revoke", &key_id(&new_key).to_string()]);
+    assert!(revoked.status.success());
+    assert!(uncached(&app).verify(&new_key).await.is_err());
+    assert!(!tombola(&["keys", "revoke", &key_id(&new_key).to_string()])
+        .status
+        .success());
+    app.teardown().await;
+}

@@ -4,6 +4,7 @@
 //! `DATABASE_URL` names the server to create test databases on (else the private cluster);
 //! `TEST_LOG=1` shows the server's logs.
 
+mod audit;
 mod auth;
 mod backpressure;
 mod buying;

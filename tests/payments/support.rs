@@ -104,6 +104,8 @@ impl TestServer {
                     stripe_webhook_secrets: vec![SECRET.to_owned()],
                     stripe_tolerance_secs: 300,
                     payment_workers: options.workers,
+                    read_database_url: None,
+                    min_position_wait_ms: 2_000,
                 };
                 let app = Application::build(&args, store.clone())
                     .await

@@ -1,0 +1,59 @@
+//! Exports stream from PostgreSQL's `COPY … TO STDOUT` straight to the HTTP response or a
+//! file: memory stays flat whatever the raffle's size. Each export runs on a connection of
+//! its own, outside the pool: when the client goes away the stream is dropped, the
+//! connection closes, and PostgreSQL ends the query at its next write.
+
+pub mod events;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgConnection};
+use tokio::sync::mpsc;
+
+/// Chunks in flight between PostgreSQL and the client: a slow client slows the query
+/// rather than filling memory.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+pub type ExportStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Runs `copy` (a `COPY … TO STDOUT` built from trusted parts only) on a fresh connection
+/// and streams its bytes. A statement PostgreSQL refuses fails here, before any byte is
+/// sent; a failure later ends the stream with that error.
+pub async fn copy_out(
+    options: &PgConnectOptions,
+    copy: String,
+) -> Result<ExportStream, sqlx::Error> {
+    let mut connection: PgConnection = options
+        .clone()
+        .application_name("tombola-export")
+        .connect()
+        .await?;
+    let (sender, mut receiver) = mpsc::channel::<Result<Bytes, sqlx::Error>>(CHUNKS_IN_FLIGHT);
+    tokio::spawn(async move {
+        let copied = async {
+            let mut chunks = connection.copy_out_raw(&copy).await?;
+            while let Some(chunk) = chunks.next().await {
+                if sender.send(Ok(chunk?)).await.is_err() {
+                    break; // the reader is gone: dropping the connection ends the query
+                }
+            }
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(error) = copied.await {
+            let _ = sender.send(Err(error)).await;
+        }
+    });
+    let first = match receiver.recv().await {
+        Some(Err(error)) => return Err(error),
+        other => other,
+    };
+    let rest = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    Ok(futures::stream::iter(first)
+        .chain(rest)
+        .map(|chunk| chunk.map_err(std::io::Error::other))
+        .boxed())
+}
