@@ -116,7 +116,7 @@ impl History {
         create.hold_seconds = Some(60);
         create.max_hold_seconds = Some(300);
         create.max_tickets_per_order = 5;
-        create.late_payment_policy = if seed % 2 == 0 {
+        create.late_payment_policy = if seed.is_multiple_of(2) {
             LatePaymentPolicy::Substitute
         } else {
             LatePaymentPolicy::Refund
@@ -302,7 +302,12 @@ pub async fn append(pool: &PgPool, raffle_id: Uuid, recorded: &Recorded) {
 fn buyer_of(i: usize) -> Buyer {
     let name = NAMES[i % NAMES.len()];
     let email = format!("buyer{i}@example.com");
-    Buyer::parse(name, &email, (i % 2 == 0).then_some("+52 55 1234 5678")).unwrap()
+    Buyer::parse(
+        name,
+        &email,
+        i.is_multiple_of(2).then_some("+52 55 1234 5678"),
+    )
+    .unwrap()
 }
 
 fn clock_now(services: &RaffleServices) -> DateTime<Utc> {

@@ -482,7 +482,8 @@ pub async fn assert_read_models_match(pool: &PgPool, histories: &[History]) {
         }
     }
     let organizers: Vec<String> = histories.iter().map(|h| h.organizer_id.clone()).collect();
-    let rows: Vec<(String, String, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    type TotalsRow = (String, String, i64, i64, i64, i64, i64, i64, i64);
+    let rows: Vec<TotalsRow> = sqlx::query_as(
         "SELECT organizer_id, currency, raffles, raffles_on_sale, tickets_sold, tickets_reserved, \
                 orders_paid, reservations, revenue_minor FROM read_platform_stats \
          WHERE organizer_id = ANY($1)",
