@@ -358,6 +358,21 @@ impl Inner {
             .into_iter()
             .map(|(p, r, s)| ((p, r), s as u64))
             .collect();
+        // The lag gauge, per projection, from what the poll read anyway.
+        for p in &self.projections {
+            let lag: u64 = heads
+                .iter()
+                .map(|(raffle_id, head)| {
+                    let done = checkpoints
+                        .get(&(p.name().to_owned(), *raffle_id))
+                        .copied()
+                        .unwrap_or(0);
+                    head.saturating_sub(done)
+                })
+                .sum();
+            metrics::gauge!("tombola_projection_lag_events", "projection" => p.name())
+                .set(lag as f64);
+        }
         Ok(heads
             .into_iter()
             .filter(|(raffle_id, head)| {
