@@ -47,6 +47,32 @@ pub enum Command {
     Draw(DrawCommand),
     /// Stream a raffle's data to a file or stdout, with progress on stderr.
     Export(ExportArgs),
+    /// The read models: status and rebuilds.
+    Projections(ProjectionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProjectionsArgs {
+    /// The read database, when it is not the write database.
+    #[arg(long, env = "TOMBOLA_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
+    #[command(subcommand)]
+    pub command: ProjectionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's version, state, lag (events and seconds) and last error, as JSON.
+    Status,
+    /// Rebuild a projection from the log into shadow tables and swap them in; the live
+    /// tables keep serving meanwhile. Interrupted, it resumes where it stopped.
+    Rebuild {
+        /// orders, tickets, raffle_stats, platform_stats or audit_index.
+        name: String,
+        /// Only this raffle (not for platform_stats, which sums across raffles).
+        #[arg(long)]
+        raffle: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +323,7 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&entry)?);
             }
         }
+        Command::Projections(args) => projections(args, database).await?,
         Command::Inbox(InboxCommand::Retry { event_id }) => {
             if !crate::payments::inbox::retry(&database.store, &event_id).await? {
                 anyhow::bail!("no failed or rejected delivery with event id {event_id}");
@@ -404,6 +431,60 @@ async fn export(store: &Store, args: ExportArgs) -> anyhow::Result<()> {
             bar.position(),
             path.display()
         );
+    }
+    Ok(())
+}
+
+async fn projections(args: ProjectionsArgs, database: &Database) -> anyhow::Result<()> {
+    use tombola_projections::{models, EventSource, Runtime, RuntimeConfig};
+    let read_pool = match &args.read_database_url {
+        Some(url) => sqlx::PgPool::connect(url).await?,
+        None => database.store.pool().clone(),
+    };
+    let projections = models::all();
+    tombola_projections::migrate(&read_pool, &projections).await?;
+    let handle = Runtime::new(
+        EventSource::new(database.store.pool().clone()),
+        read_pool.clone(),
+        projections,
+        RuntimeConfig {
+            batch_size: 10_000,
+            ..RuntimeConfig::default()
+        },
+    )
+    .handle();
+    match args.command {
+        ProjectionsCommand::Status => {
+            println!("{}", serde_json::to_string_pretty(&handle.status().await?)?);
+        }
+        ProjectionsCommand::Rebuild { name, raffle } => {
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}",
+                )?
+                .progress_chars("=> "),
+            );
+            bar.set_message(name.clone());
+            let ticker = {
+                let (bar, handle) = (bar.clone(), handle.clone());
+                tokio::spawn(async move {
+                    loop {
+                        bar.set_position(handle.rebuilt_events());
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                })
+            };
+            let outcome = handle
+                .rebuild(&name, raffle, |total| bar.set_length(total))
+                .await;
+            ticker.abort();
+            bar.set_position(handle.rebuilt_events());
+            outcome?;
+            bar.finish_with_message(format!("{name} rebuilt and swapped in"));
+        }
+    }
+    if args.read_database_url.is_some() {
+        read_pool.close().await;
     }
     Ok(())
 }

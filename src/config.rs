@@ -86,6 +86,16 @@ pub struct ServeArgs {
     /// smaller statements (at 5,000 deliveries/s, 2 answered faster than 4).
     #[arg(long, env = "TOMBOLA_PAYMENT_WORKERS", default_value_t = defaults::PAYMENT_WORKERS)]
     pub payment_workers: usize,
+
+    /// PostgreSQL for the read models and their checkpoints, when they outgrow the write
+    /// database. Default: the write database.
+    #[arg(long, env = "TOMBOLA_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
+
+    /// Longest a read with `min_position` waits for the read model to reach it before it is
+    /// answered 503 with Retry-After.
+    #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = defaults::MIN_POSITION_WAIT_MS)]
+    pub min_position_wait_ms: u64,
 }
 
 /// What the server runs with, whoever chose it: `tombola serve`'s flags convert into it, tests
@@ -104,6 +114,9 @@ pub struct Settings {
     pub stripe_webhook_secrets: Vec<String>,
     pub stripe_tolerance_secs: i64,
     pub payment_workers: usize,
+    /// The read models' database; `None`: the write database.
+    pub read_database_url: Option<String>,
+    pub min_position_wait: Duration,
 }
 
 impl Default for Settings {
@@ -121,6 +134,8 @@ impl Default for Settings {
             stripe_webhook_secrets: Vec::new(),
             stripe_tolerance_secs: STRIPE_TOLERANCE_SECS,
             payment_workers: PAYMENT_WORKERS,
+            read_database_url: None,
+            min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
         }
     }
 }
@@ -139,6 +154,7 @@ mod defaults {
     pub const EVICT_AFTER_SECS: u64 = 600;
     pub const STRIPE_TOLERANCE_SECS: i64 = 300;
     pub const PAYMENT_WORKERS: usize = 2;
+    pub const MIN_POSITION_WAIT_MS: u64 = 2000;
 }
 
 impl From<ServeArgs> for Settings {
@@ -155,6 +171,8 @@ impl From<ServeArgs> for Settings {
             stripe_webhook_secrets: args.stripe_webhook_secrets,
             stripe_tolerance_secs: args.stripe_tolerance_secs,
             payment_workers: args.payment_workers,
+            read_database_url: args.read_database_url,
+            min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         }
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod api;
 pub mod audit;
-pub mod backoff;
+pub use tombola_domain::backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -18,6 +18,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
 use crate::store::Store;
+use tombola_projections::{EventSource, Runtime, RuntimeConfig, RuntimeHandle};
 
 /// How long shutdown waits for a pool to close its connections politely.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +30,17 @@ pub struct Application {
     payments: Option<PaymentsIn>,
     payment_workers: usize,
     listener_task: tokio::task::AbortHandle,
+    read_side: ReadSide,
+}
+
+/// The projection runtime and what feeds it wake-ups.
+struct ReadSide {
+    handle: RuntimeHandle,
+    stop: CancellationToken,
+    runtime: tokio::task::JoinHandle<()>,
+    wakeups: tokio::task::AbortHandle,
+    /// The read database's own pool, when it is not the write database.
+    own_pool: Option<sqlx::PgPool>,
 }
 
 impl Application {
@@ -50,6 +62,7 @@ impl Application {
                 ..EngineConfig::default()
             },
         );
+        let read_side = start_read_side(args, &store, &engine).await?;
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
         let listener_task = crate::engine::remote_commits::listen(engine.clone(), store);
@@ -74,7 +87,8 @@ impl Application {
             ),
             crate::telemetry::init_metrics(),
             payments.clone(),
-        );
+        )
+        .with_read_side(read_side.handle.clone(), args.min_position_wait);
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {
@@ -84,6 +98,7 @@ impl Application {
             payments,
             payment_workers: args.payment_workers,
             listener_task,
+            read_side,
         })
     }
 
@@ -99,6 +114,11 @@ impl Application {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The projection runtime's handle: status, positions, wake-ups.
+    pub fn read_side(&self) -> &RuntimeHandle {
+        &self.read_side.handle
     }
 
     pub async fn run_until_stopped(
@@ -128,9 +148,83 @@ impl Application {
         }
         self.engine.shutdown().await;
         self.listener_task.abort();
+        // Projections stop last: a batch in flight is rolled back and redone at next start.
+        self.read_side.wakeups.abort();
+        self.read_side.stop.cancel();
+        let _ = self.read_side.runtime.await;
+        if let Some(pool) = &self.read_side.own_pool {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, pool.close()).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Creates the read side's tables (on TOMBOLA_READ_DATABASE_URL, or the write database)
+/// and starts the projection runtime, woken by the engine after each commit; other nodes'
+/// commits wake it through NOTIFY, and it polls besides.
+async fn start_read_side(
+    args: &Settings,
+    store: &Store,
+    engine: &Engine,
+) -> anyhow::Result<ReadSide> {
+    let own_pool = match &args.read_database_url {
+        Some(url) => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(
+                    url.parse::<sqlx::postgres::PgConnectOptions>()?
+                        .application_name("tombola-read"),
+                )
+                .await?,
+        ),
+        None => None,
+    };
+    let read_pool = own_pool.clone().unwrap_or_else(|| store.pool().clone());
+    let projections = tombola_projections::models::all();
+    tombola_projections::migrate(&read_pool, &projections).await?;
+    let runtime = Runtime::new(
+        EventSource::new(store.pool().clone()),
+        read_pool,
+        projections,
+        RuntimeConfig::default(),
+    );
+    let handle = runtime.handle();
+    // A projection whose live tables an older version built is rebuilt in the background;
+    // its old tables keep serving (frozen) until the new ones are swapped in.
+    for name in handle.outdated().await? {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tracing::info!(projection = name, "rebuilding for a new version");
+            if let Err(error) = handle.rebuild(name, None, |_| {}).await {
+                tracing::error!(projection = name, %error, "rebuild for a new version failed");
+            }
+        });
+    }
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let runtime = tokio::spawn(runtime.run(async move { stopped.cancelled().await }));
+    let mut commits = engine.subscribe();
+    let woken = handle.clone();
+    let wakeups = tokio::spawn(async move {
+        loop {
+            match commits.recv().await {
+                Ok(committed) => woken.wake(committed.raffle_id),
+                // Missed notices only delay: the poll finds those raffles.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+    .abort_handle();
+    Ok(ReadSide {
+        handle,
+        stop,
+        runtime,
+        wakeups,
+        own_pool,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -10,6 +10,7 @@
 //! twice yields no events, so whatever delivers commands twice cannot issue twice.
 
 mod aggregate;
+pub mod backoff;
 mod chunked;
 mod clock;
 mod commands;

@@ -9,6 +9,7 @@ mod inbox;
 mod orders;
 mod raffles;
 pub mod rate_limit;
+mod read;
 mod spec;
 mod views;
 mod webhooks;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub payments: Option<crate::payments::worker::PaymentsIn>,
+    /// The read side, when the server runs it (see [`AppState::with_read_side`]).
+    pub read: Option<read::ReadSide>,
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -66,6 +69,7 @@ impl AppState {
             limits,
             metrics,
             payments,
+            read: None,
             readiness: Arc::default(),
             organizers: Arc::default(),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_HEAVY_READS)),
@@ -111,6 +115,19 @@ impl AppState {
         } else {
             Err(ApiError::NotFound("raffle"))
         }
+    }
+
+    /// Serves the read endpoints from `runtime`'s read models.
+    pub fn with_read_side(
+        mut self,
+        runtime: tombola_projections::RuntimeHandle,
+        min_position_wait: Duration,
+    ) -> Self {
+        self.read = Some(read::ReadSide {
+            runtime,
+            min_position_wait,
+        });
+        self
     }
 
     fn lock_organizers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
@@ -235,6 +252,12 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(orders::manual_payment))
         .routes(routes!(orders::refund))
         .routes(routes!(inbox::needs_action))
+        .routes(routes!(read::raffle_stats))
+        .routes(routes!(read::platform_stats))
+        .routes(routes!(read::orders))
+        .routes(routes!(read::ticket))
+        .routes(routes!(read::projections_status))
+        .routes(routes!(read::rebuild))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::draw_verify))
         .routes(routes!(audit::events_ndjson))

@@ -34,7 +34,8 @@ pub struct ReserveRequest {
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters",
         pattern = "^[!-~]([ !-~]{0,253}[!-~])?$")),
     request_body = ReserveRequest,
-    responses((status = 201, body = OrderBody), (status = 409, description = "Numbers taken or sales closed"),
+    responses((status = 201, body = OrderBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the reservation committed at; pass as min_position to read endpoints"))),
+        (status = 409, description = "Numbers taken or sales closed"),
         (status = 422, description = "Invalid request or limit exceeded")),
     security(("api_key" = [])))]
 pub async fn reserve(
@@ -43,7 +44,7 @@ pub async fn reserve(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<ReserveRequest>,
-) -> Result<(StatusCode, axum::Json<OrderBody>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, axum::Json<OrderBody>), ApiError> {
     state.authorize(&caller, id).await?;
     let meta = command_meta(
         &caller,
@@ -74,6 +75,7 @@ pub async fn reserve(
         selection,
     });
     let applied = state.engine.execute(id, command, meta).await?;
+    let position = super::read::position_headers(id, &applied);
     let events: Vec<_> = applied.events.into_iter().map(|e| e.event).collect();
     // A replayed reservation names the order the first attempt created.
     let order_id = events.iter().find_map(|e| e.order_id()).unwrap_or(order_id);
@@ -84,6 +86,7 @@ pub async fn reserve(
         .ok_or(ApiError::NotFound("order"))?;
     Ok((
         StatusCode::CREATED,
+        position,
         axum::Json(OrderBody::new(id, view, &events)),
     ))
 }

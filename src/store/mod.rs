@@ -20,7 +20,12 @@ pub use idempotency::{IdempotencyRecord, IdempotencyRequest};
 pub use load::{LoadedRaffle, StoredEvent};
 pub use metadata::{EventMetadata, Source};
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// `ignore_missing`: the read side's migrations (tombola-projections, numbered in the same
+/// sequence) share sqlx's history table when the read database is this one.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations")
+};
 
 /// The aggregate type under which raffle streams are stored (cqrs-es `Aggregate::TYPE`).
 pub const RAFFLE_STREAM: &str = "raffle";

@@ -13,4 +13,5 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod openapi;
+mod read_side;
 mod shutdown;

@@ -1,7 +1,8 @@
 //! The one retry delay of Tombola: exponential, with proportional jitter (50–150 % of the
 //! delay), so that retries that failed together spread out instead of colliding again.
 //! Every retry loop uses it: the writer's conflict retries, the payment inbox, the LISTEN
-//! reconnect, and whatever comes next.
+//! reconnect, the projection runtime, and whatever comes next. It lives in the pure crate
+//! because the server and the projections both retry and neither may depend on the other.
 
 use std::time::Duration;
 

@@ -1,0 +1,136 @@
+//! `audit_index`: order id, ticket number, payment id and actor → the events that touched
+//! them (raffle, sequence, type, time). The audit trail's queries look keys up here, then
+//! read those events from the log.
+
+use sqlx::PgConnection;
+use tombola_domain::RaffleEvent;
+
+use crate::envelope::Envelope;
+use crate::projection::{ApplyError, Batch, BoxFuture, Projection, Tables};
+
+pub const TABLE: &str = "read_audit_index";
+const CHUNK: usize = 50_000;
+
+pub struct AuditIndex;
+
+/// One index entry: `kind` is `order`, `ticket`, `payment` or `actor`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub key: String,
+    pub sequence: i64,
+    pub event_type: &'static str,
+}
+
+impl Projection for AuditIndex {
+    fn name(&self) -> &'static str {
+        "audit_index"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[TABLE]
+    }
+
+    fn schema(&self, tables: Tables) -> String {
+        let t = tables.name(TABLE);
+        format!(
+            "CREATE TABLE {t} ( \
+               raffle_id uuid NOT NULL, kind text NOT NULL, key text NOT NULL, \
+               sequence bigint NOT NULL, event_type text NOT NULL, \
+               recorded_at timestamptz NOT NULL, \
+               PRIMARY KEY (raffle_id, kind, key, sequence)); \
+             CREATE INDEX ON {t} (kind, key, recorded_at);"
+        )
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(apply(conn, batch))
+    }
+}
+
+/// The keys one event is indexed under.
+pub fn entries(envelope: &Envelope) -> Vec<Entry> {
+    let event = &envelope.event;
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, key: String| {
+        out.push(Entry {
+            kind,
+            key,
+            sequence: envelope.sequence as i64,
+            event_type: event.name(),
+        })
+    };
+    add("actor", envelope.actor.clone());
+    if let Some(order_id) = event.order_id() {
+        add("order", order_id.to_string());
+    }
+    let numbers: &[u32] = match event {
+        RaffleEvent::TicketsReserved { numbers, .. }
+        | RaffleEvent::ReservationReleased { numbers, .. }
+        | RaffleEvent::TicketsIssued { numbers, .. }
+        | RaffleEvent::OrderRefunded { numbers, .. } => numbers,
+        _ => &[],
+    };
+    for n in numbers {
+        add("ticket", n.to_string());
+    }
+    match event {
+        RaffleEvent::HoldsExpired { holds, .. } => {
+            for hold in holds {
+                add("order", hold.order_id.to_string());
+                for n in &hold.numbers {
+                    add("ticket", n.to_string());
+                }
+            }
+        }
+        RaffleEvent::PaymentRecorded { payment, .. } => add("payment", payment.payment_id.clone()),
+        RaffleEvent::PaymentFlagged { payment_id, .. }
+        | RaffleEvent::PaymentFailed { payment_id, .. } => add("payment", payment_id.clone()),
+        RaffleEvent::RefundRequired {
+            payment_id: Some(payment_id),
+            ..
+        } => add("payment", payment_id.clone()),
+        RaffleEvent::ManualPaymentConfirmed { reference, .. } => add("payment", reference.clone()),
+        _ => {}
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyError> {
+    let table = batch.tables.name(TABLE);
+    let mut rows: Vec<(Entry, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    for envelope in batch.events {
+        rows.extend(
+            entries(envelope)
+                .into_iter()
+                .map(|e| (e, envelope.recorded_at)),
+        );
+    }
+    for chunk in rows.chunks(CHUNK) {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (raffle_id, kind, key, sequence, event_type, recorded_at) \
+             SELECT $1, a.* FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], \
+                                        $6::timestamptz[]) \
+               AS a(kind, key, sequence, event_type, recorded_at)"
+        ))
+        .bind(batch.raffle_id)
+        .bind(chunk.iter().map(|(e, _)| e.kind).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(e, _)| e.key.clone()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(e, _)| e.sequence).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(e, _)| e.event_type).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

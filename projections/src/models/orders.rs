@@ -1,0 +1,380 @@
+//! `orders`: one row per order with its buyer, numbers, money and the times it changed.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tombola_domain::RaffleEvent;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::projection::{ApplyError, Batch, BoxFuture, Projection, Tables};
+
+pub const TABLE: &str = "read_orders";
+
+pub struct Orders;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub status: String,
+    pub buyer_name: String,
+    pub buyer_email: String,
+    pub buyer_phone: Option<String>,
+    pub numbers: Vec<i32>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payment_method: Option<String>,
+    pub payment_reference: Option<String>,
+    pub reserved_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub refunded_at: Option<DateTime<Utc>>,
+    pub late_payment: bool,
+    pub refund_required: bool,
+    pub amount_refunded_minor: i64,
+    pub last_sequence: i64,
+}
+
+impl Projection for Orders {
+    fn name(&self) -> &'static str {
+        "orders"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[TABLE]
+    }
+
+    fn schema(&self, tables: Tables) -> String {
+        let t = tables.name(TABLE);
+        format!(
+            "CREATE TABLE {t} ( \
+               raffle_id uuid NOT NULL, order_id uuid NOT NULL, status text NOT NULL, \
+               buyer_name text NOT NULL, buyer_email text NOT NULL, buyer_phone text, \
+               numbers integer[] NOT NULL, amount_minor bigint NOT NULL, currency text NOT NULL, \
+               payment_method text, payment_reference text, \
+               reserved_at timestamptz NOT NULL, expires_at timestamptz NOT NULL, \
+               paid_at timestamptz, expired_at timestamptz, released_at timestamptz, \
+               refunded_at timestamptz, late_payment boolean NOT NULL, \
+               refund_required boolean NOT NULL, amount_refunded_minor bigint NOT NULL, \
+               last_sequence bigint NOT NULL, \
+               PRIMARY KEY (raffle_id, order_id)); \
+             CREATE INDEX ON {t} (raffle_id, status, order_id);"
+        )
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(apply(conn, batch))
+    }
+}
+
+async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyError> {
+    let table = batch.tables.name(TABLE);
+    let mut touched: Vec<Uuid> = Vec::new();
+    let mut cancelled = false;
+    for envelope in batch.events {
+        match &envelope.event {
+            RaffleEvent::HoldsExpired { holds, .. } => {
+                touched.extend(holds.iter().map(|h| h.order_id));
+            }
+            RaffleEvent::RaffleCancelled { .. } => cancelled = true,
+            event => touched.extend(event.order_id()),
+        }
+    }
+    if touched.is_empty() && !cancelled {
+        return Ok(());
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT order_id, status, buyer_name, buyer_email, buyer_phone, numbers, amount_minor, \
+                currency, payment_method, payment_reference, reserved_at, expires_at, paid_at, \
+                expired_at, released_at, refunded_at, late_payment, refund_required, \
+                amount_refunded_minor, last_sequence \
+         FROM {table} WHERE raffle_id = $1 \
+           AND (order_id = ANY($2) OR ($3 AND status IN ('reserved', 'paid')))"
+    ))
+    .bind(batch.raffle_id)
+    .bind(&touched)
+    .bind(cancelled)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut orders: HashMap<Uuid, OrderRow> =
+        rows.into_iter().map(|row| (row.order_id, row)).collect();
+    let mut dirty: Vec<Uuid> = Vec::new();
+    for envelope in batch.events {
+        fold(&mut orders, envelope, &mut dirty);
+    }
+    dirty.sort_unstable();
+    dirty.dedup();
+    write(
+        conn,
+        &table,
+        batch.raffle_id,
+        dirty.iter().map(|id| &orders[id]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Folds one event into the orders it touches (those loaded), noting which changed.
+pub fn fold(orders: &mut HashMap<Uuid, OrderRow>, envelope: &Envelope, dirty: &mut Vec<Uuid>) {
+    let sequence = envelope.sequence as i64;
+    let mut changed: Vec<Uuid> = Vec::new();
+    let mut touch = |orders: &mut HashMap<Uuid, OrderRow>, id: &Uuid, f: &dyn Fn(&mut OrderRow)| {
+        if let Some(row) = orders.get_mut(id) {
+            f(row);
+            row.last_sequence = sequence;
+            changed.push(*id);
+        }
+    };
+    match &envelope.event {
+        RaffleEvent::TicketsReserved {
+            order_id,
+            buyer,
+            numbers,
+            amount_minor,
+            currency,
+            at,
+            expires_at,
+        } => {
+            orders.insert(
+                *order_id,
+                OrderRow {
+                    order_id: *order_id,
+                    status: "reserved".into(),
+                    buyer_name: buyer.name().to_owned(),
+                    buyer_email: buyer.email().as_str().to_owned(),
+                    buyer_phone: buyer.phone().map(str::to_owned),
+                    numbers: numbers.iter().map(|&n| n as i32).collect(),
+                    amount_minor: *amount_minor,
+                    currency: currency.as_str().to_owned(),
+                    payment_method: None,
+                    payment_reference: None,
+                    reserved_at: *at,
+                    expires_at: *expires_at,
+                    paid_at: None,
+                    expired_at: None,
+                    released_at: None,
+                    refunded_at: None,
+                    late_payment: false,
+                    refund_required: false,
+                    amount_refunded_minor: 0,
+                    last_sequence: sequence,
+                },
+            );
+            changed.push(*order_id);
+        }
+        RaffleEvent::ReservationReleased { order_id, at, .. } => {
+            touch(orders, order_id, &|row| {
+                row.status = "released".into();
+                row.released_at = Some(*at);
+            });
+        }
+        RaffleEvent::HoldsExpired { holds, at } => {
+            for hold in holds {
+                touch(orders, &hold.order_id, &|row| {
+                    row.status = "expired".into();
+                    row.expired_at = Some(*at);
+                });
+            }
+        }
+        RaffleEvent::HoldExtended {
+            order_id,
+            expires_at,
+            ..
+        } => touch(orders, order_id, &|row| row.expires_at = *expires_at),
+        RaffleEvent::PaymentRecorded {
+            order_id, payment, ..
+        } => touch(orders, order_id, &|row| {
+            // The payment that pays the order is the one it shows; later ones (duplicates,
+            // a second payment owed back) do not replace it.
+            if row.status != "paid" && row.status != "refunded" {
+                row.payment_method = Some(payment.method.clone());
+                row.payment_reference = Some(payment.payment_id.clone());
+            }
+        }),
+        RaffleEvent::ManualPaymentConfirmed {
+            order_id,
+            method,
+            reference,
+            ..
+        } => touch(orders, order_id, &|row| {
+            if row.status != "paid" && row.status != "refunded" {
+                row.payment_method = Some(method.clone());
+                row.payment_reference = Some(reference.clone());
+            }
+        }),
+        RaffleEvent::TicketsIssued {
+            order_id,
+            numbers,
+            late,
+            at,
+            ..
+        } => touch(orders, order_id, &|row| {
+            row.status = "paid".into();
+            row.paid_at = Some(*at);
+            row.numbers = numbers.iter().map(|&n| n as i32).collect();
+            row.late_payment = *late;
+        }),
+        RaffleEvent::RefundRequired { order_id, .. } => touch(orders, order_id, &|row| {
+            row.refund_required = true;
+            if matches!(row.status.as_str(), "reserved" | "expired" | "released") {
+                row.status = "refund_required".into();
+            }
+        }),
+        RaffleEvent::PaymentPartiallyRefunded {
+            order_id,
+            amount_refunded_minor,
+            ..
+        } => touch(orders, order_id, &|row| {
+            row.amount_refunded_minor = *amount_refunded_minor;
+        }),
+        RaffleEvent::OrderRefunded {
+            order_id,
+            amount_minor,
+            at,
+            ..
+        } => touch(orders, order_id, &|row| {
+            row.status = "refunded".into();
+            row.refunded_at = Some(*at);
+            row.amount_refunded_minor = *amount_minor;
+        }),
+        RaffleEvent::RaffleCancelled { at, .. } => {
+            let live: Vec<Uuid> = orders
+                .values()
+                .filter(|row| row.status == "reserved" || row.status == "paid")
+                .map(|row| row.order_id)
+                .collect();
+            for id in live {
+                touch(orders, &id, &|row| {
+                    if row.status == "reserved" {
+                        row.status = "released".into();
+                        row.released_at = Some(*at);
+                    } else {
+                        row.status = "refund_required".into();
+                        row.refund_required = true;
+                    }
+                });
+            }
+        }
+        RaffleEvent::RaffleCreated { .. }
+        | RaffleEvent::SalesOpened { .. }
+        | RaffleEvent::PaymentFlagged { .. }
+        | RaffleEvent::PaymentFailed { .. }
+        | RaffleEvent::SalesClosed { .. }
+        | RaffleEvent::WinnersDrawn { .. } => {}
+    }
+    dirty.extend(changed);
+}
+
+/// Postgres's array literal for `numbers`: ragged arrays cannot travel as a 2-D parameter,
+/// so each row's numbers go as text and are cast back.
+fn array_literal(numbers: &[i32]) -> String {
+    let mut out = String::with_capacity(numbers.len() * 8 + 2);
+    out.push('{');
+    for (i, n) in numbers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&n.to_string());
+    }
+    out.push('}');
+    out
+}
+
+async fn write<'r>(
+    conn: &mut PgConnection,
+    table: &str,
+    raffle_id: Uuid,
+    rows: impl Iterator<Item = &'r OrderRow>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<&OrderRow> = rows.collect();
+    for chunk in rows.chunks(5_000) {
+        let col = |f: fn(&OrderRow) -> String| chunk.iter().map(|r| f(r)).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (raffle_id, order_id, status, buyer_name, buyer_email, \
+               buyer_phone, numbers, amount_minor, currency, payment_method, payment_reference, \
+               reserved_at, expires_at, paid_at, expired_at, released_at, refunded_at, \
+               late_payment, refund_required, amount_refunded_minor, last_sequence) \
+             SELECT $1, o.order_id, o.status, o.buyer_name, o.buyer_email, o.buyer_phone, \
+               o.numbers::integer[], o.amount_minor, o.currency, o.payment_method, \
+               o.payment_reference, o.reserved_at, o.expires_at, o.paid_at, o.expired_at, \
+               o.released_at, o.refunded_at, o.late_payment, o.refund_required, \
+               o.amount_refunded_minor, o.last_sequence \
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
+               $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], \
+               $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], \
+               $16::timestamptz[], $17::timestamptz[], $18::boolean[], $19::boolean[], \
+               $20::bigint[], $21::bigint[]) \
+               AS o(order_id, status, buyer_name, buyer_email, buyer_phone, numbers, \
+                    amount_minor, currency, payment_method, payment_reference, reserved_at, \
+                    expires_at, paid_at, expired_at, released_at, refunded_at, late_payment, \
+                    refund_required, amount_refunded_minor, last_sequence) \
+             ON CONFLICT (raffle_id, order_id) DO UPDATE SET \
+               status = EXCLUDED.status, numbers = EXCLUDED.numbers, \
+               payment_method = EXCLUDED.payment_method, \
+               payment_reference = EXCLUDED.payment_reference, \
+               expires_at = EXCLUDED.expires_at, paid_at = EXCLUDED.paid_at, \
+               expired_at = EXCLUDED.expired_at, released_at = EXCLUDED.released_at, \
+               refunded_at = EXCLUDED.refunded_at, late_payment = EXCLUDED.late_payment, \
+               refund_required = EXCLUDED.refund_required, \
+               amount_refunded_minor = EXCLUDED.amount_refunded_minor, \
+               last_sequence = EXCLUDED.last_sequence"
+        ))
+        .bind(raffle_id)
+        .bind(chunk.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(col(|r| r.status.clone()))
+        .bind(col(|r| r.buyer_name.clone()))
+        .bind(col(|r| r.buyer_email.clone()))
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.buyer_phone.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| array_literal(&r.numbers)))
+        .bind(chunk.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+        .bind(col(|r| r.currency.clone()))
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.payment_method.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.payment_reference.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.reserved_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.paid_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.expired_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.released_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.refunded_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.late_payment).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.refund_required).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.amount_refunded_minor)
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.last_sequence).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,616 @@
+//! The projection runtime: follows every raffle's stream for every projection.
+//!
+//! A (projection, raffle) advances in transactions on the read database. Each one takes a
+//! transaction-scoped advisory lock on the pair (so one node at a time applies it; a node
+//! that dies loses its connection and with it the lock, mid-transaction or not), reads the
+//! checkpoint, reads the next events from the log, applies them and moves the checkpoint,
+//! and commits. Streams are gapless (an append conflicts on the stream's next sequence), so
+//! "the events after my checkpoint, in order" is the whole of what to do: no global
+//! position, no gaps to wait for.
+//!
+//! Wake-ups (in-process, from the engine; NOTIFY, from other nodes) name raffles to look at
+//! now; a poll compares every stream's head with the checkpoints, so a lost wake-up only
+//! delays. A failure stops that (projection, raffle) alone: it is recorded with the failing
+//! event's sequence and retried with backoff, while every other pair keeps going.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+use tombola_domain::backoff::Backoff;
+use uuid::Uuid;
+
+use crate::envelope::{decode, EventSource};
+use crate::projection::{ApplyError, Batch, Projection, Slot, Tables};
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// How often every stream is compared with the checkpoints, whatever the wake-ups.
+    pub poll_interval: Duration,
+    /// Raffles caught up at once.
+    pub concurrency: usize,
+    /// First retry delay after a failure; doubles per attempt up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            poll_interval: Duration::from_secs(1),
+            concurrency: 4,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Drives the projections. Clone the [`RuntimeHandle`] to wake it and ask where it is.
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) source: EventSource,
+    pub(crate) read: PgPool,
+    pub(crate) projections: Vec<Arc<dyn Projection>>,
+    config: RuntimeConfig,
+    dirty: Mutex<HashSet<Uuid>>,
+    wake: Notify,
+    /// Bumped after every committed batch: readers waiting for a position re-check.
+    progress: watch::Sender<u64>,
+    retries: Mutex<HashMap<(&'static str, Uuid), Retry>>,
+    /// Projections whose live tables were built by another version: they are rebuilt, and
+    /// their live tables wait, frozen, for the swap.
+    stale: Mutex<HashSet<&'static str>>,
+    /// Events applied to shadow tables (a rebuild's progress).
+    pub(crate) rebuilt: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: u32,
+    not_before: Instant,
+}
+
+/// How far one catch-up got.
+pub(crate) enum Outcome {
+    CaughtUp,
+    /// Another node holds the pair right now.
+    Busy,
+}
+
+pub(crate) struct Failure {
+    pub(crate) sequence: u64,
+    pub(crate) error: String,
+}
+
+impl Runtime {
+    /// `source` reads the log (the write database); `read` holds the read models and their
+    /// checkpoints (the same database or another one).
+    pub fn new(
+        source: EventSource,
+        read: PgPool,
+        projections: Vec<Arc<dyn Projection>>,
+        config: RuntimeConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                read,
+                projections,
+                config,
+                dirty: Mutex::new(HashSet::new()),
+                wake: Notify::new(),
+                progress: watch::channel(0).0,
+                retries: Mutex::new(HashMap::new()),
+                stale: Mutex::new(HashSet::new()),
+                rebuilt: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves. A batch in flight then is rolled back (its
+    /// transaction is dropped), and done again by whoever runs next.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let listener = tokio::spawn(listen(self.handle()));
+        tokio::pin!(shutdown);
+        let mut next_poll = Instant::now();
+        loop {
+            let raffles = if Instant::now() >= next_poll {
+                next_poll = Instant::now() + self.inner.config.poll_interval;
+                match self.inner.behind().await {
+                    Ok(mut behind) => {
+                        behind.extend(self.inner.take_dirty());
+                        behind
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "projection poll failed");
+                        self.inner.take_dirty()
+                    }
+                }
+            } else {
+                self.inner.take_dirty()
+            };
+            let inner = &self.inner;
+            let work = futures::stream::iter(raffles).for_each_concurrent(
+                inner.config.concurrency.max(1),
+                |raffle_id| async move {
+                    for projection in &inner.projections {
+                        inner.catch_up_logged(projection.as_ref(), raffle_id).await;
+                    }
+                },
+            );
+            tokio::select! {
+                () = work => {}
+                () = &mut shutdown => break,
+            }
+            let wait = next_poll.saturating_duration_since(Instant::now());
+            tokio::select! {
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = &mut shutdown => break,
+            }
+        }
+        listener.abort();
+    }
+}
+
+/// Other nodes' commits, announced as `raffle:sequence` on the events channel.
+async fn listen(handle: RuntimeHandle) {
+    let mut attempt = 0;
+    loop {
+        if let Ok(mut listener) =
+            sqlx::postgres::PgListener::connect_with(handle.inner.source.pool()).await
+        {
+            if listener.listen(crate::EVENTS_CHANNEL).await.is_ok() {
+                attempt = 0;
+                // A reconnect may have missed notices: look at everything.
+                handle.inner.wake.notify_one();
+                while let Ok(notice) = listener.recv().await {
+                    if let Some(Ok(raffle_id)) =
+                        notice.payload().split_once(':').map(|(r, _)| r.parse())
+                    {
+                        handle.wake(raffle_id);
+                    }
+                }
+            }
+        }
+        attempt += 1;
+        let delay =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(30)).delay(attempt);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+impl RuntimeHandle {
+    /// A raffle's stream grew: look at it soon.
+    pub fn wake(&self, raffle_id: Uuid) {
+        self.inner
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(raffle_id);
+        self.inner.wake.notify_one();
+    }
+
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.inner.projections
+    }
+
+    pub fn read_pool(&self) -> &PgPool {
+        &self.inner.read
+    }
+
+    pub fn source(&self) -> &EventSource {
+        &self.inner.source
+    }
+
+    /// The live checkpoint of (projection, raffle): the last sequence its tables reflect.
+    pub async fn position(&self, projection: &str, raffle_id: Uuid) -> Result<u64, sqlx::Error> {
+        checkpoint(&self.inner.read, projection, Slot::Live, raffle_id).await
+    }
+
+    /// Waits until every one of `projections` has applied `raffle_id`'s stream up to
+    /// `sequence`, at most `timeout`. False if it had not by then.
+    pub async fn wait_for(
+        &self,
+        projections: &[&str],
+        raffle_id: Uuid,
+        sequence: u64,
+        timeout: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut progress = self.inner.progress.subscribe();
+        let mut woken = false;
+        loop {
+            progress.mark_unchanged();
+            let mut reached = true;
+            for projection in projections {
+                if self.position(projection, raffle_id).await? < sequence {
+                    reached = false;
+                    break;
+                }
+            }
+            if reached {
+                return Ok(true);
+            }
+            if !woken {
+                // The commit's wake-up may not have arrived yet (another node's NOTIFY).
+                self.wake(raffle_id);
+                woken = true;
+            }
+            // Progress on this node wakes us at once; another node's only shows on re-reading,
+            // hence the bounded sleep.
+            let nap = tokio::time::Instant::now() + Duration::from_millis(50);
+            tokio::select! {
+                _ = progress.changed() => {}
+                () = tokio::time::sleep_until(nap.min(deadline)) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Catches one (projection, raffle) up now, outside the loop: for tests and tools.
+    pub async fn catch_up(&self, projection: &str, raffle_id: Uuid) -> Result<(), String> {
+        let projection = self
+            .inner
+            .projections
+            .iter()
+            .find(|p| p.name() == projection)
+            .ok_or_else(|| format!("no projection {projection}"))?
+            .clone();
+        self.inner
+            .catch_up(projection.as_ref(), raffle_id, Slot::Live)
+            .await
+            .map(|_| ())
+            .map_err(|f| format!("at {}: {}", f.sequence, f.error))
+    }
+}
+
+pub(crate) async fn checkpoint(
+    pool: &PgPool,
+    projection: &str,
+    slot: Slot,
+    raffle_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let sequence: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM projection_checkpoints \
+         WHERE projection = $1 AND slot = $2 AND raffle_id = $3",
+    )
+    .bind(projection)
+    .bind(slot.as_str())
+    .bind(raffle_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(sequence.unwrap_or(0) as u64)
+}
+
+/// The projection-wide lock: shared by every batch, exclusive for a rebuild's swap.
+pub(crate) fn swap_lock_key(projection: &str) -> (i32, i32) {
+    lock_key(&format!("{projection}:swap"), Uuid::nil())
+}
+
+/// The advisory lock key of a (projection, raffle): two 32-bit halves, so it never meets the
+/// single 64-bit keys sqlx's migrator takes. FNV-1a: the same on every node and release.
+pub(crate) fn lock_key(projection: &str, raffle_id: Uuid) -> (i32, i32) {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in projection.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    let id = raffle_id.as_u128();
+    let folded = (id as u32) ^ ((id >> 32) as u32) ^ ((id >> 64) as u32) ^ ((id >> 96) as u32);
+    (hash as i32, folded as i32)
+}
+
+impl Inner {
+    fn take_dirty(&self) -> HashSet<Uuid> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Raffles some projection has not caught up with (and which projections' live tables
+    /// are of another version).
+    async fn behind(&self) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let versions: Vec<(String, i32)> =
+            sqlx::query_as("SELECT projection, version FROM projection_versions")
+                .fetch_all(&self.read)
+                .await?;
+        let stale: HashSet<&'static str> = self
+            .projections
+            .iter()
+            .filter(|p| {
+                versions
+                    .iter()
+                    .any(|(name, v)| name == p.name() && *v as u32 != p.version())
+            })
+            .map(|p| p.name())
+            .collect();
+        *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
+        let heads = self.source.heads().await?;
+        let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+            "SELECT projection, raffle_id, sequence FROM projection_checkpoints WHERE slot = 'live'",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let checkpoints: HashMap<(String, Uuid), u64> = rows
+            .into_iter()
+            .map(|(p, r, s)| ((p, r), s as u64))
+            .collect();
+        // The lag gauge, per projection, from what the poll read anyway.
+        for p in &self.projections {
+            let lag: u64 = heads
+                .iter()
+                .map(|(raffle_id, head)| {
+                    let done = checkpoints
+                        .get(&(p.name().to_owned(), *raffle_id))
+                        .copied()
+                        .unwrap_or(0);
+                    head.saturating_sub(done)
+                })
+                .sum();
+            metrics::gauge!("tombola_projection_lag_events", "projection" => p.name())
+                .set(lag as f64);
+        }
+        Ok(heads
+            .into_iter()
+            .filter(|(raffle_id, head)| {
+                self.projections.iter().any(|p| {
+                    checkpoints
+                        .get(&(p.name().to_owned(), *raffle_id))
+                        .copied()
+                        .unwrap_or(0)
+                        < *head
+                })
+            })
+            .map(|(raffle_id, _)| raffle_id)
+            .collect())
+    }
+
+    async fn catch_up_logged(&self, projection: &dyn Projection, raffle_id: Uuid) {
+        if self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(projection.name())
+        {
+            return;
+        }
+        let key = (projection.name(), raffle_id);
+        let retry = self
+            .retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if matches!(retry, Some(r) if r.not_before > Instant::now()) {
+            return;
+        }
+        match self.catch_up(projection, raffle_id, Slot::Live).await {
+            Ok(Outcome::CaughtUp | Outcome::Busy) => {
+                if retry.is_some() {
+                    self.retries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    tracing::info!(projection = projection.name(), %raffle_id, "projection recovered");
+                }
+            }
+            Err(failure) => {
+                let attempts = retry.map_or(0, |r| r.attempts) + 1;
+                let delay =
+                    Backoff::new(self.config.retry_base, self.config.retry_max).delay(attempts - 1);
+                self.retries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        key,
+                        Retry {
+                            attempts,
+                            not_before: Instant::now() + delay,
+                        },
+                    );
+                tracing::error!(
+                    projection = projection.name(),
+                    %raffle_id,
+                    sequence = failure.sequence,
+                    error = %failure.error,
+                    attempts,
+                    "projection failed; retrying later"
+                );
+                metrics::counter!("tombola_projection_failures_total", "projection" => projection.name())
+                    .increment(1);
+                if let Err(error) = self
+                    .record_failure(projection.name(), raffle_id, &failure, attempts, delay)
+                    .await
+                {
+                    tracing::warn!(%error, "could not record a projection failure");
+                }
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        projection: &str,
+        raffle_id: Uuid,
+        failure: &Failure,
+        attempts: u32,
+        delay: Duration,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO projection_failures \
+               (projection, raffle_id, sequence, error, attempts, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond') \
+             ON CONFLICT (projection, raffle_id) DO UPDATE SET sequence = EXCLUDED.sequence, \
+               error = EXCLUDED.error, attempts = EXCLUDED.attempts, \
+               last_failed_at = now(), next_attempt_at = EXCLUDED.next_attempt_at",
+        )
+        .bind(projection)
+        .bind(raffle_id)
+        .bind(failure.sequence as i64)
+        .bind(&failure.error)
+        .bind(attempts as i32)
+        .bind(delay.as_millis() as f64)
+        .execute(&self.read)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies `raffle_id`'s events to `projection`'s tables in `slot` until none are left,
+    /// in batches of one transaction each. After a failed batch it goes on one event per
+    /// transaction, so that everything before the failing event is applied and the failure
+    /// names the event itself.
+    pub(crate) async fn catch_up(
+        &self,
+        projection: &dyn Projection,
+        raffle_id: Uuid,
+        slot: Slot,
+    ) -> Result<Outcome, Failure> {
+        let tables = Tables { slot };
+        let (class, object) = match slot {
+            Slot::Live => lock_key(projection.name(), raffle_id),
+            Slot::Shadow => lock_key(&format!("{}:shadow", projection.name()), raffle_id),
+        };
+        let (swap_class, swap_object) = swap_lock_key(projection.name());
+        let failure = |sequence: u64, error: String| Failure { sequence, error };
+        // One event at a time up to this sequence, after a batch failed.
+        let mut careful_until: Option<u64> = None;
+        loop {
+            let mut tx = self
+                .read
+                .begin()
+                .await
+                .map_err(|e| failure(0, e.to_string()))?;
+            // The pair's own lock, and a share of the projection's: a rebuild's swap takes
+            // that one exclusively, so no batch is ever half-way through tables being swapped.
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock($1, $2) \
+                    AND pg_try_advisory_xact_lock_shared($3, $4)",
+            )
+            .bind(class)
+            .bind(object)
+            .bind(swap_class)
+            .bind(swap_object)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| failure(0, e.to_string()))?;
+            if !locked {
+                return Ok(Outcome::Busy);
+            }
+            let from: Option<i64> = sqlx::query_scalar(
+                "SELECT sequence FROM projection_checkpoints \
+                 WHERE projection = $1 AND slot = $2 AND raffle_id = $3",
+            )
+            .bind(projection.name())
+            .bind(slot.as_str())
+            .bind(raffle_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| failure(0, e.to_string()))?;
+            let from = from.unwrap_or(0) as u64;
+            let limit = match careful_until {
+                Some(until) if from < until => 1,
+                _ => self.config.batch_size.max(1),
+            };
+            let rows = self
+                .source
+                .read_after(raffle_id, from, limit)
+                .await
+                .map_err(|e| failure(from + 1, e.to_string()))?;
+            if rows.is_empty() {
+                return Ok(Outcome::CaughtUp);
+            }
+            let full = rows.len() == limit;
+            let (events, undecodable) = decode(raffle_id, &rows);
+            drop(rows);
+            let Some(last) = events.last() else {
+                let e = undecodable.expect("rows without events failed to decode");
+                return Err(failure(e.sequence, e.reason));
+            };
+            let (last_sequence, last_at) = (last.sequence, last.recorded_at);
+            let first_sequence = events[0].sequence;
+            let applied = projection
+                .apply(
+                    &mut tx,
+                    Batch {
+                        raffle_id,
+                        events: &events,
+                        tables,
+                    },
+                )
+                .await;
+            if let Err(error) = applied {
+                drop(tx);
+                if events.len() > 1 {
+                    careful_until = Some(last_sequence);
+                    continue;
+                }
+                let error = match error {
+                    ApplyError::Database(e) => e.to_string(),
+                    ApplyError::Invalid(reason) => reason,
+                };
+                return Err(failure(first_sequence, error));
+            }
+            let moved = async {
+                sqlx::query(
+                    "INSERT INTO projection_checkpoints \
+                       (projection, slot, raffle_id, sequence, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (projection, slot, raffle_id) DO UPDATE SET \
+                       sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at, \
+                       updated_at = now()",
+                )
+                .bind(projection.name())
+                .bind(slot.as_str())
+                .bind(raffle_id)
+                .bind(last_sequence as i64)
+                .bind(last_at)
+                .execute(&mut *tx)
+                .await?;
+                if slot == Slot::Live {
+                    sqlx::query(
+                        "DELETE FROM projection_failures WHERE projection = $1 AND raffle_id = $2",
+                    )
+                    .bind(projection.name())
+                    .bind(raffle_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            moved.map_err(|e| failure(first_sequence, e.to_string()))?;
+            if slot == Slot::Shadow {
+                self.rebuilt
+                    .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.progress.send_modify(|n| *n = n.wrapping_add(1));
+            if undecodable.is_some() {
+                continue;
+            }
+            if !full && careful_until.is_none_or(|until| last_sequence >= until) {
+                return Ok(Outcome::CaughtUp);
+            }
+        }
+    }
+}

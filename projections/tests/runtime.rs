@@ -1,0 +1,347 @@
+//! The runtime against a real PostgreSQL: for random histories decided by the real
+//! aggregate, every read model equals a plain fold over the log, however the work was cut
+//! into batches, interrupted or shared between runtimes.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sqlx::PgConnection;
+use tokio::sync::Notify;
+use tombola_projections::{
+    models, ApplyError, Batch, BoxFuture, Projection, RuntimeHandle, Tables,
+};
+use uuid::Uuid;
+
+use support::history::{ops, History, Op};
+use support::oracle::assert_read_models_match;
+use support::{eager, eventually, TestDb};
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+/// Histories of 1–3 raffles, each of its own organizer, with a seed and up to `max` ops.
+fn raffles(max: usize) -> impl Strategy<Value = Vec<(Vec<Op>, u64)>> {
+    prop::collection::vec((ops(max), any::<u64>()), 1..=3)
+}
+
+fn build(scripts: &[(Vec<Op>, u64)]) -> Vec<History> {
+    let organizer = format!("org-{}", Uuid::new_v4().simple());
+    scripts
+        .iter()
+        .enumerate()
+        .map(|(i, (ops, seed))| {
+            // Raffles of one case share an organizer half the time.
+            let organizer = if i % 2 == 0 {
+                organizer.clone()
+            } else {
+                format!("{organizer}-{i}")
+            };
+            History::build(Uuid::new_v4(), &organizer, *seed, ops)
+        })
+        .collect()
+}
+
+async fn catch_up_all(handle: &RuntimeHandle, histories: &[History]) {
+    for history in histories {
+        for projection in models::all() {
+            handle
+                .catch_up(projection.name(), history.raffle_id)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn caught_up(handle: &RuntimeHandle) -> bool {
+    let status = handle.status().await.unwrap();
+    status
+        .projections
+        .iter()
+        .all(|p| p.lag_events == 0 && p.state == "ok")
+}
+
+#[test]
+fn incremental_processing_in_any_batches_matches_the_log() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new());
+    runner(12)
+        .run(
+            &(raffles(40), 1usize..=8, 1usize..=12),
+            |(scripts, batch_size, chunk)| {
+                rt.block_on(async {
+                    let mut histories = build(&scripts);
+                    let runtime = db.runtime(eager(batch_size));
+                    let handle = runtime.handle();
+                    // Write a little of every log, catch up, again: the projections meet
+                    // every prefix of the log, cut anywhere.
+                    while histories.iter().any(|h| h.written < h.events.len()) {
+                        for history in &mut histories {
+                            history.write_next(&db.pool, chunk).await;
+                        }
+                        catch_up_all(&handle, &histories).await;
+                    }
+                    assert_read_models_match(&db.pool, &histories).await;
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
+    rt.block_on(db.drop());
+}
+
+/// Applies like `inner`, except that one chosen batch never finishes: it applies its
+/// statements, then hangs before the checkpoint moves and the transaction commits, until
+/// the test kills the runtime's task.
+struct Crashing {
+    inner: Arc<dyn Projection>,
+    batches_left: Arc<AtomicUsize>,
+    hung: Arc<Notify>,
+}
+
+impl Projection for Crashing {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn version(&self) -> u32 {
+        self.inner.version()
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
+    }
+    fn schema(&self, tables: Tables) -> String {
+        self.inner.schema(tables)
+    }
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: Batch<'a>,
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(async move {
+            self.inner.apply(conn, batch).await?;
+            if self.batches_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.hung.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn a_crash_mid_batch_neither_skips_nor_applies_twice() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new());
+    runner(8)
+        .run(
+            &(raffles(30), 1usize..=6, 1usize..=25),
+            |(scripts, batch_size, crash_at)| {
+                rt.block_on(async {
+                    let mut histories = build(&scripts);
+                    for history in &mut histories {
+                        history.write_all(&db.pool).await;
+                    }
+                    let batches_left = Arc::new(AtomicUsize::new(crash_at));
+                    let hung = Arc::new(Notify::new());
+                    let crashing: Vec<Arc<dyn Projection>> = models::all()
+                        .into_iter()
+                        .map(|inner| {
+                            Arc::new(Crashing {
+                                inner,
+                                batches_left: batches_left.clone(),
+                                hung: hung.clone(),
+                            }) as Arc<dyn Projection>
+                        })
+                        .collect();
+                    let runtime = db.runtime_with(crashing, eager(batch_size));
+                    let task = tokio::spawn(runtime.run(std::future::pending()));
+                    let crashed =
+                        tokio::time::timeout(Duration::from_secs(20), hung.notified()).await;
+                    // A short history may have fewer batches than `crash_at`: then it
+                    // finished without crashing, which must also be right.
+                    task.abort();
+                    let _ = task.await;
+                    let recovering = db.runtime(eager(batch_size));
+                    let handle = recovering.handle();
+                    if crashed.is_ok() {
+                        // The hung batch committed nothing: somebody is behind.
+                        assert!(!caught_up(&handle).await, "the hung batch left no trace");
+                    }
+                    catch_up_all(&handle, &histories).await;
+                    assert_read_models_match(&db.pool, &histories).await;
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
+    rt.block_on(db.drop());
+}
+
+#[test]
+fn two_runtimes_racing_on_the_same_raffles_apply_each_event_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::new());
+    runner(6)
+        .run(&(raffles(40), 1usize..=4), |(scripts, batch_size)| {
+            rt.block_on(async {
+                let mut histories = build(&scripts);
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                let mut tasks = Vec::new();
+                let mut handles = Vec::new();
+                for _ in 0..2 {
+                    let runtime = db.runtime(eager(batch_size));
+                    handles.push(runtime.handle());
+                    let mut stopped = stopped.clone();
+                    tasks.push(tokio::spawn(runtime.run(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })));
+                }
+                // Commits keep arriving while both run, each waking both (as two nodes'
+                // engines and NOTIFY would).
+                while histories.iter().any(|h| h.written < h.events.len()) {
+                    for history in &mut histories {
+                        history.write_next(&db.pool, 3).await;
+                        for handle in &handles {
+                            handle.wake(history.raffle_id);
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let handle = handles[0].clone();
+                eventually("both runtimes catch up", Duration::from_secs(30), || {
+                    let handle = handle.clone();
+                    async move { caught_up(&handle).await }
+                })
+                .await;
+                stop.send(true).unwrap();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                assert_read_models_match(&db.pool, &histories).await;
+            });
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(db.drop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_stops_only_its_projection_and_raffle_until_fixed() {
+    let db = TestDb::new().await;
+    let script = vec![
+        Op::ReserveRandom {
+            quantity: 2,
+            buyer: 0,
+        },
+        Op::ReserveRandom {
+            quantity: 1,
+            buyer: 1,
+        },
+        Op::Pay {
+            target: 0,
+            short: false,
+            pool_id: None,
+        },
+        Op::ReserveRandom {
+            quantity: 3,
+            buyer: 2,
+        },
+        Op::Pay {
+            target: 1,
+            short: false,
+            pool_id: None,
+        },
+    ];
+    let mut poisoned = History::build(Uuid::new_v4(), "org-poison", 1, &script);
+    let mut healthy = History::build(Uuid::new_v4(), "org-poison", 2, &script);
+    // The orders table refuses buyer 1 of one raffle: its reservation is the poison event.
+    sqlx::query(&format!(
+        "ALTER TABLE read_orders ADD CONSTRAINT poison \
+         CHECK (NOT (raffle_id = '{}' AND buyer_email = 'buyer1@example.com'))",
+        poisoned.raffle_id
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let poison_sequence = poisoned
+        .events
+        .iter()
+        .find(|r| {
+            matches!(&r.event, tombola_domain::RaffleEvent::TicketsReserved { buyer, .. }
+            if buyer.email().as_str() == "buyer1@example.com")
+        })
+        .unwrap()
+        .sequence;
+    poisoned.write_all(&db.pool).await;
+    healthy.write_all(&db.pool).await;
+    // A large batch: the runtime must find the poison event inside it.
+    let runtime = db.runtime(eager(100));
+    let handle = runtime.handle();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(runtime.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    let poisoned_id = poisoned.raffle_id;
+    eventually(
+        "the failure shows in status",
+        Duration::from_secs(20),
+        || {
+            let handle = handle.clone();
+            async move {
+                let status = handle.status().await.unwrap();
+                status.projections.iter().all(|p| {
+                    if p.name == "orders" {
+                        p.state == "failing"
+                            && p.raffles.len() == 1
+                            && p.raffles[0].raffle_id == poisoned_id
+                            && p.raffles[0].error.as_ref().is_some_and(|e| {
+                                e.sequence == poison_sequence && e.error.contains("poison")
+                            })
+                    } else {
+                        p.state == "ok" && p.lag_events == 0
+                    }
+                })
+            }
+        },
+    )
+    .await;
+    // Everything before the poison event was applied; nothing after it.
+    assert_eq!(
+        handle.position("orders", poisoned_id).await.unwrap(),
+        poison_sequence - 1
+    );
+    assert_eq!(
+        handle.position("orders", healthy.raffle_id).await.unwrap(),
+        healthy.head()
+    );
+
+    // The fix: the constraint goes; the next retry resumes without loss.
+    sqlx::query("ALTER TABLE read_orders DROP CONSTRAINT poison")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    eventually("the projection recovers", Duration::from_secs(20), || {
+        let handle = handle.clone();
+        async move { caught_up(&handle).await }
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_failures")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(failures, 0, "a recovered failure is cleared");
+    assert_read_models_match(&db.pool, &[poisoned, healthy]).await;
+    db.drop().await;
+}
