@@ -1198,8 +1198,13 @@ async fn a_snapshot_plus_later_events_equals_a_full_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_raffles_without_holds_leave_memory_and_come_back() {
+    // Idleness is timed on the engine's clock: only moving it evicts anything.
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap(),
+    ));
     let config = EngineConfig {
-        evict_after: Duration::from_millis(200),
+        evict_after: Duration::from_secs(60),
+        clock: clock.clone(),
         ..EngineConfig::default()
     };
     let (engine, db) = start_engine(config).await;
@@ -1221,19 +1226,19 @@ async fn idle_raffles_without_holds_leave_memory_and_come_back() {
         .await
         .unwrap();
     // A raffle with a live hold keeps its writer (and timer).
-    let holding = open_raffle(&engine, 100, |_| {}).await;
-    engine
+    let holding = open_raffle(&engine, 100, |create| create.hold_seconds = Some(3600)).await;
+    let held = engine
         .execute(holding, reserve_random(Uuid::new_v4(), buyer(2), 1), meta())
         .await
         .unwrap();
     assert_eq!(engine.active_raffles(), 2);
 
+    clock.advance(chrono::Duration::seconds(61));
     eventually(Duration::from_secs(5), "the idle raffle's eviction", || {
         let active = engine.active_raffles();
         async move { (active == 1).then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         engine.active_raffles(),
         1,
@@ -1271,6 +1276,32 @@ async fn idle_raffles_without_holds_leave_memory_and_come_back() {
         verify_chain(db.pool(), idle).await,
         Ok(before.len() as u64 + 1)
     );
+
+    // The raffle with a hold kept its writer through the idle time: its timer is still
+    // there, and expires the hold with nothing sent to the raffle (an evicted raffle has no
+    // timer until something loads it again).
+    clock.advance(chrono::Duration::seconds(3600));
+    let held = order_of(&held);
+    eventually(
+        Duration::from_secs(5),
+        "the kept raffle's hold to expire",
+        || {
+            let store = db.store.clone();
+            async move {
+                log(&store, holding)
+                    .await
+                    .iter()
+                    .any(|s| match &s.event {
+                        RaffleEvent::HoldsExpired { holds, .. } => {
+                            holds.iter().any(|h| h.order_id == held)
+                        }
+                        _ => false,
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     engine.shutdown().await;
     db.drop_database().await;

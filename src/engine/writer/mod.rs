@@ -15,6 +15,7 @@ mod failures;
 mod pipeline;
 mod snapshots;
 
+use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use super::decide::{Decided, Decider, KnownKeys, Position};
 use super::{Applied, CommandMeta, Committed, Engine, EngineError};
+use crate::clock::Clock;
 use crate::store::StoredEvent;
 use expiry::hold_timer;
 use pipeline::{Batch, InFlight};
@@ -91,7 +93,14 @@ pub(crate) async fn run(
         }
     };
     let config = engine.inner.config.clone();
-    let mut idle_deadline = Instant::now() + config.evict_after;
+    // Idleness is measured on the engine's clock, like the holds: a test moves both.
+    let idle_for = chrono::Duration::from_std(config.evict_after).unwrap_or(chrono::Duration::MAX);
+    let idle_from = || {
+        let now = config.clock.now();
+        now.checked_add_signed(idle_for)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    let mut idle_deadline = idle_from();
     loop {
         let expiry_due = writer.expiry_due_at();
         let in_flight = writer.in_flight.is_some();
@@ -121,9 +130,9 @@ pub(crate) async fn run(
                     }
                 }
                 writer.process(batch).await;
-                idle_deadline = Instant::now() + config.evict_after;
+                idle_deadline = idle_from();
             }
-            _ = tokio::time::sleep_until(idle_deadline), if evictable => {
+            () = idle_timer(&*config.clock, idle_deadline), if evictable => {
                 if registry.retire(raffle_id, generation, &mut receiver, false) {
                     break;
                 }
@@ -143,6 +152,11 @@ pub(crate) async fn run(
         writer.process(vec![message]).await;
     }
     writer.flush().await;
+}
+
+/// Fires when the clock reaches `deadline`; only polled while the raffle may be evicted.
+async fn idle_timer(clock: &dyn Clock, deadline: DateTime<Utc>) {
+    clock.sleep_until(deadline).await;
 }
 
 impl Writer {
