@@ -83,11 +83,13 @@ async fn check(state: &AppState) -> Result<(), String> {
 }
 
 /// Prometheus text format: request rates and latencies, engine batch sizes, commit latency,
-/// active raffles.
+/// active raffles, commands and appends waiting.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("tombola_active_raffles").set(state.engine.active_raffles() as f64);
+    metrics::gauge!("tombola_engine_commands_waiting").set(state.engine.commands_waiting() as f64);
+    metrics::gauge!("tombola_engine_appends_waiting").set(state.engine.appends_waiting() as f64);
     match &state.metrics {
         Some(handle) => handle.render().into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),

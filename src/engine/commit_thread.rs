@@ -14,6 +14,7 @@
 //! its own answer. A lost connection fails every member: the group may have committed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +33,24 @@ struct Append {
     raffle_id: Uuid,
     batch: AppendBatch,
     done: oneshot::Sender<Result<(), AppendError>>,
+    _waiting: Waiting,
+}
+
+/// Counts an append as waiting from the moment it is queued until it is answered (or lost
+/// with the thread): the append is dropped then.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub(super) struct CommitThread {
@@ -41,6 +60,7 @@ pub(super) struct CommitThread {
     /// Dropped with the engine: the thread's runtime then stops.
     _stop: oneshot::Sender<()>,
     faults: Option<Arc<Faults>>,
+    waiting: Arc<AtomicUsize>,
 }
 
 impl CommitThread {
@@ -79,6 +99,7 @@ impl CommitThread {
             queue,
             _stop: stop,
             faults,
+            waiting: Arc::default(),
         })
     }
 
@@ -87,6 +108,11 @@ impl CommitThread {
         let pool = self.store.pool().clone();
         // Closing talks to the server over sockets owned by the commit thread's runtime.
         let _ = self.handle.spawn(async move { pool.close().await }).await;
+    }
+
+    /// Appends queued or in a statement, not answered yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Appends `batch` to the raffle's stream on the commit thread. A raffle has at most one
@@ -104,6 +130,7 @@ impl CommitThread {
             raffle_id,
             batch,
             done,
+            _waiting: Waiting::new(&self.waiting),
         });
         match &self.faults {
             None => outcome,

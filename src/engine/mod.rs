@@ -13,7 +13,7 @@ mod registry;
 pub mod remote_commits;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,11 +41,12 @@ pub struct EngineConfig {
     /// Write a snapshot after this many events since the last one, at least (large raffles
     /// wait until those events add up to about the snapshot's size). 0 = never.
     pub snapshot_every: u64,
-    /// Unload a raffle with no live holds after this long without commands.
+    /// Unload a raffle with no live holds after this long without commands (on `clock`).
     pub evict_after: Duration,
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
-    /// The domain's "now" and the hold timers' time: one clock, so tests move both.
+    /// The domain's "now" and the writers' timers (hold expiry, eviction): one clock, so
+    /// tests move them all.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -114,6 +115,22 @@ pub struct Committed {
     pub events: Vec<StoredEvent>,
 }
 
+/// One more in `count` for as long as it lives (also when its future is dropped).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -127,6 +144,8 @@ struct Inner {
     published: broadcast::Sender<Arc<Committed>>,
     tasks: TaskTracker,
     stopping: AtomicBool,
+    /// Commands callers wait on: queued, decided or being appended.
+    commands_waiting: AtomicUsize,
 }
 
 impl Engine {
@@ -154,6 +173,7 @@ impl Engine {
                 published,
                 tasks: TaskTracker::new(),
                 stopping: AtomicBool::new(false),
+                commands_waiting: AtomicUsize::new(0),
             }),
         }
     }
@@ -178,6 +198,18 @@ impl Engine {
         self.inner.registry.len()
     }
 
+    /// Commands whose callers wait for an answer: queued for a writer, decided, or in an
+    /// append. Tests wait on it to know that requests have reached the engine.
+    pub fn commands_waiting(&self) -> usize {
+        self.inner.commands_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Appends handed to the database and not answered yet (queued for a shared statement
+    /// or in one). Tests wait on it to know that commands were decided and wait to commit.
+    pub fn appends_waiting(&self) -> usize {
+        self.inner.commits.waiting()
+    }
+
     /// Loads every raffle on sale, so their hold timers run without waiting for a command.
     pub async fn resume_on_sale(&self) -> Result<usize, EngineError> {
         let raffles = self
@@ -199,6 +231,7 @@ impl Engine {
         command: RaffleCommand,
         meta: CommandMeta,
     ) -> Result<Applied, EngineError> {
+        let _waiting = Counted::new(&self.inner.commands_waiting);
         let (reply, answer) = oneshot::channel();
         self.send(
             raffle_id,
