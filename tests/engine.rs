@@ -5,7 +5,6 @@
 //! `DATABASE_URL` to choose the server).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,13 +16,11 @@ use postgres_es::PostgresEventRepository;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tombola::clock::ManualClock;
 use tombola::engine::{Applied, Engine, EngineConfig, EngineError};
-use tombola::store::{Source, Store};
+use tombola::store::{Source, Store, RAFFLE_STREAM};
 use tombola::testing::Faults;
 use tombola_domain::{
     Buyer, OrderStatus, Raffle, RaffleCommand, RaffleEvent, RefundReason, Selection,
@@ -433,11 +430,10 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
             });
             // Let the load run, then pull the plug: no shutdown, no snapshot, the runtime and
             // every task in it (writer, callers, pooled connections) just go.
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while acknowledged.lock().unwrap().len() < 300 {
-                assert!(std::time::Instant::now() < deadline, "no load");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            runtime.block_on(eventually(Duration::from_secs(20), "load", || {
+                let acknowledged = acknowledged.lock().unwrap().len();
+                async move { (acknowledged >= 300).then_some(()) }
+            }));
             drop(runtime);
             (database, raffle_id)
         })
@@ -456,30 +452,30 @@ fn a_crash_mid_load_keeps_every_acknowledged_command() {
     runtime.block_on(async {
         // The dead node's sessions go away (the server rolls back what they had not
         // committed); only then is the log final.
-        let mut watcher = PgConnectOptions::from_str(&url)
-            .unwrap()
-            .connect()
+        let watcher = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let others: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            )
-            .fetch_one(&mut watcher)
-            .await
-            .unwrap();
-            if others == 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{others} sessions linger"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = watcher.close().await;
+        eventually(
+            Duration::from_secs(10),
+            "the dead node's sessions to go",
+            || {
+                let watcher = watcher.clone();
+                async move {
+                    let others: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    )
+                    .fetch_one(&watcher)
+                    .await
+                    .unwrap();
+                    (others == 0).then_some(())
+                }
+            },
+        )
+        .await;
+        watcher.close().await;
         let store = Store::connect(&url, 5).await.unwrap();
 
         let log = log(&store, raffle_id).await;
@@ -990,10 +986,38 @@ fn open_loop_load(
                 let command = reserve_random(Uuid::new_v4(), buyer(i), 1);
                 let _ = engine.execute(raffle_id, command, meta()).await;
             }));
+            // Pacing, the point of an open-loop client: not a wait for anything.
             tokio::time::sleep(every).await;
         }
         calls
     })
+}
+
+/// Waits until more than `more_than` reservations of the raffle are committed (after its
+/// first event of type `after`, if given).
+async fn reservations_after(
+    pool: &sqlx::PgPool,
+    raffle_id: Uuid,
+    after: Option<&str>,
+    more_than: i64,
+) {
+    let what = format!("{more_than} reservations after {after:?}");
+    eventually(Duration::from_secs(10), &what, || async move {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e WHERE aggregate_type = $1 AND aggregate_id = $2 \
+             AND event_type = 'TicketsReserved' AND ($3::text IS NULL OR sequence > ( \
+               SELECT min(sequence) FROM events WHERE aggregate_type = e.aggregate_type \
+               AND aggregate_id = e.aggregate_id AND event_type = $3))",
+        )
+        .bind(RAFFLE_STREAM)
+        .bind(raffle_id.to_string())
+        .bind(after)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (count > more_than).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1022,7 +1046,8 @@ async fn holds_expire_while_commands_keep_coming() {
     let load: Vec<_> = (0..2)
         .map(|_| open_loop_load(&engine, raffle_id, Duration::from_micros(300), stop.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is under way: more than 100 reservations committed before the hold is due.
+    reservations_after(db.pool(), raffle_id, None, 100).await;
     clock.advance(chrono::Duration::seconds(61));
     eventually(
         Duration::from_secs(5),
@@ -1039,7 +1064,8 @@ async fn holds_expire_while_commands_keep_coming() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // And it goes on after the expiry.
+    reservations_after(db.pool(), raffle_id, Some("HoldsExpired"), 10).await;
     stop.store(true, Ordering::Relaxed);
     for calls in load {
         for call in calls.await.unwrap() {
@@ -1343,6 +1369,37 @@ async fn fail_appends_of_poison(pool: &sqlx::PgPool, seconds: f64) {
     .unwrap();
 }
 
+/// Waits until an append of buyer "Poison" is in the database, sleeping in its trigger.
+async fn poison_append_hangs(pool: &sqlx::PgPool) {
+    eventually(
+        Duration::from_secs(10),
+        "the poisoned append",
+        || async move {
+            let sleeping: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event = 'PgSleep'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (sleeping > 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Spawns `call` once its first poll has run: an engine call has then put its message in
+/// the writer's queue, so whatever the test sends next queues behind it.
+async fn queued<T: Send + 'static>(
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let mut call = Box::pin(call);
+    match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(answer) => tokio::spawn(async move { answer }),
+        std::task::Poll::Pending => tokio::spawn(call),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
     let (engine, db) = start_engine(EngineConfig::default()).await;
@@ -1358,14 +1415,13 @@ async fn a_writer_that_cannot_reload_never_decides_on_uncommitted_state() {
 
     let (phantom, failing) = reserve_as_poison(&engine, raffle_id, 7);
     // While that append hangs, a payment for the same order queues up behind it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    poison_append_hangs(&pool).await;
     let paying = {
         let engine = engine.clone();
         let command = payment(phantom, "pi_phantom", PRICE_MINOR);
-        tokio::spawn(async move { engine.execute(raffle_id, command, webhook_meta()).await })
+        queued(async move { engine.execute(raffle_id, command, webhook_meta()).await }).await
     };
-    // And a read, which must not see the reservation that is about to fail.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // And a read after it, which must not see the reservation that is about to fail.
     let reading = {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -1437,7 +1493,7 @@ async fn commands_decided_behind_a_failed_append_are_decided_again() {
     let (phantom, failing) = reserve_as_poison(&engine, raffle_id, 7);
     // While that append runs, these are decided on top of it: number 7 looks taken and
     // the phantom order looks payable.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    poison_append_hangs(&pool).await;
     let rival = Uuid::new_v4();
     let buyer = Buyer::parse("Rival", "rival@example.com", None).unwrap();
     let (rivalling, paying) = {
@@ -1546,6 +1602,23 @@ async fn a_commit_whose_reply_was_lost_is_answered_as_committed() {
     db.drop_database().await;
 }
 
+/// Waits until `count` appends wait to commit, one of them in a statement that waits on a
+/// lock (the test's `LOCK TABLE events`): what comes next queues behind them.
+async fn appends_waiting(engine: &Engine, pool: &sqlx::PgPool, count: usize) {
+    let what = format!("{count} appends waiting, one on the lock");
+    eventually(Duration::from_secs(10), &what, || async move {
+        let on_lock: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (on_lock > 0 && engine.appends_waiting() == count).then_some(())
+    })
+    .await;
+}
+
 /// Raffles whose appends wait at the same moment commit in one statement. One batch the
 /// database refuses, and one raffle another node appended to first, must each fail on its
 /// own: every other raffle's commands in the group commit.
@@ -1587,13 +1660,13 @@ async fn a_refused_or_conflicting_batch_fails_alone_in_a_shared_commit() {
         .iter()
         .map(|&raffle| (raffle, send(raffle, 2)))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    appends_waiting(&engine, db.pool(), early.len()).await;
     let (_, refused) = reserve_as_poison(&engine, poisoned, 2);
     // Decided on the stale view (1 looks free): the append conflicts, and the command is
     // decided again on the stream as it is.
     answers.push((stale, send(stale, 1)));
     answers.extend(innocent.iter().map(|&raffle| (raffle, send(raffle, 2))));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    appends_waiting(&engine, db.pool(), raffles.len()).await;
     blocker.rollback().await.unwrap();
 
     let refused = refused.await.unwrap();
@@ -1631,9 +1704,9 @@ async fn a_refused_or_conflicting_batch_fails_alone_in_a_shared_commit() {
         .await
         .unwrap();
     let first = send(early[0], 3);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    appends_waiting(&engine, db.pool(), 1).await;
     let together: Vec<_> = innocent.iter().map(|&raffle| send(raffle, 3)).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    appends_waiting(&engine, db.pool(), 1 + innocent.len()).await;
     blocker.rollback().await.unwrap();
     first.await.unwrap().unwrap();
     let mut orders = Vec::new();
