@@ -12,7 +12,7 @@ use tombola::store::chain::{event_hash, ChainInput, GENESIS};
 use tombola::store::{EventMetadata, RAFFLE_STREAM};
 use uuid::Uuid;
 
-use crate::helpers::{expect_json, spawn_app, TestApp, SEED};
+use crate::helpers::{eventually, expect_json, spawn_app, TestApp, SEED};
 
 const ENTROPY: &str = "lottery 2026-12-01: 03 17 22 38 45";
 
@@ -480,14 +480,12 @@ async fn a_client_that_leaves_mid_export_frees_its_connection() {
     assert!(!first.is_empty());
     assert_eq!(exports().await, 1, "the export runs on its own connection");
     drop(response);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while exports().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the export's connection is still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the export's connection to close",
+        || async { (exports().await == 0).then_some(()) },
+    )
+    .await;
     app.teardown().await;
 }
 

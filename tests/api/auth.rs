@@ -208,19 +208,20 @@ async fn keys_are_listed_revoked_and_rotated_with_a_grace_period() {
     assert!(node.verify(&key).await.is_ok());
 
     // Use is recorded (off the request path), and listing never shows a secret.
-    let mut listed = Vec::new();
-    for _ in 0..200 {
-        listed = Keys::list(&app.store, Some(ORGANIZER), false)
-            .await
-            .unwrap();
-        if listed
-            .iter()
-            .any(|k| k.key_id == key_id(&key) && k.last_used_at.is_some())
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let listed = eventually(
+        std::time::Duration::from_secs(10),
+        "the key's use",
+        || async {
+            let listed = Keys::list(&app.store, Some(ORGANIZER), false)
+                .await
+                .unwrap();
+            listed
+                .iter()
+                .any(|k| k.key_id == key_id(&key) && k.last_used_at.is_some())
+                .then_some(listed)
+        },
+    )
+    .await;
     let info = listed
         .iter()
         .find(|k| k.key_id == key_id(&key))

@@ -38,11 +38,27 @@ async fn requests_in_flight_at_shutdown_are_answered_and_none_is_lost() {
         requests.spawn(async move { (request.send().await, Instant::now()) });
     }
     wait_for_blocked_commit(&app).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // the rest reach the queue
+    eventually(
+        Duration::from_secs(10),
+        "every request in the engine",
+        || {
+            let waiting = app.engine.commands_waiting();
+            async move { (waiting == 50).then_some(()) }
+        },
+    )
+    .await;
 
     app.trigger_shutdown();
     let signalled = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server took the signal (it accepts no more connections) and still runs.
+    eventually(Duration::from_secs(10), "the listener to close", || {
+        let connect = reqwest::Client::new()
+            .get(app.url("/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send();
+        async move { connect.await.is_err().then_some(()) }
+    })
+    .await;
     assert!(
         app.is_running(),
         "the server waits for the requests in flight"
@@ -111,19 +127,19 @@ async fn an_idle_server_stops_promptly_and_keeps_its_commits() {
 
 /// Waits until a connection of the test database waits on a lock: the writer's commit.
 async fn wait_for_blocked_commit(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
+    eventually(
+        Duration::from_secs(10),
+        "a commit to reach the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no commit reached the lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            )
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
 }

@@ -10,7 +10,7 @@ use tombola::payments::stripe::Stripe;
 use tombola::payments::PaymentProvider;
 
 use crate::stripe_events::{event_id, Payment};
-use crate::support::{spawn_app, TestApp, SECRET};
+use crate::support::{eventually, spawn_app, TestApp, SECRET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_settle_is_repaired_without_a_second_issue() {
@@ -146,35 +146,38 @@ async fn is_due(server: &TestApp, event_id: &str) -> bool {
 
 /// Waits (up to 10 s) for the rows to be due: a release happens after the answers.
 async fn wait_until_due(server: &TestApp, event_ids: &[&str]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for event_id in event_ids {
-        while !is_due(server, event_id).await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{event_id} was not released"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the release",
+        || async {
+            for event_id in event_ids {
+                if !is_due(server, event_id).await {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
 }
 
 /// Waits (up to 10 s) until an append waits for a lock: the worker is stuck in it.
 async fn wait_for_blocked_append(server: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
+    eventually(
+        std::time::Duration::from_secs(10),
+        "an append stuck on the lock",
+        || async {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
              WHERE wait_event_type = 'Lock' AND query LIKE 'WITH appended%'",
-        )
-        .fetch_one(server.pool())
-        .await
-        .unwrap();
-        if blocked > 0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "no append got stuck");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+            )
+            .fetch_one(server.pool())
+            .await
+            .unwrap();
+            (blocked > 0).then_some(())
+        },
+    )
+    .await;
 }
 
 /// When the workers' channel is full, a new delivery is not left to wait out its lease:
