@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::{AppendBatch, AppendError, Store};
@@ -32,6 +33,8 @@ struct Append {
     raffle_id: Uuid,
     batch: AppendBatch,
     done: oneshot::Sender<Result<(), AppendError>>,
+    /// The writer's `engine.batch` span.
+    span: tracing::Span,
 }
 
 pub(super) struct CommitThread {
@@ -91,7 +94,12 @@ impl CommitThread {
 
     /// Appends `batch` to the raffle's stream on the commit thread. A raffle has at most one
     /// append queued or in flight: its writer waits for each before the next.
-    pub fn append(&self, raffle_id: Uuid, batch: AppendBatch) -> AppendOutcome {
+    pub fn append(
+        &self,
+        raffle_id: Uuid,
+        batch: AppendBatch,
+        span: tracing::Span,
+    ) -> AppendOutcome {
         let (done, outcome) = oneshot::channel();
         if self.faults.as_ref().is_some_and(|f| f.take_lost_append()) {
             let _ = done.send(Err(AppendError::Shared(
@@ -104,6 +112,7 @@ impl CommitThread {
             raffle_id,
             batch,
             done,
+            span,
         });
         match &self.faults {
             None => outcome,
@@ -142,8 +151,23 @@ async fn commit_groups(
             }
             group.push(append);
         }
-        commit_group(&store, group, &committed).await;
+        let span = group_span(&group);
+        commit_group(&store, group, &committed)
+            .instrument(span)
+            .await;
     }
+}
+
+/// The span of one statement: a child of its first batch's span, linked to the others'.
+fn group_span(group: &[Append]) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: group.first().and_then(|append| append.span.id()),
+        "commit.group",
+        raffles = group.len(),
+        events = group.iter().map(|a| a.batch.events.len()).sum::<usize>(),
+    );
+    crate::telemetry::otel::link_all(&span, group.iter().skip(1).map(|a| &a.span));
+    span
 }
 
 async fn commit_group(
