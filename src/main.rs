@@ -7,12 +7,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tombola::telemetry::init_logging();
-    match tombola::cli::run(tombola::cli::Cli::parse()).await {
+    let telemetry = tombola::telemetry::init(&tombola::telemetry::TelemetryConfig::from_env());
+    let outcome = match tombola::cli::run(tombola::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tombola: {error:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Flushes the spans and error reports still queued.
+    drop(telemetry);
+    outcome
 }

@@ -479,7 +479,14 @@ impl Inner {
     /// Applies `raffle_id`'s events to `projection`'s tables in `slot` until none are left,
     /// in batches of one transaction each. After a failed batch it goes on one event per
     /// transaction, so that everything before the failing event is applied and the failure
-    /// names the event itself.
+    /// names the event itself. Its span (a trace of its own) is `projection.batch`, with one
+    /// `batch applied` event per transaction.
+    #[tracing::instrument(
+        name = "projection.batch",
+        parent = None,
+        skip_all,
+        fields(projection = projection.name(), %raffle_id, slot = slot.as_str())
+    )]
     pub(crate) async fn catch_up(
         &self,
         projection: &dyn Projection,
@@ -600,6 +607,14 @@ impl Inner {
             }
             .await;
             moved.map_err(|e| failure(first_sequence, e.to_string()))?;
+            tracing::debug!(
+                from = first_sequence,
+                to = last_sequence,
+                events = events.len(),
+                "batch applied"
+            );
+            metrics::histogram!("tombola_projection_batch_events", "projection" => projection.name())
+                .record(events.len() as f64);
             if slot == Slot::Shadow {
                 self.rebuilt
                     .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -277,21 +277,73 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         )
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_by_ip))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit_by_ip,
+        ))
         .layer(axum::middleware::from_fn(health::record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(request_timeout, time_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            request_timeout,
+            time_limit,
+        ))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let request_id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), %request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    |response: &axum::http::Response<_>,
+                     latency: Duration,
+                     span: &tracing::Span| {
+                        span.record("status", response.status().as_u16());
+                        tracing::debug!(latency_us = latency.as_micros() as u64, "response sent");
+                    },
+                ),
+        )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: method, route, request id, and the raffle and order it is
+/// about (ids from the path; a reservation records the order it creates). Its parent is
+/// the caller's W3C `traceparent`, when given. Never the query, headers or body: those may
+/// hold personal data or credentials.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str);
+    let path = request.uri().path();
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route,
+        %request_id,
+        raffle_id = tracing::field::Empty,
+        order_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    if let Some(raffle_id) = id_after(path, "raffles") {
+        span.record("raffle_id", tracing::field::display(raffle_id));
+    }
+    if let Some(order_id) = id_after(path, "orders") {
+        span.record("order_id", tracing::field::display(order_id));
+    }
+    crate::telemetry::otel::continue_trace(&span, request.headers());
+    span
+}
+
+/// The UUID in `path` right after the segment `name`, e.g. the raffle of
+/// `/v1/raffles/{id}/…`.
+fn id_after(path: &str, name: &str) -> Option<Uuid> {
+    let mut segments = path.split('/');
+    segments.find(|segment| *segment == name)?;
+    segments.next()?.parse().ok()
 }
 
 /// Answers 503 problem+json (tower-http's timeout answers with an empty body) when a request

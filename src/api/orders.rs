@@ -69,6 +69,7 @@ pub async fn reserve(
         }
     };
     let order_id = Uuid::now_v7();
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
     let command = RaffleCommand::Reserve(Reserve {
         order_id,
         buyer,

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::{AppendBatch, AppendError, Store};
@@ -33,6 +34,8 @@ struct Append {
     raffle_id: Uuid,
     batch: AppendBatch,
     done: oneshot::Sender<Result<(), AppendError>>,
+    /// The writer's `engine.batch` span.
+    span: tracing::Span,
     _waiting: Waiting,
 }
 
@@ -117,7 +120,12 @@ impl CommitThread {
 
     /// Appends `batch` to the raffle's stream on the commit thread. A raffle has at most one
     /// append queued or in flight: its writer waits for each before the next.
-    pub fn append(&self, raffle_id: Uuid, batch: AppendBatch) -> AppendOutcome {
+    pub fn append(
+        &self,
+        raffle_id: Uuid,
+        batch: AppendBatch,
+        span: tracing::Span,
+    ) -> AppendOutcome {
         let (done, outcome) = oneshot::channel();
         if self.faults.as_ref().is_some_and(|f| f.take_lost_append()) {
             let _ = done.send(Err(AppendError::Shared(
@@ -130,6 +138,7 @@ impl CommitThread {
             raffle_id,
             batch,
             done,
+            span,
             _waiting: Waiting::new(&self.waiting),
         });
         match &self.faults {
@@ -169,8 +178,23 @@ async fn commit_groups(
             }
             group.push(append);
         }
-        commit_group(&store, group, &committed).await;
+        let span = group_span(&group);
+        commit_group(&store, group, &committed)
+            .instrument(span)
+            .await;
     }
+}
+
+/// The span of one statement: a child of its first batch's span, linked to the others'.
+fn group_span(group: &[Append]) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: group.first().and_then(|append| append.span.id()),
+        "commit.group",
+        raffles = group.len(),
+        events = group.iter().map(|a| a.batch.events.len()).sum::<usize>(),
+    );
+    crate::telemetry::otel::link_all(&span, group.iter().skip(1).map(|a| &a.span));
+    span
 }
 
 async fn commit_group(

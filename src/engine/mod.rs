@@ -108,6 +108,25 @@ impl Applied {
     }
 }
 
+/// A command's kind, for spans (never its data: a reservation holds the buyer).
+fn command_name(command: &RaffleCommand) -> &'static str {
+    match command {
+        RaffleCommand::Create(_) => "create",
+        RaffleCommand::OpenSales => "open_sales",
+        RaffleCommand::Reserve(_) => "reserve",
+        RaffleCommand::Release { .. } => "release",
+        RaffleCommand::ExpireDueHolds => "expire_due_holds",
+        RaffleCommand::ExtendHold { .. } => "extend_hold",
+        RaffleCommand::RecordPayment(_) => "record_payment",
+        RaffleCommand::RecordPaymentFailure(_) => "record_payment_failure",
+        RaffleCommand::ConfirmManualPayment(_) => "confirm_manual_payment",
+        RaffleCommand::Refund(_) => "refund",
+        RaffleCommand::CloseSales => "close_sales",
+        RaffleCommand::Draw { .. } => "draw",
+        RaffleCommand::Cancel { .. } => "cancel",
+    }
+}
+
 /// A batch of events committed to one raffle's stream, as published in-process.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -224,7 +243,7 @@ impl Engine {
         Ok(raffles.len())
     }
 
-    #[tracing::instrument(skip(self, command, meta), fields(raffle_id = %raffle_id, request_id = %meta.request_id))]
+    #[tracing::instrument(name = "engine.execute", skip(self, command, meta), fields(raffle_id = %raffle_id, request_id = %meta.request_id, command = command_name(&command)))]
     pub async fn execute(
         &self,
         raffle_id: Uuid,
@@ -239,6 +258,7 @@ impl Engine {
                 command,
                 meta,
                 reply,
+                span: tracing::Span::current(),
             })),
         )
         .await?;
@@ -299,9 +319,10 @@ impl Engine {
             match sent {
                 Ok(()) => return Ok(()),
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("tombola_engine_overloaded_total").increment(1);
                     return Err(EngineError::Overloaded {
                         retry_after: Duration::from_secs(1),
-                    })
+                    });
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(returned)) => {
                     // The writer was evicted or died between lookup and send: start another.

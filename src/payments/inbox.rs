@@ -157,6 +157,26 @@ pub async fn settle(
     .bind(&next_attempts)
     .execute(executor)
     .await?;
+    for status in statuses {
+        metrics::counter!("tombola_payment_inbox_settled_total", "status" => status).increment(1);
+    }
+    Ok(())
+}
+
+/// The inbox's backlog, for `/metrics`: deliveries waiting (and how long the oldest has),
+/// and deliveries given up on, which need an operator.
+pub async fn record_backlog(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    let (pending, oldest, failed): (i64, Option<f64>, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payment_inbox WHERE status = 'pending'), \
+                (SELECT extract(epoch FROM now() - min(received_at))::float8 \
+                   FROM payment_inbox WHERE status = 'pending'), \
+                (SELECT count(*) FROM payment_inbox WHERE status = 'failed')",
+    )
+    .fetch_one(pool)
+    .await?;
+    metrics::gauge!("tombola_payment_inbox_pending").set(pending as f64);
+    metrics::gauge!("tombola_payment_inbox_oldest_pending_seconds").set(oldest.unwrap_or(0.0));
+    metrics::gauge!("tombola_payment_inbox_failed").set(failed as f64);
     Ok(())
 }
 

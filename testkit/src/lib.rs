@@ -18,6 +18,7 @@ pub mod engine;
 mod payments;
 mod poll;
 pub mod requests;
+pub mod telemetry;
 
 pub use app::{
     spawn_app, spawn_app_with, test_settings, TestApp, ORGANIZER, OTHER_ORGANIZER, SEED,

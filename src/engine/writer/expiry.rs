@@ -37,6 +37,7 @@ impl Writer {
             command: RaffleCommand::ExpireDueHolds,
             meta: CommandMeta::system("expiry"),
             reply,
+            span: tracing::info_span!(parent: None, "engine.expire", raffle_id = %self.raffle_id),
         };
         self.process(vec![Message::Command(Box::new(request))])
             .await;

@@ -39,11 +39,18 @@ impl AppendFailure {
     ) -> Result<(), Self> {
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Self {
-                conflict: matches!(error, AppendError::Conflict),
-                maybe_stored: !error.stored_nothing(),
-                reason: error.to_string(),
-            }),
+            Ok(Err(error)) => {
+                let conflict = matches!(error, AppendError::Conflict);
+                if conflict {
+                    // Another node wrote first: what wrong routing costs (OPERATIONS.md).
+                    metrics::counter!("tombola_engine_conflicts_total").increment(1);
+                }
+                Err(Self {
+                    conflict,
+                    maybe_stored: !error.stored_nothing(),
+                    reason: error.to_string(),
+                })
+            }
             Err(error) => Err(Self {
                 conflict: false,
                 maybe_stored: true,
@@ -78,11 +85,12 @@ impl Writer {
             let outcome = if decided.batch.is_empty() {
                 Ok(())
             } else {
+                let span = super::pipeline::batch_span(self.raffle_id, requests, events);
                 let task = self
                     .engine
                     .inner
                     .commits
-                    .append(self.raffle_id, decided.batch);
+                    .append(self.raffle_id, decided.batch, span);
                 AppendFailure::check(task.await)
             };
             let failure = match outcome {

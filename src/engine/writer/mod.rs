@@ -46,6 +46,9 @@ pub(crate) struct CommandRequest {
     pub command: RaffleCommand,
     pub meta: CommandMeta,
     pub reply: oneshot::Sender<Result<Applied, EngineError>>,
+    /// The caller's span (`engine.execute`): the group commit that carries the command
+    /// becomes its child, or is linked to it.
+    pub span: tracing::Span,
 }
 
 struct Writer {
@@ -122,6 +125,7 @@ pub(crate) async fn run(
             }
             message = receiver.recv(), if room > 0 => {
                 let Some(first) = message else { break };
+                metrics::histogram!("tombola_engine_queue_depth").record((receiver.len() + 1) as f64);
                 let mut batch = vec![first];
                 while batch.len() < room.min(TURN) {
                     match receiver.try_recv() {

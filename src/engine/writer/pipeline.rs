@@ -57,6 +57,27 @@ pub(super) struct InFlight {
     /// command refused or replayed).
     task: Option<AppendOutcome>,
     outcome: Option<Result<(), AppendFailure>>,
+    /// `engine.batch`: open from the append's start until its callers are answered.
+    _span: tracing::Span,
+}
+
+/// The span of one group commit: a child of its first command's span (the trace of that
+/// request runs down to the append), linked to the others'.
+pub(super) fn batch_span(
+    raffle_id: uuid::Uuid,
+    requests: &[CommandRequest],
+    events: usize,
+) -> tracing::Span {
+    let parent = requests.first().and_then(|request| request.span.id());
+    let span = tracing::info_span!(
+        parent: parent,
+        "engine.batch",
+        %raffle_id,
+        commands = requests.len(),
+        events,
+    );
+    crate::telemetry::otel::link_all(&span, requests.iter().skip(1).map(|r| &r.span));
+    span
 }
 
 impl Writer {
@@ -75,11 +96,12 @@ impl Writer {
             .collect();
         let events = batch.append.events.len();
         let start = batch.append.base_sequence;
+        let span = batch_span(self.raffle_id, &batch.requests, events);
         let task = (!batch.append.is_empty()).then(|| {
             self.engine
                 .inner
                 .commits
-                .append(self.raffle_id, batch.append)
+                .append(self.raffle_id, batch.append, span.clone())
         });
         self.in_flight = Some(InFlight {
             requests: batch.requests,
@@ -91,6 +113,7 @@ impl Writer {
             events,
             outcome: task.is_none().then_some(Ok(())),
             task,
+            _span: span,
         });
     }
 

@@ -143,6 +143,19 @@ impl PaymentsIn {
             .collect()
     }
 
+    /// One delivery as a raffle command; its span is the root of the delivery's trace (the
+    /// HTTP request that stored it answered long ago).
+    #[tracing::instrument(
+        name = "payments.apply",
+        parent = None,
+        skip_all,
+        fields(
+            provider = %provider,
+            event_id = %event.event_id,
+            raffle_id = tracing::field::Empty,
+            order_id = tracing::field::Empty,
+        )
+    )]
     async fn apply(&self, provider: &str, event: &ProviderEvent) -> Result<String, Failure> {
         let Some(payment_id) = event.action.payment_id().map(str::to_owned) else {
             return Ok("ignored".into());
@@ -159,6 +172,9 @@ impl PaymentsIn {
                     ))
                 })?,
         };
+        let span = tracing::Span::current();
+        span.record("raffle_id", tracing::field::display(raffle_id));
+        span.record("order_id", tracing::field::display(order_id));
         let command = command_for(provider, event, order_id);
         let meta = CommandMeta {
             actor: provider.to_owned(),
