@@ -272,6 +272,8 @@ impl RuntimeHandle {
     }
 
     /// Catches one (projection, raffle) up now, outside the loop: for tests and tools.
+    /// While someone else holds the pair (another node, or a dropped transaction whose
+    /// rollback the pool has not sent yet) it waits, up to 10 s: "done" must mean caught up.
     pub async fn catch_up(&self, projection: &str, raffle_id: Uuid) -> Result<(), String> {
         let projection = self
             .inner
@@ -280,11 +282,24 @@ impl RuntimeHandle {
             .find(|p| p.name() == projection)
             .ok_or_else(|| format!("no projection {projection}"))?
             .clone();
-        self.inner
-            .catch_up(projection.as_ref(), raffle_id, Slot::Live)
-            .await
-            .map(|_| ())
-            .map_err(|f| format!("at {}: {}", f.sequence, f.error))
+        let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut attempt = 0;
+        loop {
+            match self
+                .inner
+                .catch_up(projection.as_ref(), raffle_id, Slot::Live)
+                .await
+            {
+                Ok(Outcome::CaughtUp) => return Ok(()),
+                Ok(Outcome::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Ok(Outcome::Busy) => return Err("another holder kept it for 10 s".into()),
+                Err(f) => return Err(format!("at {}: {}", f.sequence, f.error)),
+            }
+        }
     }
 }
 
