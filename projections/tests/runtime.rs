@@ -345,3 +345,83 @@ async fn a_poison_event_stops_only_its_projection_and_raffle_until_fixed() {
     assert_read_models_match(&db.pool, &[poisoned, healthy]).await;
     db.drop().await;
 }
+
+type Begin =
+    fn(
+        &sqlx::PgPool,
+    ) -> BoxFuture<'static, Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>>;
+
+/// Whether `begin`, given up by its caller after one poll (BEGIN sent, its reply not in), left
+/// the connection in a transaction: an autocommit insert made on it next stays invisible.
+async fn cancelled_begin_swallows_the_next_write(db: &TestDb, begin: Begin) -> bool {
+    // One connection, handed out without a test ping: the next statement gets the very
+    // connection the cancelled BEGIN went to.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    for attempt in 0..20 {
+        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+        // The connection is back in the pool (returning it is a task of its own).
+        eventually("the connection idle", Duration::from_secs(5), || {
+            let idle = pool.num_idle() == 1;
+            async move { idle }
+        })
+        .await;
+        let mut begun = begin(&pool);
+        let first = futures::poll!(begun.as_mut());
+        drop(begun);
+        if first.is_ready() {
+            continue;
+        }
+        sqlx::query("INSERT INTO marks (n) VALUES ($1)")
+            .bind(attempt)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM marks WHERE n = $1")
+            .bind(attempt)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        return seen == 0;
+    }
+    panic!("BEGIN never stayed in flight after one poll");
+}
+
+/// The rebuild test's flake, made deterministic. A runtime stopped while a batch waited for
+/// its BEGIN's reply put the connection back in the pool inside an open transaction (sqlx
+/// counts it only once the reply is in). The test's writer then appended an event on that
+/// connection, invisible to everyone; the runtime read the next event after its checkpoint,
+/// stepped over the hole and moved its checkpoint past it — the reader saw checkpoint n with
+/// the orders missing an effect before n — and the open transaction's locks made the next
+/// swap wait for ever (the 20-minute hang). `tombola_projections::begin` cannot leak it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_cancelled_half_way_leaves_no_transaction_open() {
+    let db = TestDb::new().await;
+    sqlx::query("CREATE TABLE marks (n integer)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        cancelled_begin_swallows_the_next_write(&db, |pool| {
+            // The connection is taken before the future, so its first poll sends BEGIN.
+            let conn = pool.try_acquire().expect("an idle connection");
+            sqlx::Transaction::begin(conn, None)
+        })
+        .await,
+        "sqlx's own begin leaks the transaction (if this fails, sqlx fixed it)"
+    );
+    assert!(
+        !cancelled_begin_swallows_the_next_write(&db, |pool| {
+            let pool = pool.clone();
+            Box::pin(async move { tombola_projections::begin(&pool).await })
+        })
+        .await,
+        "tombola_projections::begin left the connection in a transaction"
+    );
+    db.drop().await;
+}
