@@ -425,3 +425,111 @@ async fn a_begin_cancelled_half_way_leaves_no_transaction_open() {
     );
     db.drop().await;
 }
+
+/// A batch reads the orders it touches, not every order of its raffle. Measured with the
+/// transaction's own counters (`pg_stat_get_xact_tuples_*`) under the plan a prepared
+/// statement ends up with (generic): the former lookup, `order_id = ANY($2) OR ($3 AND
+/// status IN …)`, read all 20,000 orders of the raffle below on every batch, so the live
+/// runtime slowed down as a raffle grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_only_the_orders_it_touches_however_big_the_raffle() {
+    let db = TestDb::new().await;
+    let script = [
+        Op::ReserveRandom {
+            quantity: 2,
+            buyer: 0,
+        },
+        Op::Pay {
+            target: 0,
+            short: false,
+            pool_id: None,
+        },
+    ];
+    let history = History::build(Uuid::new_v4(), "org-big", 1, &script);
+    let envelopes: Vec<tombola_projections::Envelope> = history
+        .events
+        .iter()
+        .map(|r| tombola_projections::Envelope {
+            raffle_id: history.raffle_id,
+            sequence: r.sequence,
+            event: r.event.clone(),
+            actor: r.actor.clone(),
+            recorded_at: r.recorded_at,
+        })
+        .collect();
+    let reserved = envelopes
+        .iter()
+        .position(|e| matches!(e.event, tombola_domain::RaffleEvent::TicketsReserved { .. }))
+        .unwrap();
+    let (before, payment) = envelopes.split_at(reserved + 1);
+    assert!(!payment.is_empty());
+    let projections = [
+        models::all()[0].clone(), // orders
+        models::all()[2].clone(), // raffle_stats
+    ];
+    let apply = |events: &'static [tombola_projections::Envelope], generic: bool| {
+        let pool = db.pool.clone();
+        let projections = projections.clone();
+        let raffle_id = history.raffle_id;
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if generic {
+                sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            for projection in &projections {
+                projection
+                    .apply(
+                        &mut tx,
+                        Batch {
+                            raffle_id,
+                            events,
+                            tables: Tables::LIVE,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            let read: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT t, pg_stat_get_xact_tuples_returned(t::regclass) \
+                          + pg_stat_get_xact_tuples_fetched(t::regclass) \
+                 FROM UNNEST(ARRAY['read_orders', 'read_raffle_stats_orders']) AS t",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            read
+        }
+    };
+    let before: &'static [_] = Vec::leak(before.to_vec());
+    let payment: &'static [_] = Vec::leak(payment.to_vec());
+    apply(before, false).await;
+    // 20,000 other orders of the same raffle, in both tables that hold its orders.
+    for sql in [
+        "INSERT INTO read_orders SELECT $1, gen_random_uuid(), 'paid', 'B', 'b@example.com', \
+           NULL, '{1}', 500, 'USD', 'card', 'pi', now(), now(), now(), NULL, NULL, NULL, \
+           false, false, 0, 1 FROM generate_series(1, 20000)",
+        "INSERT INTO read_raffle_stats_orders SELECT $1, gen_random_uuid(), 'paid', 1, 500, 0 \
+         FROM generate_series(1, 20000)",
+    ] {
+        sqlx::query(sql)
+            .bind(history.raffle_id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("ANALYZE read_orders, read_raffle_stats_orders")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (table, tuples) in apply(payment, true).await {
+        assert!(
+            tuples < 100,
+            "a batch touching one order read {tuples} tuples of {table}"
+        );
+    }
+    db.drop().await;
+}
