@@ -296,12 +296,21 @@ fn check_commands(
             ));
         }
     }
+    // The requests that may have applied an operation: its own attempts, and every request
+    // sent with its Idempotency-Key (a later replay answers what an earlier one applied).
     let mut op_requests: HashMap<u64, BTreeSet<&str>> = HashMap::new();
+    let mut key_requests: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     for a in &record.attempts {
         op_requests
             .entry(a.op)
             .or_default()
             .insert(a.request_id.as_str());
+        if let Some(key) = &a.idempotency_key {
+            key_requests
+                .entry(key.as_str())
+                .or_default()
+                .insert(a.request_id.as_str());
+        }
     }
     let has = |raffle: Uuid, pred: &dyn Fn(&RaffleEvent) -> bool| {
         observed
@@ -342,7 +351,10 @@ fn check_commands(
                     Kind::Close => has(raffle, &|e| matches!(e, RaffleEvent::SalesClosed { .. })),
                     Kind::Draw => has(raffle, &|e| matches!(e, RaffleEvent::WinnersDrawn { .. })),
                     Kind::Reserve => {
-                        let requests = &op_requests[&a.op];
+                        let mut requests = op_requests[&a.op].clone();
+                        if let Some(key) = &a.idempotency_key {
+                            requests.extend(key_requests[key.as_str()].iter().copied());
+                        }
                         let mut numbers = a.numbers.clone();
                         numbers.sort_unstable();
                         observed.streams.get(&raffle).is_some_and(|s| {

@@ -91,6 +91,8 @@ pub struct Summary {
     pub clients: usize,
     pub raffles: usize,
     pub events: usize,
+    /// What the log holds, by event type: shows which paths the run exercised.
+    pub events_by_type: BTreeMap<String, usize>,
     pub deliveries: usize,
     pub seed: u64,
     pub record: String,
@@ -251,6 +253,14 @@ async fn run_on_cluster(
         clients: args.clients,
         raffles: observed.streams.len(),
         events: observed.streams.values().map(Vec::len).sum(),
+        events_by_type: observed
+            .streams
+            .values()
+            .flatten()
+            .fold(BTreeMap::new(), |mut counts, logged| {
+                *counts.entry(logged.event.name().to_owned()).or_default() += 1;
+                counts
+            }),
         deliveries: observed.inbox.len(),
         seed,
         record: record_path.display().to_string(),
