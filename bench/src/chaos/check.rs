@@ -554,11 +554,11 @@ fn check_holds(
         .collect();
     for (raffle, orders) in folds {
         for (id, order) in orders {
-            let ended = order.hold_ended.unwrap_or(if order.status == "reserved" {
-                observed.observed_at
-            } else {
-                continue;
-            });
+            let ended = match (order.hold_ended, order.status) {
+                (Some(ended), _) => ended,
+                (None, "reserved") => observed.observed_at,
+                (None, _) => continue,
+            };
             if ended <= order.expires_at {
                 continue;
             }
@@ -646,5 +646,389 @@ fn check_read_models(
                 "raffle {raffle}: read model tickets differs from the log's fold at numbers {wrong:?}"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checker fed doctored logs and records: each promise broken once, and seen.
+
+    use super::*;
+    use crate::chaos::record::{Attempt, Fault};
+    use tombola_domain::{Buyer, Currency, ExpiredHold, Payment};
+
+    const RAFFLE: Uuid = Uuid::from_u128(1);
+    const A: Uuid = Uuid::from_u128(10);
+    const B: Uuid = Uuid::from_u128(11);
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn reserved(order: Uuid, numbers: &[u32], at: i64) -> RaffleEvent {
+        RaffleEvent::TicketsReserved {
+            order_id: order,
+            buyer: Buyer::parse("Ana", "ana@example.com", None).unwrap(),
+            numbers: numbers.to_vec(),
+            amount_minor: 500 * numbers.len() as i64,
+            currency: usd(),
+            at: t(at),
+            expires_at: t(at + 60),
+        }
+    }
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn issued(order: Uuid, numbers: &[u32], at: i64) -> RaffleEvent {
+        RaffleEvent::TicketsIssued {
+            order_id: order,
+            numbers: numbers.to_vec(),
+            late: false,
+            replaced_numbers: vec![],
+            at: t(at),
+        }
+    }
+
+    fn recorded(order: Uuid, payment: &str) -> RaffleEvent {
+        RaffleEvent::PaymentRecorded {
+            order_id: order,
+            payment: Payment {
+                provider: "stripe".into(),
+                payment_id: payment.into(),
+                provider_event_id: format!("evt_{payment}"),
+                amount_minor: 500,
+                currency: usd(),
+                method: "card".into(),
+            },
+            at: t(5),
+        }
+    }
+
+    /// A log of `events` (request ids `r1`, `r2`, …) with read models and checkpoints that
+    /// agree with it, observed at t(30).
+    fn observed(events: Vec<RaffleEvent>) -> Observed {
+        let stream: Vec<Logged> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Logged {
+                sequence: i as u64 + 1,
+                event,
+                request_id: format!("r{}", i + 1),
+                idempotency_key: None,
+            })
+            .collect();
+        let mut observed = Observed {
+            observed_at: t(30),
+            projections: vec!["orders".into()],
+            ..Observed::default()
+        };
+        observed
+            .checkpoints
+            .insert((RAFFLE, "orders".into()), stream.len() as u64);
+        let folds = fold_stream(RAFFLE, &stream, &mut Vec::new());
+        let mut orders = BTreeMap::new();
+        let mut tickets = BTreeMap::new();
+        for (id, o) in &folds {
+            orders.insert(*id, (o.status.to_owned(), o.numbers.clone()));
+            let status = match o.status {
+                "reserved" => "held",
+                "paid" => "sold",
+                _ => continue,
+            };
+            for n in &o.numbers {
+                tickets.insert(*n, (*id, status.to_owned()));
+            }
+        }
+        observed.read_orders.insert(RAFFLE, orders);
+        observed.read_tickets.insert(RAFFLE, tickets);
+        observed.streams.insert(RAFFLE, stream);
+        observed
+    }
+
+    fn attempt(kind: Kind, request: &str, outcome: Outcome) -> Attempt {
+        Attempt {
+            op: request.len() as u64 + request.bytes().map(u64::from).sum::<u64>(),
+            kind,
+            node: 0,
+            raffle: Some(RAFFLE),
+            order: Some(A),
+            numbers: vec![],
+            request_id: request.into(),
+            idempotency_key: None,
+            status: Some(200),
+            problem: None,
+            outcome,
+            at_ms: 0,
+            event_id: None,
+            payment_id: None,
+            disconnected: false,
+        }
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            hold_grace: Duration::seconds(10),
+        }
+    }
+
+    fn violations(record: &Record, observed: &Observed) -> Vec<String> {
+        check(record, observed, &bounds())
+    }
+
+    fn assert_one(found: Vec<String>, needle: &str) {
+        assert!(
+            found.iter().any(|v| v.contains(needle)),
+            "expected a violation containing {needle:?}, got {found:#?}"
+        );
+    }
+
+    fn paid_history() -> Vec<RaffleEvent> {
+        vec![
+            reserved(A, &[1, 2], 0),
+            recorded(A, "pi_1"),
+            issued(A, &[1, 2], 5),
+        ]
+    }
+
+    #[test]
+    fn a_history_that_keeps_every_promise_passes() {
+        let mut reserve = attempt(Kind::Reserve, "r1", Outcome::Ok);
+        reserve.numbers = vec![2, 1];
+        let mut pay = attempt(Kind::StripeSucceeded, "d1", Outcome::Ok);
+        pay.event_id = Some("evt_1".into());
+        pay.payment_id = Some("pi_1".into());
+        let record = Record {
+            attempts: vec![reserve, pay],
+            ..Record::default()
+        };
+        let mut observed = observed(paid_history());
+        observed.inbox.insert(
+            "evt_1".into(),
+            InboxRow {
+                status: "done".into(),
+                outcome: Some("tickets_issued".into()),
+                last_error: None,
+            },
+        );
+        assert_eq!(violations(&record, &observed), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_number_issued_to_two_orders_is_caught() {
+        let mut events = paid_history();
+        events.push(reserved(B, &[3], 6));
+        events.push(issued(B, &[2, 3], 7));
+        assert_one(
+            violations(&Record::default(), &observed(events)),
+            "number 2 issued to order 00000000-0000-0000-0000-00000000000b while sold",
+        );
+    }
+
+    #[test]
+    fn a_number_reserved_while_held_is_caught() {
+        let events = vec![reserved(A, &[1], 0), reserved(B, &[1], 1)];
+        assert_one(
+            violations(&Record::default(), &observed(events)),
+            "number 1 reserved for order 00000000-0000-0000-0000-00000000000b while held",
+        );
+    }
+
+    #[test]
+    fn an_order_issued_twice_is_caught() {
+        let mut events = paid_history();
+        events.push(issued(A, &[1, 2], 8));
+        assert_one(
+            violations(&Record::default(), &observed(events)),
+            "issued a second time",
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_command_missing_from_the_log_is_caught() {
+        let mut release = attempt(Kind::Release, "r9", Outcome::Ok);
+        release.order = Some(A);
+        let record = Record {
+            attempts: vec![release],
+            ..Record::default()
+        };
+        assert_one(
+            violations(&record, &observed(vec![reserved(A, &[1], 0)])),
+            "acknowledged Release",
+        );
+    }
+
+    #[test]
+    fn a_reservation_answered_with_other_numbers_is_caught() {
+        let mut reserve = attempt(Kind::Reserve, "r1", Outcome::Ok);
+        reserve.numbers = vec![1, 3];
+        let record = Record {
+            attempts: vec![reserve],
+            ..Record::default()
+        };
+        assert_one(
+            violations(&record, &observed(vec![reserved(A, &[1, 2], 0)])),
+            "acknowledged Reserve",
+        );
+    }
+
+    #[test]
+    fn a_refused_command_with_events_is_caught() {
+        let record = Record {
+            attempts: vec![attempt(Kind::Reserve, "r1", Outcome::Refused)],
+            ..Record::default()
+        };
+        assert_one(
+            violations(&record, &observed(vec![reserved(A, &[1], 0)])),
+            "refused Reserve",
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_applied_twice_is_caught() {
+        let mut observed = observed(vec![reserved(A, &[1], 0), reserved(B, &[2], 1)]);
+        for logged in observed.streams.get_mut(&RAFFLE).unwrap() {
+            logged.idempotency_key = Some("k1".into());
+        }
+        assert_one(
+            violations(&Record::default(), &observed),
+            "Idempotency-Key k1: applied by 2 requests",
+        );
+    }
+
+    #[test]
+    fn acknowledged_payments_lost_or_doubled_are_caught() {
+        let mut pay = attempt(Kind::StripeSucceeded, "d1", Outcome::Ok);
+        pay.event_id = Some("evt_2".into());
+        pay.payment_id = Some("pi_2".into());
+        let record = Record {
+            attempts: vec![pay],
+            ..Record::default()
+        };
+        let lost = violations(&record, &observed(vec![reserved(A, &[1], 0)]));
+        assert_one(lost.clone(), "acknowledged payment pi_2 for order");
+        assert_one(lost, "was acknowledged but is not in the inbox");
+
+        let doubled = vec![
+            reserved(A, &[1], 0),
+            recorded(A, "pi_2"),
+            issued(A, &[1], 5),
+            recorded(A, "pi_2"),
+        ];
+        assert_one(
+            violations(&record, &observed(doubled)),
+            "payment pi_2 recorded 2 times",
+        );
+
+        let neither = vec![reserved(A, &[1], 0), recorded(A, "pi_2")];
+        assert_one(
+            violations(&record, &observed(neither)),
+            "neither its tickets issued nor a refund required",
+        );
+    }
+
+    #[test]
+    fn a_delivery_left_pending_or_wrongly_rejected_is_caught() {
+        let mut observed = observed(paid_history());
+        observed.inbox.insert(
+            "evt_p".into(),
+            InboxRow {
+                status: "pending".into(),
+                outcome: None,
+                last_error: Some("unavailable".into()),
+            },
+        );
+        observed.inbox.insert(
+            "evt_r".into(),
+            InboxRow {
+                status: "rejected".into(),
+                outcome: None,
+                last_error: Some("order_not_found".into()),
+            },
+        );
+        let mut failed = attempt(Kind::StripeFailed, "d1", Outcome::Ok);
+        failed.event_id = Some("evt_r".into());
+        let record = Record {
+            attempts: vec![failed],
+            ..Record::default()
+        };
+        let found = violations(&record, &observed);
+        assert_one(found.clone(), "delivery evt_p left unapplied");
+        assert_one(found.clone(), "delivery evt_r (StripeFailed) was rejected");
+        assert_one(found, "acknowledged failure delivery evt_r for order");
+    }
+
+    #[test]
+    fn a_hold_that_outlives_its_expiry_is_caught_unless_faults_explain_it() {
+        // Reserved at 0, due at 60, expired at 75: 15 s late with 10 s of grace.
+        let events = vec![
+            reserved(A, &[1], 0),
+            RaffleEvent::HoldsExpired {
+                holds: vec![ExpiredHold {
+                    order_id: A,
+                    numbers: vec![1],
+                }],
+                at: t(75),
+            },
+        ];
+        let mut observed = observed(events);
+        observed.observed_at = t(100);
+        assert_one(
+            violations(&Record::default(), &observed),
+            "15.0 s late, more than 10 s + 0.0 s of faults",
+        );
+        let paused = Record {
+            faults: vec![Fault {
+                kind: "pause".into(),
+                node: Some(0),
+                start_ms: t(58).timestamp_millis(),
+                end_ms: t(66).timestamp_millis(),
+            }],
+            ..Record::default()
+        };
+        assert_eq!(violations(&paused, &observed), Vec::<String>::new());
+
+        // Never expired at all, observed at 100.
+        let live = self::observed(vec![reserved(A, &[1], 0)]);
+        let mut live = live;
+        live.observed_at = t(100);
+        assert_one(
+            violations(&Record::default(), &live),
+            "was still live",
+        );
+    }
+
+    #[test]
+    fn read_models_that_differ_from_the_fold_are_caught() {
+        let mut observed = observed(paid_history());
+        observed
+            .read_orders
+            .get_mut(&RAFFLE)
+            .unwrap()
+            .insert(A, ("reserved".into(), vec![1, 2]));
+        observed.read_tickets.get_mut(&RAFFLE).unwrap().remove(&2);
+        observed
+            .checkpoints
+            .insert((RAFFLE, "orders".into()), 2);
+        let found = violations(&Record::default(), &observed);
+        assert_one(found.clone(), "read model orders has order");
+        assert_one(found.clone(), "read model tickets differs from the log's fold at numbers [2]");
+        assert_one(found, "projection orders at 2, the stream's head is 3");
+    }
+
+    #[test]
+    fn a_broken_chain_and_a_client_violation_are_reported() {
+        let mut observed = observed(paid_history());
+        observed
+            .broken_chains
+            .push((RAFFLE, "hash mismatch at 2".into()));
+        let record = Record {
+            client_violations: vec!["replay answered another order".into()],
+            ..Record::default()
+        };
+        let found = violations(&record, &observed);
+        assert_one(found.clone(), "hash chain does not verify: hash mismatch at 2");
+        assert_one(found, "client: replay answered another order");
     }
 }

@@ -60,6 +60,10 @@ pub struct Args {
     /// Seconds a hold may outlive its expiry outside fault windows.
     #[arg(long, default_value_t = 10)]
     pub hold_grace_secs: u64,
+    /// Each node's request time limit (`TOMBOLA_REQUEST_TIMEOUT_SECS`): short, so that
+    /// requests outlast it while PostgreSQL restarts.
+    #[arg(long, default_value_t = 3)]
+    pub request_timeout_secs: u64,
     /// First node's port; node i listens on PORT + i (18400–18499 is this harness's range).
     #[arg(long, default_value_t = 18400)]
     pub port: u16,
@@ -157,7 +161,14 @@ async fn run_on_cluster(
         .build()?;
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
-        let mut node = Node::new(i, args.port + i as u16, bin, url, dir);
+        let mut node = Node::new(
+            i,
+            args.port + i as u16,
+            bin,
+            url,
+            dir,
+            args.request_timeout_secs,
+        );
         node.start(&http).await?;
         nodes.push(Mutex::new(node));
     }

@@ -15,11 +15,20 @@ pub struct Node {
     log: PathBuf,
     child: Option<Child>,
     pub paused: bool,
+    request_timeout_secs: u64,
 }
 
 impl Node {
-    pub fn new(index: usize, port: u16, bin: &Path, cluster_url: &str, dir: &Path) -> Self {
+    pub fn new(
+        index: usize,
+        port: u16,
+        bin: &Path,
+        cluster_url: &str,
+        dir: &Path,
+        request_timeout_secs: u64,
+    ) -> Self {
         Self {
+            request_timeout_secs,
             index,
             port,
             bin: bin.to_owned(),
@@ -54,6 +63,10 @@ impl Node {
             .env("TOMBOLA_DB_CONNECTIONS", "8")
             .env("TOMBOLA_RATE_LIMIT_PER_KEY", "1000000")
             .env("TOMBOLA_RATE_LIMIT_PER_IP", "1000000")
+            .env(
+                "TOMBOLA_REQUEST_TIMEOUT_SECS",
+                self.request_timeout_secs.to_string(),
+            )
             .env("RUST_LOG", "warn")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("SENTRY_DSN")

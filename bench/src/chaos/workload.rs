@@ -486,6 +486,10 @@ impl World {
                 state.replayable.remove(0);
             }
         }
+        // Some buyers walk away: nobody pays or releases their hold, so it must expire.
+        if rng.random_bool(0.3) {
+            return;
+        }
         if let Some(r) = state.raffles.iter_mut().find(|r| r.id == raffle) {
             r.orders.push(OrderInfo {
                 id: order,
