@@ -275,7 +275,16 @@ impl PrivateCluster {
                 .arg(&self.data_dir)
                 .arg("-l")
                 .arg(self.data_dir.join("server.log"))
-                .args(["-m", "immediate", "-w", "-t", "120", "-o", &options, "restart"]),
+                .args([
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "120",
+                    "-o",
+                    &options,
+                    "restart",
+                ]),
         )
     }
 

@@ -37,7 +37,13 @@ async fn three_nodes_under_every_fault_keep_every_promise() {
     );
     for kind in KINDS.iter().chain(&["client_disconnect"]) {
         assert!(
-            outcome.summary.faults_injected.get(*kind).copied().unwrap_or(0) > 0,
+            outcome
+                .summary
+                .faults_injected
+                .get(*kind)
+                .copied()
+                .unwrap_or(0)
+                > 0,
             "no {kind} fault was injected: {summary}"
         );
     }

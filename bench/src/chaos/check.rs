@@ -84,7 +84,9 @@ pub fn check(record: &Record, observed: &Observed, bounds: &Bounds) -> Vec<Strin
     check_holds(record, observed, &folds, bounds, &mut violations);
     check_read_models(observed, &folds, &mut violations);
     for (raffle, why) in &observed.broken_chains {
-        violations.push(format!("raffle {raffle}: hash chain does not verify: {why}"));
+        violations.push(format!(
+            "raffle {raffle}: hash chain does not verify: {why}"
+        ));
     }
     violations
 }
@@ -346,7 +348,9 @@ fn check_commands(
                 };
                 let order = a.order.unwrap_or_default();
                 let found = match a.kind {
-                    Kind::Create => has(raffle, &|e| matches!(e, RaffleEvent::RaffleCreated { .. })),
+                    Kind::Create => {
+                        has(raffle, &|e| matches!(e, RaffleEvent::RaffleCreated { .. }))
+                    }
                     Kind::Open => has(raffle, &|e| matches!(e, RaffleEvent::SalesOpened { .. })),
                     Kind::Close => has(raffle, &|e| matches!(e, RaffleEvent::SalesClosed { .. })),
                     Kind::Draw => has(raffle, &|e| matches!(e, RaffleEvent::WinnersDrawn { .. })),
@@ -372,9 +376,10 @@ fn check_commands(
                             })
                         })
                     }
-                    Kind::Release => has(raffle, &|e| {
-                        matches!(e, RaffleEvent::ReservationReleased { order_id, .. } if *order_id == order)
-                    }),
+                    Kind::Release => has(
+                        raffle,
+                        &|e| matches!(e, RaffleEvent::ReservationReleased { order_id, .. } if *order_id == order),
+                    ),
                     Kind::ManualPayment => has(raffle, &|e| match e {
                         RaffleEvent::TicketsIssued { order_id, .. } => *order_id == order,
                         RaffleEvent::RefundRequired {
@@ -993,10 +998,7 @@ mod tests {
         let live = self::observed(vec![reserved(A, &[1], 0)]);
         let mut live = live;
         live.observed_at = t(100);
-        assert_one(
-            violations(&Record::default(), &live),
-            "was still live",
-        );
+        assert_one(violations(&Record::default(), &live), "was still live");
     }
 
     #[test]
@@ -1008,12 +1010,13 @@ mod tests {
             .unwrap()
             .insert(A, ("reserved".into(), vec![1, 2]));
         observed.read_tickets.get_mut(&RAFFLE).unwrap().remove(&2);
-        observed
-            .checkpoints
-            .insert((RAFFLE, "orders".into()), 2);
+        observed.checkpoints.insert((RAFFLE, "orders".into()), 2);
         let found = violations(&Record::default(), &observed);
         assert_one(found.clone(), "read model orders has order");
-        assert_one(found.clone(), "read model tickets differs from the log's fold at numbers [2]");
+        assert_one(
+            found.clone(),
+            "read model tickets differs from the log's fold at numbers [2]",
+        );
         assert_one(found, "projection orders at 2, the stream's head is 3");
     }
 
@@ -1028,7 +1031,10 @@ mod tests {
             ..Record::default()
         };
         let found = violations(&record, &observed);
-        assert_one(found.clone(), "hash chain does not verify: hash mismatch at 2");
+        assert_one(
+            found.clone(),
+            "hash chain does not verify: hash mismatch at 2",
+        );
         assert_one(found, "client: replay answered another order");
     }
 }

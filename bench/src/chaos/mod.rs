@@ -109,7 +109,10 @@ pub struct Outcome {
 
 pub async fn run(args: &Args) -> Result<Outcome, Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
-    if args.nodes == 0 || !PORTS.contains(&args.port) || !PORTS.contains(&(args.port + args.nodes as u16 - 1)) {
+    if args.nodes == 0
+        || !PORTS.contains(&args.port)
+        || !PORTS.contains(&(args.port + args.nodes as u16 - 1))
+    {
         return Err(format!("nodes must listen within {PORTS:?}").into());
     }
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -264,14 +267,13 @@ async fn run_on_cluster(
         clients: args.clients,
         raffles: observed.streams.len(),
         events: observed.streams.values().map(Vec::len).sum(),
-        events_by_type: observed
-            .streams
-            .values()
-            .flatten()
-            .fold(BTreeMap::new(), |mut counts, logged| {
+        events_by_type: observed.streams.values().flatten().fold(
+            BTreeMap::new(),
+            |mut counts, logged| {
                 *counts.entry(logged.event.name().to_owned()).or_default() += 1;
                 counts
-            }),
+            },
+        ),
         deliveries: observed.inbox.len(),
         seed,
         record: record_path.display().to_string(),
@@ -287,7 +289,9 @@ fn build_tombola() -> Result<PathBuf, Box<dyn std::error::Error>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let mut command = std::process::Command::new(cargo);
-    command.current_dir(&root).args(["build", "--bin", "tombola"]);
+    command
+        .current_dir(&root)
+        .args(["build", "--bin", "tombola"]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }

@@ -113,11 +113,10 @@ pub async fn settle(pool: &PgPool, limit: std::time::Duration) -> Result<bool, s
         )
         .execute(pool)
         .await?;
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM payment_inbox WHERE status = 'pending'",
-        )
-        .fetch_one(pool)
-        .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payment_inbox WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await?;
         let behind: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM ( \
                SELECT aggregate_id, max(sequence) AS head FROM events \

@@ -46,7 +46,10 @@ impl Kind {
     pub fn is_delivery(self) -> bool {
         matches!(
             self,
-            Self::StripeSucceeded | Self::StripeFailed | Self::StripeProcessing | Self::StripeRefunded
+            Self::StripeSucceeded
+                | Self::StripeFailed
+                | Self::StripeProcessing
+                | Self::StripeRefunded
         )
     }
 }
@@ -103,7 +106,9 @@ pub enum Line {
     Fault(Fault),
     /// Something the client saw that breaks a promise by itself (e.g. an idempotent replay
     /// answered with another order).
-    ClientViolation { message: String },
+    ClientViolation {
+        message: String,
+    },
 }
 
 /// The record as the checker reads it.

@@ -363,7 +363,16 @@ impl World {
         });
         let key = Some(Uuid::new_v4().to_string());
         let (outcome, answer) = self
-            .operation(rng, Kind::Create, None, None, Method::POST, "/v1/raffles", Some(&body), key)
+            .operation(
+                rng,
+                Kind::Create,
+                None,
+                None,
+                Method::POST,
+                "/v1/raffles",
+                Some(&body),
+                key,
+            )
             .await;
         let Some(id) = answer
             .filter(|_| outcome == Outcome::Ok)
@@ -443,7 +452,8 @@ impl World {
             return;
         };
         let buyer = self.buyers.fetch_add(1, Ordering::Relaxed);
-        let buyer = json!({"name": format!("Buyer {buyer}"), "email": format!("buyer{buyer}@example.com")});
+        let buyer =
+            json!({"name": format!("Buyer {buyer}"), "email": format!("buyer{buyer}@example.com")});
         let body = if explicit {
             let hot = HOT_NUMBERS.min(count);
             let mut numbers: Vec<u32> = (0..rng.random_range(1..=3))
@@ -574,7 +584,8 @@ impl World {
         else {
             return;
         };
-        let body = json!({"method": "cash", "reference": format!("chaos-{}", Uuid::new_v4().simple())});
+        let body =
+            json!({"method": "cash", "reference": format!("chaos-{}", Uuid::new_v4().simple())});
         let key = rng.random_bool(0.5).then(|| Uuid::new_v4().to_string());
         let (outcome, answer) = self
             .operation(
@@ -595,8 +606,7 @@ impl World {
 
     /// Reads an order being paid through Stripe: once it is paid, it can be refunded.
     async fn observe_paid(&self, rng: &mut StdRng) {
-        let Some((raffle, order)) = self.pick_order(rng, |o| o.paying && o.paid == Paid::No)
-        else {
+        let Some((raffle, order)) = self.pick_order(rng, |o| o.paying && o.paid == Paid::No) else {
             return;
         };
         let node = self.node(rng);
@@ -682,7 +692,8 @@ impl World {
         if outcome != Outcome::Ok {
             return;
         }
-        let body = json!({"seed": seed, "public_entropy": format!("chaos-entropy-{}", Uuid::new_v4())});
+        let body =
+            json!({"seed": seed, "public_entropy": format!("chaos-entropy-{}", Uuid::new_v4())});
         self.operation(
             rng,
             Kind::Draw,
@@ -760,8 +771,9 @@ impl World {
             // Concurrent duplicates, as many as there are nodes.
             2 => {
                 let copies = self.nodes.len().max(2);
-                let mut rngs: Vec<StdRng> =
-                    (0..copies).map(|_| StdRng::seed_from_u64(rng.random())).collect();
+                let mut rngs: Vec<StdRng> = (0..copies)
+                    .map(|_| StdRng::seed_from_u64(rng.random()))
+                    .collect();
                 let outcomes = futures_join(
                     rngs.iter_mut()
                         .map(|r| self.deliver(r, &succeeded))
@@ -830,7 +842,9 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
 }
 
 /// `join_all` without a dependency: a small select-free loop over pinned futures.
-async fn futures_util_join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+async fn futures_util_join_all<F: std::future::Future + Unpin>(
+    mut futures: Vec<F>,
+) -> Vec<F::Output> {
     use std::task::Poll;
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -853,7 +867,13 @@ async fn futures_util_join_all<F: std::future::Future + Unpin>(mut futures: Vec<
     outputs.into_iter().map(|o| o.expect("ready")).collect()
 }
 
-fn blank(op: u64, kind: Kind, raffle: Option<Uuid>, order: Option<Uuid>, key: Option<String>) -> Attempt {
+fn blank(
+    op: u64,
+    kind: Kind,
+    raffle: Option<Uuid>,
+    order: Option<Uuid>,
+    key: Option<String>,
+) -> Attempt {
     Attempt {
         op,
         kind,
