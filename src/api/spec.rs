@@ -203,23 +203,6 @@ mod tests {
     }
 
     #[test]
-    fn a_429_documents_retry_after_as_always_there_and_the_ratelimit_headers() {
-        let openapi: utoipa::openapi::OpenApi = serde_json::from_value(json!({
-            "openapi": "3.1.0",
-            "info": {"title": "t", "version": "1"},
-            "paths": {"/healthz": {"get": {"responses": {"200": {"description": "ok"}}}}}
-        }))
-        .unwrap();
-        let doc = complete(&openapi);
-        let headers = &doc["paths"]["/healthz"]["get"]["responses"]["429"]["headers"];
-        assert_eq!(headers["Retry-After"]["required"], json!(true));
-        for name in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
-            assert!(headers[name].is_object(), "{name}");
-            assert_ne!(headers[name]["required"], json!(true), "{name}");
-        }
-    }
-
-    #[test]
     fn operations_list_the_answers_their_extractors_give() {
         let op = json!({"security": [], "requestBody": {}, "responses": {}});
         let statuses = error_statuses("/v1/raffles/{id}/draw", "post", &op);

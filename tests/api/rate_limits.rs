@@ -175,7 +175,25 @@ async fn route_classes_have_budgets_of_their_own_and_answers_carry_the_headers()
     assert_eq!(header(ok.headers(), "ratelimit-limit"), 2);
     assert_eq!(header(ok.headers(), "ratelimit-remaining"), 1);
     assert_eq!(read().await.status(), StatusCode::OK);
-    assert_eq!(read().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let refused = read().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The served document describes this answer's headers, and they are all there.
+    let doc = expect_json(app.get("/openapi.json", "").await, StatusCode::OK).await;
+    let documented = doc["paths"]["/v1/raffles/{id}"]["get"]["responses"]["429"]["headers"]
+        .as_object()
+        .expect("the 429's headers are documented")
+        .clone();
+    assert_eq!(documented["Retry-After"]["required"], true);
+    for name in [
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    ] {
+        assert!(documented.contains_key(name), "{name} undocumented");
+        header(refused.headers(), &name.to_lowercase());
+    }
 
     let reserved = app
         .reserve(raffle, &app.client_key, &quantity("ada@example.com", 1))
