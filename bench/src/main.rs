@@ -8,6 +8,7 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod limits;
 mod report;
 mod sys;
 mod webhooks;
@@ -36,6 +37,9 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// Shared rate limits: their cost on the reservation path (vs off, same run) and two
+    /// `tombola serve` processes holding one key's limit, across a restart.
+    Limits(limits::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Limits(args) => limits::run(args),
     };
     report::finish(outcome)
 }
