@@ -19,7 +19,13 @@ pub fn available(tat: f64, now: f64, limit: &Limit) -> u32 {
 
 /// Seconds from `now` until the bucket holds one token again (0 if it holds one).
 pub fn wait_for_one(tat: f64, now: f64, limit: &Limit) -> f64 {
-    (tat - now - f64::from(limit.burst.saturating_sub(1)) * limit.interval()).max(0.0)
+    wait_for(tat, now, limit, 1)
+}
+
+/// Seconds from `now` until the bucket holds `tokens` (at most its burst) again.
+pub fn wait_for(tat: f64, now: f64, limit: &Limit, tokens: u32) -> f64 {
+    let tokens = tokens.clamp(1, limit.burst.max(1));
+    (tat - now - f64::from(limit.burst - tokens) * limit.interval()).max(0.0)
 }
 
 /// Seconds from `now` until the bucket is full.
@@ -60,6 +66,11 @@ mod tests {
         }
         assert_eq!(taken, 5);
         assert!((wait_for_one(tat, 100.0, &l) - 0.1).abs() < 1e-9);
+        assert!((wait_for(tat, 100.0, &l, 3) - 0.3).abs() < 1e-9);
+        assert!(
+            (wait_for(tat, 100.0, &l, 50) - 0.5).abs() < 1e-9,
+            "at most the burst"
+        );
         assert_eq!(take(tat, 100.1, &l, 3).1, 1);
     }
 

@@ -171,8 +171,13 @@ impl RateLimits {
                     local.tokens += lease.granted;
                     local.shared_tat = lease.tat;
                     local.shared_left = gcra::available(lease.tat, wall, &limit);
+                    // Empty: come back when a whole lease is there, not one token. Asking
+                    // again after every token would make a client over its limit cost one
+                    // write per token, the limit's whole rate; this way a node asks at most
+                    // once per lease window, and refuses for at most that much too long.
                     if lease.granted == 0 {
-                        local.refused_until = wall + gcra::wait_for_one(lease.tat, wall, &limit);
+                        local.refused_until =
+                            wall + gcra::wait_for(lease.tat, wall, &limit, wanted);
                     }
                 }
                 Ok(Err(error)) => self.table_failed(steady, &error.to_string()),
