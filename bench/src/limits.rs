@@ -237,7 +237,7 @@ async fn reserve_for(
     Ok((count.load(Ordering::Relaxed), elapsed, latencies))
 }
 
-async fn open_raffle(
+pub async fn open_raffle(
     client: &reqwest::Client,
     base: &str,
     key: &str,

@@ -10,6 +10,7 @@ mod domain;
 mod engine;
 mod limits;
 mod report;
+mod routing;
 mod sys;
 mod webhooks;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Shared rate limits: their cost on the reservation path (vs off, same run) and two
     /// `tombola serve` processes holding one key's limit, across a restart.
     Limits(limits::Args),
+    /// What wrong routing costs: two nodes, each raffle on one of them vs every request to
+    /// either, same run.
+    Routing(routing::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Limits(args) => limits::run(args),
+        Command::Routing(args) => routing::run(args),
     };
     report::finish(outcome)
 }
