@@ -6,9 +6,9 @@
 //!    request asks PostgreSQL: what leasing saves). The variants alternate over `--rounds`.
 //! 2. The shared limit: two `tombola serve` processes on that database share one key's limit
 //!    (`--shared-limit`, default 1200/min); requests at `--shared-rate` per second, spread
-//!    over both, for `--shared-seconds`; accepted vs the stated bound (burst + rate × window
-//!    + one lease per node). Then both are killed and restarted, and the key is tried again
-//!    at once: what a restart gave back.
+//!    over both, for `--shared-seconds`; accepted vs the stated bound (burst, plus rate ×
+//!    window, plus one lease per node). Then both are killed and restarted, and the key is
+//!    tried again at once: what a restart gave back.
 //!
 //! Servers listen on ports 18310-18329 (the `limits` helper's range).
 
