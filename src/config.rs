@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// answered 503 with Retry-After.
     #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = defaults::MIN_POSITION_WAIT_MS)]
     pub min_position_wait_ms: u64,
+
+    /// Exports and log verifications that may run at once on this node; the next gets 429
+    /// with Retry-After. Each holds one PostgreSQL connection of its own while it streams.
+    #[arg(long, env = "TOMBOLA_MAX_EXPORTS", default_value_t = defaults::MAX_EXPORTS)]
+    pub max_exports: usize,
 }
 
 /// What the server runs with, whoever chose it: `tombola serve`'s flags convert into it, tests
@@ -117,6 +122,8 @@ pub struct Settings {
     /// The read models' database; `None`: the write database.
     pub read_database_url: Option<String>,
     pub min_position_wait: Duration,
+    /// Exports and verifications at once per node (at least 1).
+    pub max_exports: usize,
 }
 
 impl Default for Settings {
@@ -136,6 +143,7 @@ impl Default for Settings {
             payment_workers: PAYMENT_WORKERS,
             read_database_url: None,
             min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
+            max_exports: MAX_EXPORTS,
         }
     }
 }
@@ -155,6 +163,7 @@ mod defaults {
     pub const STRIPE_TOLERANCE_SECS: i64 = 300;
     pub const PAYMENT_WORKERS: usize = 2;
     pub const MIN_POSITION_WAIT_MS: u64 = 2000;
+    pub const MAX_EXPORTS: usize = crate::api::DEFAULT_HEAVY_READS;
 }
 
 impl From<ServeArgs> for Settings {
@@ -173,6 +182,7 @@ impl From<ServeArgs> for Settings {
             payment_workers: args.payment_workers,
             read_database_url: args.read_database_url,
             min_position_wait: Duration::from_millis(args.min_position_wait_ms),
+            max_exports: args.max_exports,
         }
     }
 }

@@ -88,7 +88,8 @@ impl Application {
             crate::telemetry::init_metrics(),
             payments.clone(),
         )
-        .with_read_side(read_side.handle.clone(), args.min_position_wait);
+        .with_read_side(read_side.handle.clone(), args.min_position_wait)
+        .with_heavy_read_limit(args.max_exports);
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {

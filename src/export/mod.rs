@@ -2,8 +2,16 @@
 //! file: memory stays flat whatever the raffle's size. Each export runs on a connection of
 //! its own, outside the pool: when the client goes away the stream is dropped, the
 //! connection closes, and PostgreSQL ends the query at its next write.
+//!
+//! `COPY` takes no bind parameters. Rather than quote user input into its text, every value
+//! an export filters or formats by travels as a bound parameter of `set_config` on the
+//! export's own connection, and the `COPY` statement (constant text) reads it back with
+//! `current_setting` (decision 0015).
 
+pub mod csv;
 pub mod events;
+pub mod log;
+pub mod recorded;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -25,11 +33,33 @@ pub async fn copy_out(
     options: &PgConnectOptions,
     copy: String,
 ) -> Result<ExportStream, sqlx::Error> {
+    copy_out_with(options, &[], copy).await
+}
+
+/// The application name of every export's connection (what `pg_stat_activity` shows).
+pub const APPLICATION_NAME: &str = "tombola-export";
+
+/// Like [`copy_out`], after setting each `(name, value)` on the export's connection with
+/// bound parameters: the session's own settings (`TimeZone`) or `tombola.*` values that
+/// `copy` reads with `current_setting`. The connection serves this one export and closes
+/// with it, so nothing set here outlives it.
+pub async fn copy_out_with(
+    options: &PgConnectOptions,
+    settings: &[(&str, String)],
+    copy: String,
+) -> Result<ExportStream, sqlx::Error> {
     let mut connection: PgConnection = options
         .clone()
-        .application_name("tombola-export")
+        .application_name(APPLICATION_NAME)
         .connect()
         .await?;
+    for (name, value) in settings {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut connection)
+            .await?;
+    }
     let (sender, mut receiver) = mpsc::channel::<Result<Bytes, sqlx::Error>>(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
         let copied = async {
