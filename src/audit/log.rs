@@ -48,9 +48,10 @@ impl LogReader {
         }
     }
 
-    /// Whether every event read so far was handed out (the next one costs a round trip).
+    /// Whether every event read so far was handed out and more may follow: the next one
+    /// costs a round trip.
     pub fn between_pages(&self) -> bool {
-        self.page.is_empty()
+        self.page.is_empty() && !self.done
     }
 
     pub async fn next(&mut self) -> Result<Option<RawEvent>, sqlx::Error> {
