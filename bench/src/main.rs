@@ -8,6 +8,7 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod export;
 mod report;
 mod sys;
 mod webhooks;
@@ -36,6 +37,9 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
+    /// rows/s, first byte, server memory growth; and `audit verify` of its log.
+    Export(export::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Export(args) => export::run(args),
     };
     report::finish(outcome)
 }

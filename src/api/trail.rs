@@ -21,7 +21,6 @@ pub struct EventsParams {
     /// Events about this order.
     pub order_id: Option<Uuid>,
     /// Events that held, issued, released, expired, refunded or drew this number.
-    #[param(minimum = 0, maximum = 4294967295u32)]
     pub ticket: Option<u32>,
     /// Events about this payment id (a provider's, or a manual payment's reference).
     #[param(max_length = 255)]
@@ -72,9 +71,12 @@ fn time(field: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>
 
 fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
-        Some(v) if v.is_empty() || v.len() > 255 || v.chars().any(char::is_control) => Err(
-            ApiError::invalid(field, "must be 1 to 255 characters, no control characters"),
-        ),
+        Some(v) if v.is_empty() || v.chars().count() > 255 || v.chars().any(char::is_control) => {
+            Err(ApiError::invalid(
+                field,
+                "must be 1 to 255 characters, no control characters",
+            ))
+        }
         other => Ok(other),
     }
 }

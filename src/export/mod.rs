@@ -3,10 +3,9 @@
 //! its own, outside the pool: when the client goes away the stream is dropped, the
 //! connection closes, and PostgreSQL ends the query at its next write.
 //!
-//! `COPY` takes no bind parameters. Rather than quote user input into its text, every value
-//! an export filters or formats by travels as a bound parameter of `set_config` on the
-//! export's own connection, and the `COPY` statement (constant text) reads it back with
-//! `current_setting` (decision 0015).
+//! `COPY` takes no bind parameters. Rather than quote free text into its statement, such a
+//! value travels as a bound parameter of `set_config` on the export's own connection, and
+//! the statement reads it back with `current_setting` (decision 0015).
 
 pub mod csv;
 pub mod events;
