@@ -12,9 +12,9 @@ pub mod events;
 pub mod log;
 pub mod recorded;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 use tokio::sync::mpsc;
@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 /// Chunks in flight between PostgreSQL and the client: a slow client slows the query
 /// rather than filling memory.
 const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// The most bytes passed on at once (so at most 16 x 64 KiB wait for a slow client).
+const CHUNK_BYTES: usize = 64 * 1024;
 
 pub type ExportStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
@@ -63,8 +66,20 @@ pub async fn copy_out_with(
     tokio::spawn(async move {
         let copied = async {
             let mut chunks = connection.copy_out_raw(&copy).await?;
+            // PostgreSQL sends one message per row: passed on one by one, each would be a
+            // channel hop, an HTTP chunk and a write of its own (14,000 rows/s measured).
+            // What has already arrived goes on together, up to CHUNK_BYTES; nothing waits
+            // for more, so the first bytes leave as soon as they come.
+            let mut buffer = BytesMut::new();
             while let Some(chunk) = chunks.next().await {
-                if sender.send(Ok(chunk?)).await.is_err() {
+                buffer.extend_from_slice(&chunk?);
+                while buffer.len() < CHUNK_BYTES {
+                    match chunks.next().now_or_never() {
+                        Some(Some(chunk)) => buffer.extend_from_slice(&chunk?),
+                        Some(None) | None => break,
+                    }
+                }
+                if sender.send(Ok(buffer.split().freeze())).await.is_err() {
                     break; // the reader is gone: dropping the connection ends the query
                 }
             }
