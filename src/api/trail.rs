@@ -38,7 +38,7 @@ pub struct EventsParams {
     pub until: Option<String>,
     /// `next_after_sequence` of the previous page.
     #[param(minimum = 0)]
-    pub after_sequence: Option<u64>,
+    pub after_sequence: Option<i64>,
     /// 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -52,7 +52,7 @@ pub struct EventsParams {
 pub struct PageParams {
     /// `next_after_sequence` of the previous page.
     #[param(minimum = 0)]
-    pub after_sequence: Option<u64>,
+    pub after_sequence: Option<i64>,
     /// 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -69,16 +69,26 @@ fn time(field: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>
     .transpose()
 }
 
-fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, ApiError> {
+fn text(
+    field: &'static str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
     match value {
-        Some(v) if v.is_empty() || v.chars().count() > 255 || v.chars().any(char::is_control) => {
+        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
             Err(ApiError::invalid(
                 field,
-                "must be 1 to 255 characters, no control characters",
+                format!("must be 1 to {max} characters, no control characters"),
             ))
         }
         other => Ok(other),
     }
+}
+
+/// A keyset position: absent is the start.
+fn after(value: Option<i64>) -> Result<u64, ApiError> {
+    u64::try_from(value.unwrap_or(0))
+        .map_err(|_| ApiError::invalid("after_sequence", "must not be negative"))
 }
 
 async fn page(
@@ -121,12 +131,12 @@ pub async fn events(
     let query = TrailQuery {
         order_id: params.order_id,
         ticket: params.ticket,
-        payment_id: text("payment_id", params.payment_id)?,
-        actor: text("actor", params.actor)?,
-        event_type: text("type", params.event_type)?,
+        payment_id: text("payment_id", params.payment_id, 255)?,
+        actor: text("actor", params.actor, 255)?,
+        event_type: text("type", params.event_type, 64)?,
         since: time("since", params.since.as_deref())?,
         until: time("until", params.until.as_deref())?,
-        after_sequence: params.after_sequence.unwrap_or(0),
+        after_sequence: after(params.after_sequence)?,
         limit: 0,
     };
     page(
@@ -156,7 +166,7 @@ pub async fn ticket_history(
 ) -> Result<axum::Json<TrailPage>, ApiError> {
     let query = TrailQuery {
         ticket: Some(number),
-        after_sequence: params.after_sequence.unwrap_or(0),
+        after_sequence: after(params.after_sequence)?,
         ..TrailQuery::default()
     };
     page(
@@ -186,7 +196,7 @@ pub async fn order_history(
 ) -> Result<axum::Json<TrailPage>, ApiError> {
     let query = TrailQuery {
         order_id: Some(order_id),
-        after_sequence: params.after_sequence.unwrap_or(0),
+        after_sequence: after(params.after_sequence)?,
         ..TrailQuery::default()
     };
     page(

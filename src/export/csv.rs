@@ -134,9 +134,9 @@ pub enum Lang {
 
 impl Lang {
     pub fn parse(text: Option<&str>, config: &RaffleConfig) -> Result<Self, &'static str> {
-        match text.map(str::trim) {
-            None | Some("") if config.currency.as_str() == "MXN" => Ok(Self::Es),
-            None | Some("") => Ok(Self::En),
+        match text {
+            None if config.currency.as_str() == "MXN" => Ok(Self::Es),
+            None => Ok(Self::En),
             Some("es") => Ok(Self::Es),
             Some("en") => Ok(Self::En),
             Some(_) => Err("must be es or en"),
