@@ -40,6 +40,9 @@ enum Command {
     /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
     /// rows/s, first byte, server memory growth; and `audit verify` of its log.
     Export(export::Args),
+    /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
+    /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
+    Chaos(tombola_bench::chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,13 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Export(args) => export::run(args),
+        Command::Chaos(args) => chaos(args),
     };
     report::finish(outcome)
+}
+
+fn chaos(args: &tombola_bench::chaos::Args) -> report::BenchResult<report::Report> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(tombola_bench::chaos::run(args))?;
+    report::Report::new(&outcome.summary, outcome.violations)
 }
