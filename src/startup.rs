@@ -110,7 +110,8 @@ impl Application {
             payments.clone(),
         )
         .with_read_side(read_side.handle.clone(), args.min_position_wait)
-        .with_trusted_proxies(TrustedProxies::new(args.trusted_proxies.clone()));
+        .with_trusted_proxies(TrustedProxies::new(args.trusted_proxies.clone()))
+        .with_heavy_read_limit(args.max_exports);
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {

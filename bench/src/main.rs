@@ -8,6 +8,7 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod export;
 mod limits;
 mod report;
 mod routing;
@@ -38,6 +39,9 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
+    /// rows/s, first byte, server memory growth; and `audit verify` of its log.
+    Export(export::Args),
     /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
     /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
     Chaos(tombola_bench::chaos::Args),
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Export(args) => export::run(args),
         Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),

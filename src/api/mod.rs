@@ -5,6 +5,7 @@ mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
+mod exports;
 mod health;
 mod inbox;
 mod json;
@@ -13,6 +14,7 @@ mod raffles;
 pub mod rate_limit;
 mod read;
 mod spec;
+mod trail;
 mod views;
 mod webhooks;
 
@@ -260,6 +262,12 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(audit::verify))
         .routes(routes!(audit::draw_verify))
         .routes(routes!(audit::events_ndjson))
+        .routes(routes!(exports::tickets_csv))
+        .routes(routes!(exports::orders_csv))
+        .routes(routes!(exports::list))
+        .routes(routes!(trail::events))
+        .routes(routes!(trail::ticket_history))
+        .routes(routes!(trail::order_history))
         .routes(routes!(webhooks::stripe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

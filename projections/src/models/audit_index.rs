@@ -27,8 +27,9 @@ impl Projection for AuditIndex {
         "audit_index"
     }
 
+    /// 2: the winning numbers of `WinnersDrawn` are indexed under their tickets.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -99,6 +100,12 @@ pub fn entries(envelope: &Envelope) -> Vec<Entry> {
             ..
         } => add("payment", payment_id.clone()),
         RaffleEvent::ManualPaymentConfirmed { reference, .. } => add("payment", reference.clone()),
+        // A ticket's history ends with its prize, if it won one.
+        RaffleEvent::WinnersDrawn { winners, .. } => {
+            for winner in winners {
+                add("ticket", winner.number.to_string());
+            }
+        }
         _ => {}
     }
     out.sort_unstable();
