@@ -96,6 +96,26 @@ pub struct ServeArgs {
     /// answered 503 with Retry-After.
     #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = defaults::MIN_POSITION_WAIT_MS)]
     pub min_position_wait_ms: u64,
+
+    // Outbound webhooks (docs/WEBHOOKS.md).
+    /// Delays before each retry of an outbound webhook (units ms, s, m, h); after the last
+    /// one fails the message is dead-lettered.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhooks::DEFAULT_SCHEDULE)]
+    pub webhook_retry_schedule: crate::webhooks::Schedule,
+    /// Allow webhook endpoints on loopback, private and link-local addresses, and plain
+    /// http (tests, on-premise installations).
+    #[arg(
+        long,
+        env = "TOMBOLA_WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        default_value_t = false
+    )]
+    pub webhook_allow_private_targets: bool,
+    /// Outbound webhook attempts in flight on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
+    /// Run the outbound webhook subscriber and delivery worker on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_worker: bool,
 }
 
 /// What the server runs with, whoever chose it: `tombola serve`'s flags convert into it, tests
@@ -117,6 +137,8 @@ pub struct Settings {
     /// The read models' database; `None`: the write database.
     pub read_database_url: Option<String>,
     pub min_position_wait: Duration,
+    /// Outbound webhooks: delivery settings.
+    pub webhooks: crate::webhooks::Config,
 }
 
 impl Default for Settings {
@@ -136,6 +158,7 @@ impl Default for Settings {
             payment_workers: PAYMENT_WORKERS,
             read_database_url: None,
             min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
+            webhooks: crate::webhooks::Config::default(),
         }
     }
 }
@@ -173,6 +196,13 @@ impl From<ServeArgs> for Settings {
             payment_workers: args.payment_workers,
             read_database_url: args.read_database_url,
             min_position_wait: Duration::from_millis(args.min_position_wait_ms),
+            webhooks: crate::webhooks::Config {
+                retry_schedule: args.webhook_retry_schedule.0,
+                allow_private_targets: args.webhook_allow_private_targets,
+                concurrency: args.webhook_concurrency.max(1),
+                enabled: args.webhook_worker,
+                ..crate::webhooks::Config::default()
+            },
         }
     }
 }

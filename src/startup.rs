@@ -31,6 +31,8 @@ pub struct Application {
     payment_workers: usize,
     listener_task: tokio::task::AbortHandle,
     read_side: ReadSide,
+    webhooks: crate::webhooks::Webhooks,
+    webhooks_running: crate::webhooks::Running,
 }
 
 /// The projection runtime and what feeds it wake-ups.
@@ -63,6 +65,14 @@ impl Application {
             },
         );
         let read_side = start_read_side(args, &store, &engine).await?;
+        // Outbound webhooks on a pool of their own: deliveries never take the connections
+        // requests need.
+        let webhooks = crate::webhooks::Webhooks::new(
+            store.sibling("tombola-webhooks").pool().clone(),
+            args.webhooks.clone(),
+            clock.clone(),
+        );
+        let webhooks_running = crate::webhooks::start(&webhooks, &engine).await?;
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
         let listener_task = crate::engine::remote_commits::listen(engine.clone(), store);
@@ -88,7 +98,8 @@ impl Application {
             crate::telemetry::init_metrics(),
             payments.clone(),
         )
-        .with_read_side(read_side.handle.clone(), args.min_position_wait);
+        .with_read_side(read_side.handle.clone(), args.min_position_wait)
+        .with_webhooks(webhooks.clone());
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {
@@ -99,6 +110,8 @@ impl Application {
             payment_workers: args.payment_workers,
             listener_task,
             read_side,
+            webhooks,
+            webhooks_running,
         })
     }
 
@@ -114,6 +127,16 @@ impl Application {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Outbound webhooks: their pool, settings and clock.
+    pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.webhooks
+    }
+
+    /// The outbound webhooks' subscriber runtime, when this node runs it.
+    pub fn webhooks_outbox(&self) -> Option<&RuntimeHandle> {
+        self.webhooks_running.outbox()
     }
 
     /// The projection runtime's handle: status, positions, wake-ups.
@@ -148,6 +171,8 @@ impl Application {
         }
         self.engine.shutdown().await;
         self.listener_task.abort();
+        // Deliveries in flight are left to their leases: sent again by whoever runs next.
+        self.webhooks_running.stop().await;
         // Projections stop last: a batch in flight is rolled back and redone at next start.
         self.read_side.wakeups.abort();
         self.read_side.stop.cancel();
