@@ -306,7 +306,10 @@ pub async fn rotate_secret(
     now: DateTime<Utc>,
 ) -> Result<(String, DateTime<Utc>), EndpointError> {
     let secret = signature::new_secret();
-    let until = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let until = chrono::Duration::from_std(grace)
+        .ok()
+        .and_then(|grace| now.checked_add_signed(grace))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let rotated = sqlx::query(
         "UPDATE webhook_endpoints SET previous_secret = secret, secret = $3, \
            previous_secret_expires_at = $4, updated_at = $5 \

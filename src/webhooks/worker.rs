@@ -354,12 +354,14 @@ impl Worker {
         let config = &self.config;
         let latency_ms = outcome.latency.as_millis() as i64;
         let succeeded = outcome.succeeded();
-        metrics::counter!(
-            "tombola_webhook_attempts_total",
-            "outcome" => if succeeded { "succeeded" } else { "failed" },
-            "endpoint_id" => delivery.endpoint_id.to_string(),
-        )
-        .increment(1);
+        let labels = [
+            (
+                "outcome",
+                if succeeded { "succeeded" } else { "failed" }.to_owned(),
+            ),
+            ("endpoint_id", delivery.endpoint_id.to_string()),
+        ];
+        metrics::counter!("tombola_webhook_attempts_total", &labels).increment(1);
         let base = json!({
             "msg_id": delivery.msg_id,
             "endpoint_id": delivery.endpoint_id,

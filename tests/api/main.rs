@@ -15,3 +15,4 @@ mod idempotency;
 mod openapi;
 mod read_side;
 mod shutdown;
+mod webhooks_out;
