@@ -11,6 +11,7 @@ mod engine;
 mod report;
 mod sys;
 mod webhooks;
+mod webhooks_out;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,9 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// Outbound webhooks: messages/s to loopback receivers (fast, slow, dead), delivery lag
+    /// from commit, none lost, and the reservation's p99 against a run without endpoints.
+    WebhooksOut(webhooks_out::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::WebhooksOut(args) => webhooks_out::run(args),
     };
     report::finish(outcome)
 }
