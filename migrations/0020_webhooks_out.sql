@@ -66,7 +66,8 @@ CREATE TABLE webhook_deliveries
     updated_at      timestamptz NOT NULL,
     PRIMARY KEY (endpoint_id, msg_id)
 ) WITH (fillfactor = 70);
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (endpoint_id, raffle_id, order_key, sequence)
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_listing ON webhook_deliveries (endpoint_id, created_at DESC);

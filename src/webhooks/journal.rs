@@ -26,9 +26,19 @@ pub struct Entry {
     pub payload: Value,
 }
 
-/// Appends `entries` to `raffle_id`'s delivery stream inside the caller's transaction. The
-/// stream's counter row is locked until it commits, so concurrent appends to one stream
-/// take turns and sequences stay gapless.
+/// The metadata every delivery-stream event carries.
+pub fn metadata(actor: &str, at: DateTime<Utc>) -> String {
+    json!({
+        "actor": actor,
+        "source": "system",
+        "recorded_at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    })
+    .to_string()
+}
+
+/// Appends `entries` to `raffle_id`'s delivery stream, in one statement (inside the
+/// caller's transaction, if any). The stream's counter row is locked until that commits,
+/// so concurrent appends to one stream take turns and sequences stay gapless.
 pub async fn append(
     conn: &mut PgConnection,
     raffle_id: Uuid,
@@ -40,42 +50,35 @@ pub async fn append(
     if entries.is_empty() {
         return Ok(());
     }
-    let n = entries.len() as i64;
-    let last: i64 = sqlx::query_scalar(
-        "INSERT INTO webhook_streams (raffle_id, last_sequence) VALUES ($1, $2) \
-         ON CONFLICT (raffle_id) DO UPDATE SET last_sequence = webhook_streams.last_sequence + $2 \
-         RETURNING last_sequence",
-    )
-    .bind(raffle_id)
-    .bind(n)
-    .fetch_one(&mut *conn)
-    .await?;
-    let metadata = json!({
-        "actor": actor,
-        "source": "system",
-        "recorded_at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    })
-    .to_string();
-    let sequences: Vec<i64> = (last - n + 1..=last).collect();
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind).collect();
     let payloads: Vec<String> = entries.iter().map(|e| e.payload.to_string()).collect();
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-           payload, metadata, order_id) \
-         SELECT $1, $2, s, k, '1', p::json, $3::json, $4 \
-         FROM UNNEST($5::bigint[], $6::text[], $7::text[]) AS e(s, k, p)",
-    )
-    .bind(STREAM)
-    .bind(raffle_id.to_string())
-    .bind(metadata)
-    .bind(order_id)
-    .bind(&sequences)
-    .bind(&kinds)
-    .bind(&payloads)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(&format!("WITH {APPEND_CTE} SELECT 1"))
+        .bind(raffle_id)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(metadata(actor, at))
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
+
+/// The append as common table expressions over `$1` raffle id, `$2` event types, `$3`
+/// payloads, `$4` metadata, `$5` order id, to be combined with other changes into one
+/// statement (one round trip, atomic without a transaction).
+pub const APPEND_CTE: &str = "\
+    journal_stream AS ( \
+      INSERT INTO webhook_streams (raffle_id, last_sequence) VALUES ($1, cardinality($2::text[])) \
+      ON CONFLICT (raffle_id) DO UPDATE \
+        SET last_sequence = webhook_streams.last_sequence + cardinality($2::text[]) \
+      RETURNING last_sequence), \
+    journal_events AS ( \
+      INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+        payload, metadata, order_id) \
+      SELECT 'webhook_delivery', $1::text, s.last_sequence - cardinality($2::text[]) + e.i, \
+        e.k, '1', e.p::json, $4::json, $5 \
+      FROM journal_stream s, UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS e(k, p, i) \
+      RETURNING 1)";
 
 /// A message's recorded attempts and outcomes, oldest first.
 pub async fn of_message(

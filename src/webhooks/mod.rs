@@ -65,7 +65,7 @@ impl Default for Config {
             timeout: Duration::from_secs(15),
             lease: Duration::from_secs(60),
             concurrency: 64,
-            per_endpoint: 8,
+            per_endpoint: 16,
             poll_interval: Duration::from_secs(1),
             circuit_threshold: 5,
             circuit_base: Duration::from_secs(30),

@@ -139,29 +139,33 @@ impl Worker {
     async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
         let now = self.clock.now();
         let until = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        // Per endpoint (so a backlog at one never hides another's due deliveries): its
+        // room (in-flight limit, one while half-open, minus its live leases), then its
+        // oldest due deliveries whose (endpoint, order) has nothing earlier pending.
         sqlx::query_as(
-            "WITH candidates AS ( \
-               SELECT d.endpoint_id, d.msg_id, \
-                 row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.sequence) AS rank, \
+            "WITH room AS ( \
+               SELECT e.endpoint_id, \
                  (CASE WHEN e.circuit_open_until IS NOT NULL THEN 1 ELSE $4 END) \
-                   - (SELECT count(*) FROM webhook_deliveries q WHERE q.endpoint_id = d.endpoint_id \
+                   - (SELECT count(*) FROM webhook_deliveries q WHERE q.endpoint_id = e.endpoint_id \
                         AND q.status = 'pending' AND q.lease_until > $1) AS room \
-               FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id) \
-               WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-                 AND e.enabled \
-                 AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1) \
-                 AND (e.rate_tat IS NULL OR e.rate_tat <= $1) \
-                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
-                   WHERE p.endpoint_id = d.endpoint_id AND p.raffle_id = d.raffle_id \
-                     AND p.order_key = d.order_key AND p.status = 'pending' AND p.sequence < d.sequence) \
-               ORDER BY d.next_attempt_at LIMIT 1000), \
+               FROM webhook_endpoints e \
+               WHERE e.enabled AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1) \
+                 AND (e.rate_tat IS NULL OR e.rate_tat <= $1)), \
+             candidates AS ( \
+               SELECT c.endpoint_id, c.msg_id, c.next_attempt_at FROM room r, LATERAL ( \
+                 SELECT d.endpoint_id, d.msg_id, d.next_attempt_at FROM webhook_deliveries d \
+                 WHERE d.endpoint_id = r.endpoint_id AND d.status = 'pending' \
+                   AND d.next_attempt_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
+                     WHERE p.endpoint_id = d.endpoint_id AND p.raffle_id = d.raffle_id \
+                       AND p.order_key = d.order_key AND p.status = 'pending' \
+                       AND p.sequence < d.sequence) \
+                 ORDER BY d.next_attempt_at, d.sequence LIMIT greatest(r.room, 0)) c), \
              picked AS ( \
                SELECT d.endpoint_id, d.msg_id FROM webhook_deliveries d \
                JOIN candidates c USING (endpoint_id, msg_id) \
-               WHERE c.rank <= c.room AND d.status = 'pending' \
-                 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-               ORDER BY d.next_attempt_at LIMIT $5 \
+               WHERE d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $1) \
+               ORDER BY c.next_attempt_at LIMIT $5 \
                FOR UPDATE OF d SKIP LOCKED) \
              UPDATE webhook_deliveries d SET lease_until = $2, leased_by = $3, \
                attempts = d.attempts + 1, updated_at = $1 \
@@ -196,19 +200,6 @@ impl Worker {
             if !self.take_rate_slot(&delivery).await? {
                 return Ok(());
             }
-            self.record(
-                &delivery,
-                vec![Entry {
-                    kind: kind::ATTEMPTED,
-                    payload: json!({
-                        "msg_id": delivery.msg_id,
-                        "endpoint_id": delivery.endpoint_id,
-                        "event_type": delivery.event_type,
-                        "attempt": delivery.attempts,
-                    }),
-                }],
-            )
-            .await?;
             let outcome = self.send(&delivery).await;
             if let Some(status) = outcome.status {
                 tracing::Span::current().record("status", status);
@@ -370,35 +361,63 @@ impl Worker {
             "status": outcome.status,
             "latency_ms": latency_ms,
         });
-        let mut tx = self.pool.begin().await?;
-        let mut entries = Vec::new();
+        // The attempt and its outcome are recorded together, once it ended: an attempt cut
+        // off by a crash shows in the delivery's `attempts` count, not as an event.
+        let attempted = Entry {
+            kind: kind::ATTEMPTED,
+            payload: json!({
+                "msg_id": delivery.msg_id,
+                "endpoint_id": delivery.endpoint_id,
+                "event_type": delivery.event_type,
+                "attempt": delivery.attempts,
+            }),
+        };
         if succeeded {
-            sqlx::query(
-                "UPDATE webhook_deliveries SET status = 'succeeded', lease_until = NULL, \
-                   last_status = $3, last_error = NULL, updated_at = $4 \
-                 WHERE endpoint_id = $1 AND msg_id = $2",
-            )
-            .bind(delivery.endpoint_id)
-            .bind(&delivery.msg_id)
-            .bind(outcome.status.map(i32::from))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
-                   circuit_open_until = NULL, circuit_opened = 0 \
-                 WHERE endpoint_id = $1 AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL)",
-            )
-            .bind(delivery.endpoint_id)
-            .execute(&mut *tx)
-            .await?;
             let mut payload = base;
             payload["delivery_lag_ms"] = json!((now - delivery.recorded_at).num_milliseconds());
-            entries.push(Entry {
-                kind: kind::SUCCEEDED,
-                payload,
-            });
-        } else {
+            let entries = [
+                attempted,
+                Entry {
+                    kind: kind::SUCCEEDED,
+                    payload,
+                },
+            ];
+            // The common case in one statement: the delivery settled, both events, and the
+            // endpoint's health cleared if it was not clean.
+            sqlx::query(&format!(
+                "WITH {}, settled AS ( \
+                   UPDATE webhook_deliveries SET status = 'succeeded', lease_until = NULL, \
+                     last_status = $6, last_error = NULL, updated_at = $7 \
+                   WHERE endpoint_id = $8 AND msg_id = $9 RETURNING 1), \
+                 healthy AS ( \
+                   UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+                     circuit_open_until = NULL, circuit_opened = 0 \
+                   WHERE endpoint_id = $8 \
+                     AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL) RETURNING 1) \
+                 SELECT 1",
+                journal::APPEND_CTE
+            ))
+            .bind(delivery.raffle_id)
+            .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.payload.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(journal::metadata("system", now))
+            .bind(delivery.order_id)
+            .bind(outcome.status.map(i32::from))
+            .bind(now)
+            .bind(delivery.endpoint_id)
+            .bind(&delivery.msg_id)
+            .execute(&self.pool)
+            .await?;
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut entries = vec![attempted];
+        {
             let error = outcome
                 .error
                 .clone()
@@ -511,20 +530,6 @@ impl Worker {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn record(&self, delivery: &Claimed, entries: Vec<Entry>) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        journal::append(
-            &mut tx,
-            delivery.raffle_id,
-            delivery.order_id,
-            "system",
-            self.clock.now(),
-            &entries,
-        )
-        .await?;
-        tx.commit().await
     }
 }
 
