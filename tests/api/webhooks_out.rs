@@ -17,7 +17,6 @@ use tombola::clock::{Clock, ManualClock};
 use tombola::config::Settings;
 use tombola::startup::Application;
 use tombola::store::Store;
-use tombola_domain::Clock as _;
 use uuid::Uuid;
 
 use super::helpers::{eventually, expect_json, expect_problem, numbers, spawn_app_with, TestApp};
