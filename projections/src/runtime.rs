@@ -524,9 +524,7 @@ impl Inner {
         // One event at a time up to this sequence, after a batch failed.
         let mut careful_until: Option<u64> = None;
         loop {
-            let mut tx = self
-                .read
-                .begin()
+            let mut tx = crate::tx::begin(&self.read)
                 .await
                 .map_err(|e| failure(0, e.to_string()))?;
             // The pair's own lock, and a share of the projection's: a rebuild's swap takes
@@ -588,7 +586,9 @@ impl Inner {
                 )
                 .await;
             if let Err(error) = applied {
-                drop(tx);
+                // Awaited, not dropped: a dropped transaction only queues its ROLLBACK and
+                // keeps its row locks until the connection is next used.
+                let _ = tx.rollback().await;
                 if events.len() > 1 {
                     careful_until = Some(last_sequence);
                     continue;

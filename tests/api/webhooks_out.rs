@@ -852,10 +852,14 @@ async fn an_endpoints_rate_limit_holds_across_nodes() {
     // The clock moves one second once each delivery has settled: if either node sent two
     // in one second of it, two successes would carry the same time.
     for sent in 1..=4usize {
-        eventually(Duration::from_secs(20), &format!("{sent} delivered"), || async {
-            let list = deliveries(&app, id).await;
-            (list.iter().filter(|d| d["status"] == "succeeded").count() >= sent).then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            &format!("{sent} delivered"),
+            || async {
+                let list = deliveries(&app, id).await;
+                (list.iter().filter(|d| d["status"] == "succeeded").count() >= sent).then_some(())
+            },
+        )
         .await;
         clock.advance(chrono::Duration::seconds(1));
     }
