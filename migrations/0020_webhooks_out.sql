@@ -70,6 +70,8 @@ CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_att
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_order ON webhook_deliveries (endpoint_id, raffle_id, order_key, sequence)
     WHERE status = 'pending';
+-- Leased deliveries, for an endpoint's attempts in flight (leases are cleared on settling).
+CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (endpoint_id) WHERE lease_until IS NOT NULL;
 CREATE INDEX webhook_deliveries_listing ON webhook_deliveries (endpoint_id, created_at DESC);
 
 -- The delivery streams' last sequences (`events` rows of aggregate type `webhook_delivery`,

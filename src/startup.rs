@@ -65,10 +65,17 @@ impl Application {
             },
         );
         let read_side = start_read_side(args, &store, &engine).await?;
-        // Outbound webhooks on a pool of their own: deliveries never take the connections
-        // requests need.
+        // Outbound webhooks on a small pool of their own: deliveries never take the
+        // connections requests need, and a burst of them never fills the server's.
         let webhooks = crate::webhooks::Webhooks::new(
-            store.sibling("tombola-webhooks").pool().clone(),
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(args.webhooks.db_connections.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(
+                    (*store.pool().connect_options())
+                        .clone()
+                        .application_name("tombola-webhooks"),
+                ),
             args.webhooks.clone(),
             clock.clone(),
         );

@@ -55,6 +55,8 @@ pub struct Config {
     pub rotation_grace: Duration,
     /// Off: no subscriber and no worker on this node (endpoints can still be managed).
     pub enabled: bool,
+    /// Connections of the outbound webhooks' own pool (the subscriber, claims, settlements).
+    pub db_connections: u32,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             retry_after_max: Duration::from_secs(3600),
             rotation_grace: Duration::from_secs(24 * 3600),
             enabled: true,
+            db_connections: 8,
         }
     }
 }

@@ -139,38 +139,37 @@ impl Worker {
     async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
         let now = self.clock.now();
         let until = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
-        // Per endpoint (so a backlog at one never hides another's due deliveries): its
-        // room (in-flight limit, one while half-open, minus its live leases), then its
-        // oldest due deliveries whose (endpoint, order) has nothing earlier pending.
+        // Per endpoint, in random order (so a backlog at one never hides another's due
+        // deliveries): its room (in-flight limit, one while half-open, minus its live
+        // leases), then its oldest due deliveries that head their (endpoint, order) chain,
+        // locked as they are found. Rows are then updated by `ctid` (locked, so stable):
+        // every lookup names its index by its equalities, so plans stay right on tables
+        // too new to have statistics.
         sqlx::query_as(
             "WITH room AS ( \
                SELECT e.endpoint_id, \
                  (CASE WHEN e.circuit_open_until IS NOT NULL THEN 1 ELSE $4 END) \
                    - (SELECT count(*) FROM webhook_deliveries q WHERE q.endpoint_id = e.endpoint_id \
-                        AND q.status = 'pending' AND q.lease_until > $1) AS room \
+                        AND q.lease_until IS NOT NULL AND q.lease_until > $1) AS room \
                FROM webhook_endpoints e \
                WHERE e.enabled AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1) \
-                 AND (e.rate_tat IS NULL OR e.rate_tat <= $1)), \
-             candidates AS ( \
-               SELECT c.endpoint_id, c.msg_id, c.next_attempt_at FROM room r, LATERAL ( \
-                 SELECT d.endpoint_id, d.msg_id, d.next_attempt_at FROM webhook_deliveries d \
+                 AND (e.rate_tat IS NULL OR e.rate_tat <= $1) \
+               ORDER BY random()), \
+             picked AS ( \
+               SELECT c.row_id FROM room r, LATERAL ( \
+                 SELECT d.ctid AS row_id FROM webhook_deliveries d \
                  WHERE d.endpoint_id = r.endpoint_id AND d.status = 'pending' \
                    AND d.next_attempt_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
+                   AND d.sequence = (SELECT min(p.sequence) FROM webhook_deliveries p \
                      WHERE p.endpoint_id = d.endpoint_id AND p.raffle_id = d.raffle_id \
-                       AND p.order_key = d.order_key AND p.status = 'pending' \
-                       AND p.sequence < d.sequence) \
-                 ORDER BY d.next_attempt_at, d.sequence LIMIT greatest(r.room, 0)) c), \
-             picked AS ( \
-               SELECT d.endpoint_id, d.msg_id FROM webhook_deliveries d \
-               JOIN candidates c USING (endpoint_id, msg_id) \
-               WHERE d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $1) \
-               ORDER BY c.next_attempt_at LIMIT $5 \
-               FOR UPDATE OF d SKIP LOCKED) \
+                       AND p.order_key = d.order_key AND p.status = 'pending') \
+                 ORDER BY d.next_attempt_at LIMIT greatest(r.room, 0) \
+                 FOR UPDATE OF d SKIP LOCKED) c \
+               LIMIT $5) \
              UPDATE webhook_deliveries d SET lease_until = $2, leased_by = $3, \
                attempts = d.attempts + 1, updated_at = $1 \
              FROM picked, webhook_endpoints e, webhook_messages m \
-             WHERE d.endpoint_id = picked.endpoint_id AND d.msg_id = picked.msg_id \
+             WHERE d.ctid = picked.row_id \
                AND e.endpoint_id = d.endpoint_id AND m.msg_id = d.msg_id \
              RETURNING d.endpoint_id, d.msg_id, d.raffle_id, d.event_type, d.attempts, e.url, \
                e.secret, e.previous_secret, e.previous_secret_expires_at, e.rate_limit_per_sec, \
@@ -204,7 +203,36 @@ impl Worker {
             if let Some(status) = outcome.status {
                 tracing::Span::current().record("status", status);
             }
-            self.settle(&delivery, outcome).await
+            {
+                let labels = [
+                    (
+                        "outcome",
+                        if outcome.succeeded() {
+                            "succeeded"
+                        } else {
+                            "failed"
+                        }
+                        .to_owned(),
+                    ),
+                    ("endpoint_id", delivery.endpoint_id.to_string()),
+                ];
+                metrics::counter!("tombola_webhook_attempts_total", &labels).increment(1);
+            }
+            // A settlement lost to a passing database error is retried a few times: left
+            // to the lease, the message would wait a minute and go out again.
+            let mut tries = 0;
+            loop {
+                match self.settle(&delivery, &outcome).await {
+                    Err(error) if tries < 3 => {
+                        tries += 1;
+                        tracing::debug!(%error, tries, "webhook settlement failed; retrying");
+                        let backoff =
+                            Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+                        tokio::time::sleep(backoff.delay(tries)).await;
+                    }
+                    settled => break settled,
+                }
+            }
         }
         .instrument(span)
         .await;
@@ -340,19 +368,12 @@ impl Worker {
 
     /// Records the outcome: the delivery's state, the endpoint's health (circuit, the
     /// five-day rule, 410), and the events on the delivery stream, in one transaction.
-    async fn settle(&self, delivery: &Claimed, outcome: Outcome) -> Result<(), sqlx::Error> {
+    async fn settle(&self, delivery: &Claimed, outcome: &Outcome) -> Result<(), sqlx::Error> {
         let now = self.clock.now();
         let config = &self.config;
         let latency_ms = outcome.latency.as_millis() as i64;
         let succeeded = outcome.succeeded();
-        let labels = [
-            (
-                "outcome",
-                if succeeded { "succeeded" } else { "failed" }.to_owned(),
-            ),
-            ("endpoint_id", delivery.endpoint_id.to_string()),
-        ];
-        metrics::counter!("tombola_webhook_attempts_total", &labels).increment(1);
+
         let base = json!({
             "msg_id": delivery.msg_id,
             "endpoint_id": delivery.endpoint_id,
