@@ -50,10 +50,42 @@ pub enum Command {
     Export(ExportArgs),
     /// The read models: status and rebuilds.
     Projections(ProjectionsArgs),
+    /// Outbound webhooks: endpoints, deliveries, redelivery and recovery.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Delete expired idempotency records, old settled deliveries and idle rate-limit
     /// buckets now (the server does it every TOMBOLA_RETENTION_INTERVAL_SECS); prints the
     /// counts as JSON.
     Retention(RetentionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Every endpoint (one organizer's with --organizer), one JSON line each.
+    List {
+        #[arg(long)]
+        organizer: Option<String>,
+    },
+    /// An endpoint's deliveries, newest first, one JSON line each.
+    Deliveries {
+        endpoint: uuid::Uuid,
+        /// pending, succeeded or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Send one message to an endpoint again, with a fresh retry schedule.
+    Redeliver {
+        endpoint: uuid::Uuid,
+        msg_id: String,
+    },
+    /// Send again every message to an endpoint that failed since a time (RFC 3339).
+    Recover {
+        endpoint: uuid::Uuid,
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -455,6 +487,43 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             }
         }
         Command::Export(args) => export(database, args).await?,
+        Command::Webhooks(command) => webhooks(command, &database.store).await?,
+    }
+    Ok(())
+}
+
+/// `tombola webhooks …`: the same operations as the API, as an operator (every organizer).
+/// A running server's worker picks requeued deliveries up at its next poll.
+async fn webhooks(command: WebhooksCommand, store: &Store) -> anyhow::Result<()> {
+    use crate::webhooks::{deliveries, endpoints};
+    let pool = store.pool();
+    let now = chrono::Utc::now();
+    match command {
+        WebhooksCommand::List { organizer } => {
+            let scope = organizer.map_or(endpoints::Scope::All, endpoints::Scope::Organizer);
+            for endpoint in endpoints::list(pool, &scope).await? {
+                println!("{}", serde_json::to_string(&endpoint)?);
+            }
+        }
+        WebhooksCommand::Deliveries {
+            endpoint,
+            status,
+            limit,
+        } => {
+            for delivery in deliveries::list(pool, endpoint, status.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&delivery)?);
+            }
+        }
+        WebhooksCommand::Redeliver { endpoint, msg_id } => {
+            if !deliveries::redeliver(pool, endpoint, &msg_id, "operator", now).await? {
+                anyhow::bail!("endpoint {endpoint} has no message {msg_id}");
+            }
+            eprintln!("tombola: {msg_id} queued for {endpoint}");
+        }
+        WebhooksCommand::Recover { endpoint, since } => {
+            let requeued = deliveries::recover(pool, endpoint, since, now).await?;
+            eprintln!("tombola: {requeued} failed deliveries since {since} queued again");
+        }
     }
     Ok(())
 }

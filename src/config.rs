@@ -101,6 +101,25 @@ pub struct ServeArgs {
     /// with Retry-After. Each holds one PostgreSQL connection of its own while it streams.
     #[arg(long, env = "TOMBOLA_MAX_EXPORTS", default_value_t = defaults::MAX_EXPORTS)]
     pub max_exports: usize,
+    // Outbound webhooks (docs/WEBHOOKS.md).
+    /// Delays before each retry of an outbound webhook (units ms, s, m, h); after the last
+    /// one fails the message is dead-lettered.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhooks::DEFAULT_SCHEDULE)]
+    pub webhook_retry_schedule: crate::webhooks::Schedule,
+    /// Allow webhook endpoints on loopback, private and link-local addresses, and plain
+    /// http (tests, on-premise installations).
+    #[arg(
+        long,
+        env = "TOMBOLA_WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        default_value_t = false
+    )]
+    pub webhook_allow_private_targets: bool,
+    /// Outbound webhook attempts in flight on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
+    /// Run the outbound webhook subscriber and delivery worker on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_worker: bool,
     #[command(flatten)]
     pub limits: LimitsArgs,
 }
@@ -163,6 +182,8 @@ pub struct Settings {
     pub min_position_wait: Duration,
     /// Exports and verifications at once per node (at least 1).
     pub max_exports: usize,
+    /// Outbound webhooks: delivery settings.
+    pub webhooks: crate::webhooks::Config,
     /// Overrides of the per-class limits (`TOMBOLA_RATE_LIMITS`).
     pub rate_limits: Vec<crate::limits::LimitRule>,
     pub rate_limit_lease: Duration,
@@ -190,6 +211,7 @@ impl Default for Settings {
             read_database_url: None,
             min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
             max_exports: MAX_EXPORTS,
+            webhooks: crate::webhooks::Config::default(),
             rate_limits: Vec::new(),
             rate_limit_lease: Duration::from_millis(RATE_LIMIT_LEASE_MS),
             trusted_proxies: Vec::new(),
@@ -238,6 +260,13 @@ impl From<ServeArgs> for Settings {
             read_database_url: args.read_database_url,
             min_position_wait: Duration::from_millis(args.min_position_wait_ms),
             max_exports: args.max_exports,
+            webhooks: crate::webhooks::Config {
+                retry_schedule: args.webhook_retry_schedule.0,
+                allow_private_targets: args.webhook_allow_private_targets,
+                concurrency: args.webhook_concurrency.max(1),
+                enabled: args.webhook_worker,
+                ..crate::webhooks::Config::default()
+            },
             rate_limits: args.limits.rate_limits,
             rate_limit_lease: Duration::from_millis(args.limits.rate_limit_lease_ms),
             trusted_proxies: args.limits.trusted_proxies,

@@ -14,6 +14,7 @@ mod report;
 mod routing;
 mod sys;
 mod webhooks;
+mod webhooks_out;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Command {
     /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
     /// rows/s, first byte, server memory growth; and `audit verify` of its log.
     Export(export::Args),
+    /// Outbound webhooks: messages/s to loopback receivers (fast, slow, dead), delivery lag
+    /// from commit, none lost, and the reservation's p99 against a run without endpoints.
+    WebhooksOut(webhooks_out::Args),
     /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
     /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
     Chaos(tombola_bench::chaos::Args),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Export(args) => export::run(args),
+        Command::WebhooksOut(args) => webhooks_out::run(args),
         Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),

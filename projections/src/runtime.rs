@@ -212,6 +212,12 @@ impl RuntimeHandle {
         self.inner.wake.notify_one();
     }
 
+    /// Changes after every committed batch: for subscribers that act on what a batch
+    /// wrote (the webhook worker), which must not look before the commit.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.inner.progress.subscribe()
+    }
+
     pub fn projections(&self) -> &[Arc<dyn Projection>] {
         &self.inner.projections
     }

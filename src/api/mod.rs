@@ -17,6 +17,7 @@ mod spec;
 mod trail;
 mod views;
 mod webhooks;
+mod webhooks_out;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub payments: Option<crate::payments::worker::PaymentsIn>,
     /// The read side, when the server runs it (see [`AppState::with_read_side`]).
     pub read: Option<read::ReadSide>,
+    /// Outbound webhooks, when the server runs them (see [`AppState::with_webhooks`]).
+    pub webhooks: Option<crate::webhooks::Webhooks>,
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -78,6 +81,7 @@ impl AppState {
             metrics,
             payments,
             read: None,
+            webhooks: None,
             readiness: Arc::default(),
             organizers: Arc::default(),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_HEAVY_READS)),
@@ -141,6 +145,12 @@ impl AppState {
             runtime,
             min_position_wait,
         });
+        self
+    }
+
+    /// Serves the outbound webhook endpoints.
+    pub fn with_webhooks(mut self, webhooks: crate::webhooks::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
         self
     }
 
@@ -269,6 +279,18 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(trail::ticket_history))
         .routes(routes!(trail::order_history))
         .routes(routes!(webhooks::stripe))
+        .routes(routes!(webhooks_out::create, webhooks_out::list))
+        .routes(routes!(
+            webhooks_out::get,
+            webhooks_out::update,
+            webhooks_out::delete
+        ))
+        .routes(routes!(webhooks_out::rotate_secret))
+        .routes(routes!(webhooks_out::deliveries))
+        .routes(routes!(webhooks_out::attempts))
+        .routes(routes!(webhooks_out::redeliver))
+        .routes(routes!(webhooks_out::recover))
+        .routes(routes!(webhooks_out::event_types))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -19,3 +19,4 @@ mod read_side;
 mod retention;
 mod shutdown;
 mod trail;
+mod webhooks_out;
