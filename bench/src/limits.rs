@@ -413,7 +413,10 @@ async fn wait_ready(client: &reqwest::Client, ports: &[u16]) -> Result<(), Strin
     Ok(())
 }
 
-/// Sends `total` authenticated GETs at `rate` per second, alternating between `ports`;
+/// Sends `total` authenticated requests at `rate` per second, alternating between `ports`:
+/// `POST /v1/raffles` with an empty object, which the key's limit admits or refuses and the
+/// handler then answers 422 without touching the database, so that what is measured is the
+/// limiter, not how fast a loaded node reads;
 /// returns the accepted count, the sent count and the time from the first send to the last
 /// answer (every decision falls in it).
 async fn send_paced(
@@ -431,11 +434,12 @@ async fn send_paced(
         let at = started + interval * i as u32;
         tokio::time::sleep_until(at).await;
         let request = client
-            .get(format!(
+            .post(format!(
                 "http://127.0.0.1:{}/v1/raffles",
                 ports[i as usize % ports.len()]
             ))
-            .bearer_auth(key);
+            .bearer_auth(key)
+            .json(&json!({}));
         requests.spawn(async move {
             let status = request.send().await.map(|r| r.status());
             (status, tokio::time::Instant::now())
@@ -448,7 +452,7 @@ async fn send_paced(
         last_answer = last_answer.max(at);
         sent += 1;
         match status.as_u16() {
-            200 => accepted += 1,
+            422 => accepted += 1,
             429 => {}
             // Neither admitted nor refused by a limit (e.g. 503 from an overloaded node):
             // counted as sent, not as accepted.
