@@ -38,6 +38,9 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
+    /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
+    Chaos(tombola_bench::chaos::Args),
     /// Shared rate limits: their cost on the reservation path (vs off, same run) and two
     /// `tombola serve` processes holding one key's limit, across a restart.
     Limits(limits::Args),
@@ -52,8 +55,15 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),
     };
     report::finish(outcome)
+}
+
+fn chaos(args: &tombola_bench::chaos::Args) -> report::BenchResult<report::Report> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(tombola_bench::chaos::run(args))?;
+    report::Report::new(&outcome.summary, outcome.violations)
 }

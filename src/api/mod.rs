@@ -354,8 +354,16 @@ async fn time_limit(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // A command given up on here may still be queued for its writer or in an append, and
+    // commit after this answer: `unavailable` ("not applied") would be a lie that a retry
+    // without a key turns into a second hold. Reads change nothing either way.
+    let command = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if command => ApiError::OutcomeUnknown.into_response(),
         Err(_) => ApiError::Unavailable {
             retry_after: Duration::from_secs(1),
         }
