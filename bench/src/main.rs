@@ -8,6 +8,7 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod rebuild;
 mod report;
 mod sys;
 mod webhooks;
@@ -34,6 +35,9 @@ enum Command {
     /// One hot raffle through Tombola's engine (group commit) against cqrs-es's
     /// `CqrsFramework` + postgres-es, same aggregate and workload, real PostgreSQL.
     Engine(engine::Args),
+    /// Every projection rebuilt from a log of millions of events, against a plain ordered
+    /// read of the same events (issue 13).
+    Rebuild(rebuild::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
 }
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Rebuild(args) => rebuild::run(args),
     };
     report::finish(outcome)
 }
