@@ -92,7 +92,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     // Gone before the baseline starts, so that its pages are not written out in that window.
     crate::database::discard(store, &url).await?;
     let read_side = if args.projections {
-        Some(read_side::drive(args).await?)
+        Some(read_side::run(args).await?)
     } else {
         None
     };

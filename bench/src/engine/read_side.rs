@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tombola_projections::{models, EventSource, Runtime, RuntimeConfig};
 
-use super::{drive, Args, EngineTarget, Outcome, Target};
+use super::{Args, EngineTarget, Outcome, Target};
 
 pub(super) struct ReadSide {
     pub(super) outcome: Outcome,
@@ -48,7 +48,7 @@ impl ReadSide {
     }
 }
 
-pub(super) async fn drive(args: &Args) -> Result<ReadSide, String> {
+pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
     let (store, url) = crate::database::fresh(args.connections).await?;
     let pool = store.pool().clone();
     let projections = models::all();
@@ -119,7 +119,7 @@ pub(super) async fn drive(args: &Args) -> Result<ReadSide, String> {
         })
     };
     crate::database::checkpoint(&store, "engine").await;
-    let outcome = drive(target.clone(), args).await;
+    let outcome = super::drive(target.clone(), args).await;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let stopped_at = Instant::now();
     let head: i64 = sqlx::query_scalar(
