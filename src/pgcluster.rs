@@ -243,11 +243,16 @@ impl PrivateCluster {
         )
     }
 
-    fn start(&self) -> Result<(), ClusterError> {
-        let options = format!(
+    /// Socket only (no TCP port to collide with), room for several nodes' pools.
+    fn server_options(&self) -> String {
+        format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
             self.socket_dir.display()
-        );
+        )
+    }
+
+    fn start(&self) -> Result<(), ClusterError> {
+        let options = self.server_options();
         run(
             "pg_ctl start",
             self.pg("pg_ctl")
@@ -256,6 +261,30 @@ impl PrivateCluster {
                 .arg("-l")
                 .arg(self.data_dir.join("server.log"))
                 .args(["-w", "-t", "60", "-o", &options, "start"]),
+        )
+    }
+
+    /// `pg_ctl restart -m immediate`: the server stops without a checkpoint, as after a
+    /// crash, and starts again through crash recovery (the chaos harness's database fault).
+    pub fn restart_immediate(&self) -> Result<(), ClusterError> {
+        let options = self.server_options();
+        run(
+            "pg_ctl restart",
+            self.pg("pg_ctl")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(self.data_dir.join("server.log"))
+                .args([
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "120",
+                    "-o",
+                    &options,
+                    "restart",
+                ]),
         )
     }
 

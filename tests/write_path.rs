@@ -158,8 +158,21 @@ async fn a_listener_that_connects_makes_resident_raffles_catch_up() {
         .execute(raffle_id, reserve_numbers(order_id, buyer(1), &[7]), meta())
         .await
         .unwrap();
-    let notice = format!("{raffle_id}:{}", reserved.events[0].sequence);
-    while witness.recv().await.unwrap().payload() != notice {}
+    // The notice names the batch's tip, which may lie past this command's own events.
+    let committed = reserved.events.last().unwrap().sequence;
+    let heard = async {
+        loop {
+            let notice = witness.recv().await.unwrap();
+            if let Some((raffle, tip)) = notice.payload().split_once(':') {
+                if raffle == raffle_id.to_string() && tip.parse::<u64>().unwrap() >= committed {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), heard)
+        .await
+        .expect("the commit's notice went by");
     let listener = remote_commits::listen(node.clone(), db.store.clone());
     eventually(Duration::from_secs(10), "the node to catch up", || {
         let node = node.clone();

@@ -40,6 +40,9 @@ enum Command {
     Rebuild(rebuild::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
+    /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
+    Chaos(tombola_bench::chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,13 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Rebuild(args) => rebuild::run(args),
+        Command::Chaos(args) => chaos(args),
     };
     report::finish(outcome)
+}
+
+fn chaos(args: &tombola_bench::chaos::Args) -> report::BenchResult<report::Report> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(tombola_bench::chaos::run(args))?;
+    report::Report::new(&outcome.summary, outcome.violations)
 }

@@ -54,6 +54,13 @@ pub fn parse_text(
 /// cannot disagree there; the few refused characters beyond it (astral format characters)
 /// a pattern without the `u` flag cannot name.
 pub fn json_schema_pattern(kind: TextKind) -> String {
+    let refused = refused_class(kind);
+    format!("^[^{refused}]*[^{refused}\\s][^{refused}]*$")
+}
+
+/// The characters of the Basic Multilingual Plane that `kind` refuses, as the inside of a
+/// regular expression's character class (`\uXXXX` ranges).
+pub(crate) fn refused_class(kind: TextKind) -> String {
     let mut ranges = String::new();
     let mut start: Option<u32> = None;
     let flush = |ranges: &mut String, from: u32, to: u32| {
@@ -75,7 +82,7 @@ pub fn json_schema_pattern(kind: TextKind) -> String {
             _ => {}
         }
     }
-    format!("^[^{ranges}]*[^{ranges}\\s][^{ranges}]*$")
+    ranges
 }
 
 /// Whether `c` may appear in a field of `kind` (to drop what may not from text that must

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::text::{parse_text, refusal, TextKind};
+use crate::text::{parse_text, refusal, refused_class, TextKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -74,12 +74,15 @@ impl fmt::Display for Currency {
 pub struct Email(String);
 
 impl Email {
+    /// At most [`Self::MAX_CHARS`] characters as given (the schema's `maxLength` counts the
+    /// raw string), trimmed, then one `@` between a non-empty local part and a domain with
+    /// an inner dot; no whitespace, control or format characters.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let email = raw.trim().to_lowercase();
         if let Some(reason) = email.chars().find_map(|c| refusal(TextKind::Name, c)) {
             return Err(InvalidValue::new("buyer.email", reason));
         }
-        let valid = email.len() <= 254
+        let valid = raw.chars().count() <= Self::MAX_CHARS
             && !email.chars().any(char::is_whitespace)
             && matches!(email.split_once('@'), Some((local, domain))
                 if !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
@@ -92,6 +95,20 @@ impl Email {
                 "must be a valid e-mail address",
             ))
         }
+    }
+
+    pub const MAX_CHARS: usize = 254;
+
+    /// The JSON Schema `pattern` that says what [`Self::parse`] accepts (within the Basic
+    /// Multilingual Plane), built from the same text policy so the two cannot drift.
+    pub fn json_schema_pattern() -> String {
+        // Rust's `trim` and `char::is_whitespace`: Unicode White_Space, spelled out because
+        // `\s` differs between ECMA-262, Python and Rust.
+        let space = "\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000";
+        let refused = refused_class(TextKind::Name);
+        let part = format!("[^{refused}{space}@]");
+        let label = format!("[^{refused}{space}@.]");
+        format!("^[{space}]*{part}+@{label}{part}*\\.{part}*{label}[{space}]*$")
     }
 
     pub fn as_str(&self) -> &str {
@@ -280,6 +297,42 @@ mod tests {
             ana
         );
         assert_eq!(identity("m@example.com"), "m@example.com");
+    }
+
+    /// The published pattern and the parser agree: on every character of the Basic
+    /// Multilingual Plane in each position, and on random strings built from the characters
+    /// that matter (schemathesis finds any disagreement as a valid request refused).
+    #[test]
+    fn the_email_pattern_accepts_exactly_what_the_parser_accepts() {
+        // The schema is the pattern and `maxLength`.
+        let pattern = regex::Regex::new(&Email::json_schema_pattern()).unwrap();
+        let agree = |raw: &str| {
+            assert_eq!(
+                pattern.is_match(raw) && raw.chars().count() <= Email::MAX_CHARS,
+                Email::parse(raw).is_ok(),
+                "{raw:?}: pattern and parser disagree"
+            );
+        };
+        for code in 0..0x1_0000u32 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            for raw in [
+                format!("{c}a@x.mx"),
+                format!("a{c}@x.mx"),
+                format!("a@{c}x.mx"),
+                format!("a@x{c}mx"),
+                format!("a@x.{c}"),
+                format!("a@x.mx{c}"),
+            ] {
+                agree(&raw);
+            }
+        }
+        proptest::proptest!(|(raw in "[ab.@ \\t\\x{85}\\x{a0}\\x{200b}\\x{2028}\\x{0}\\x{1c}éＡİ]{0,10}")| {
+            agree(&raw);
+        });
+        agree(&format!("{}@x.mx", "a".repeat(Email::MAX_CHARS - 5)));
+        agree(&format!("{}@x.mx", "a".repeat(Email::MAX_CHARS - 4)));
     }
 
     #[test]

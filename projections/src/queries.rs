@@ -16,23 +16,20 @@ pub async fn raffle_stats(
     pool: &PgPool,
     raffle_id: Uuid,
 ) -> Result<Option<(Tally, Vec<(DateTime<Utc>, i64, i64, i64)>)>, sqlx::Error> {
-    let tally: Option<Json<Tally>> = sqlx::query_scalar(&format!(
-        "SELECT tally FROM {RAFFLE_STATS} WHERE raffle_id = $1"
+    // One statement, so that a rebuild's swap (which renames both tables in one
+    // transaction) can never fall between reading the tally and reading the hours.
+    type Hour = (DateTime<Utc>, i64, i64, i64);
+    let row: Option<(Json<Tally>, Json<Vec<Hour>>)> = sqlx::query_as(&format!(
+        "SELECT s.tally, \
+                COALESCE((SELECT json_agg(json_build_array(h.hour, h.tickets, h.orders, \
+                                                           h.revenue_minor) ORDER BY h.hour) \
+                          FROM {SALES_HOURLY} h WHERE h.raffle_id = $1), '[]'::json) \
+         FROM {RAFFLE_STATS} s WHERE s.raffle_id = $1"
     ))
     .bind(raffle_id)
     .fetch_optional(pool)
     .await?;
-    let Some(Json(tally)) = tally else {
-        return Ok(None);
-    };
-    let hourly = sqlx::query_as(&format!(
-        "SELECT hour, tickets, orders, revenue_minor FROM {SALES_HOURLY} \
-         WHERE raffle_id = $1 ORDER BY hour"
-    ))
-    .bind(raffle_id)
-    .fetch_all(pool)
-    .await?;
-    Ok(Some((tally, hourly)))
+    Ok(row.map(|(Json(tally), Json(hourly))| (tally, hourly)))
 }
 
 /// Totals per currency over every raffle, or one organizer's.

@@ -708,7 +708,9 @@ impl Inner {
                 )
                 .await;
             if let Err(error) = applied {
-                drop(tx);
+                // Awaited, not dropped: a dropped transaction only queues its ROLLBACK and
+                // keeps its row locks until the connection is next used.
+                let _ = tx.rollback().await;
                 if events.len() > 1 {
                     careful_until = Some(last_sequence);
                     continue;

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 mod health;
 mod inbox;
+mod json;
 mod orders;
 mod raffles;
 pub mod rate_limit;
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::{HeaderMap, HeaderName, Method};
 use axum::Router;
 use serde::Serialize;
@@ -36,6 +37,7 @@ use auth::{Caller, Keys};
 use error::ApiError;
 use rate_limit::RateLimits;
 
+pub use json::{optional_json, ApiJson};
 pub use views::{OrderBody, RaffleBody};
 
 #[derive(Clone)]
@@ -135,11 +137,6 @@ impl AppState {
     }
 }
 
-/// JSON body extractor whose rejections are problem+json.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
 /// Path parameters whose rejections (e.g. an id that is no UUID) are problem+json.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -149,14 +146,6 @@ pub struct Path<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
-
-/// A JSON body that may be left out entirely (then the defaults apply).
-pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(ApiError::body)
-}
 
 /// Exports and verifications that may run at once per node unless configured otherwise.
 pub const DEFAULT_HEAVY_READS: usize = 4;
@@ -355,8 +344,16 @@ async fn time_limit(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // A command given up on here may still be queued for its writer or in an append, and
+    // commit after this answer: `unavailable` ("not applied") would be a lie that a retry
+    // without a key turns into a second hold. Reads change nothing either way.
+    let command = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if command => ApiError::OutcomeUnknown.into_response(),
         Err(_) => ApiError::Unavailable {
             retry_after: Duration::from_secs(1),
         }

@@ -124,21 +124,25 @@ pub async fn get(
 /// Release a reservation (the buyer gives up the hold). Releasing twice is harmless.
 #[utoipa::path(delete, path = "/v1/raffles/{id}/orders/{order_id}", tag = "orders",
     params(("id" = Uuid, Path), ("order_id" = Uuid, Path)),
-    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = OrderBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 404), (status = 409)), security(("api_key" = [])))]
 pub async fn release(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path((id, order_id)): Path<(Uuid, Uuid)>,
-) -> Result<axum::Json<OrderBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<OrderBody>), ApiError> {
     state.authorize(&caller, id).await?;
     let path = format!("/v1/raffles/{id}/orders/{order_id}");
     let meta = command_meta(&caller, &headers, Method::DELETE, &path, &())?;
-    state
+    let applied = state
         .engine
         .execute(id, RaffleCommand::Release { order_id }, meta)
         .await?;
-    Ok(axum::Json(read_order(&state, id, order_id).await?))
+    let position = super::read::position_headers(id, &applied);
+    Ok((
+        position,
+        axum::Json(read_order(&state, id, order_id).await?),
+    ))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -155,14 +159,14 @@ pub struct ManualPaymentRequest {
 /// The organizer confirms a payment received by hand; issues the tickets once.
 #[utoipa::path(post, path = "/v1/raffles/{id}/orders/{order_id}/manual-payment", tag = "orders",
     params(("id" = Uuid, Path), ("order_id" = Uuid, Path)), request_body = ManualPaymentRequest,
-    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = OrderBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 404), (status = 409)), security(("api_key" = [])))]
 pub async fn manual_payment(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path((id, order_id)): Path<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<ManualPaymentRequest>,
-) -> Result<axum::Json<OrderBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<OrderBody>), ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
     let method = parse_text("method", &body.method, TextKind::Name, 64)?;
@@ -175,8 +179,12 @@ pub async fn manual_payment(
         reference,
         confirmed_by: caller.actor(),
     });
-    state.engine.execute(id, command, meta).await?;
-    Ok(axum::Json(read_order(&state, id, order_id).await?))
+    let applied = state.engine.execute(id, command, meta).await?;
+    let position = super::read::position_headers(id, &applied);
+    Ok((
+        position,
+        axum::Json(read_order(&state, id, order_id).await?),
+    ))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -195,14 +203,14 @@ pub struct RefundRequest {
 /// Refund a paid order; its numbers return to the pool while sales are open.
 #[utoipa::path(post, path = "/v1/raffles/{id}/orders/{order_id}/refund", tag = "orders",
     params(("id" = Uuid, Path), ("order_id" = Uuid, Path)), request_body = RefundRequest,
-    responses((status = 200, body = OrderBody), (status = 404), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = OrderBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 404), (status = 409)), security(("api_key" = [])))]
 pub async fn refund(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path((id, order_id)): Path<(Uuid, Uuid)>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::Json<OrderBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<OrderBody>), ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
     let body = super::optional_json::<RefundRequest>(&body?)?;
@@ -217,6 +225,10 @@ pub async fn refund(
         },
         refund_id: None,
     });
-    state.engine.execute(id, command, meta).await?;
-    Ok(axum::Json(read_order(&state, id, order_id).await?))
+    let applied = state.engine.execute(id, command, meta).await?;
+    let position = super::read::position_headers(id, &applied);
+    Ok((
+        position,
+        axum::Json(read_order(&state, id, order_id).await?),
+    ))
 }

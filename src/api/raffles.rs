@@ -167,14 +167,14 @@ impl CreateRaffleRequest {
 #[utoipa::path(post, path = "/v1/raffles", tag = "raffles", request_body = CreateRaffleRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 visible ASCII characters",
         pattern = "^[!-~]([ !-~]{0,253}[!-~])?$")),
-    responses((status = 201, body = RaffleBody), (status = 422, description = "Invalid raffle")),
+    responses((status = 201, body = RaffleBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 422, description = "Invalid raffle")),
     security(("api_key" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRaffleRequest>,
-) -> Result<(StatusCode, axum::Json<RaffleBody>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, axum::Json<RaffleBody>), ApiError> {
     caller.require(ORGANIZERS)?;
     let meta = command_meta(&caller, &headers, Method::POST, "/v1/raffles", &body)?;
     let raffle_id = Uuid::now_v7();
@@ -191,6 +191,7 @@ pub async fn create(
         .unwrap_or(raffle_id);
     Ok((
         StatusCode::CREATED,
+        super::read::position_headers(raffle_id, &applied),
         axum::Json(read_raffle(&state, raffle_id).await?),
     ))
 }
@@ -313,23 +314,24 @@ async fn run_command(
     path: &str,
     body: &impl Serialize,
     command: RaffleCommand,
-) -> Result<axum::Json<RaffleBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<RaffleBody>), ApiError> {
     caller.require(ORGANIZERS)?;
     state.authorize(caller, id).await?;
     let meta = command_meta(caller, headers, Method::POST, path, body)?;
-    state.engine.execute(id, command, meta).await?;
-    Ok(axum::Json(read_raffle(state, id).await?))
+    let applied = state.engine.execute(id, command, meta).await?;
+    let position = super::read::position_headers(id, &applied);
+    Ok((position, axum::Json(read_raffle(state, id).await?)))
 }
 
 /// Open sales.
 #[utoipa::path(post, path = "/v1/raffles/{id}/open", tag = "raffles", params(("id" = Uuid, Path)),
-    responses((status = 200, body = RaffleBody), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = RaffleBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 409)), security(("api_key" = [])))]
 pub async fn open(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
-) -> Result<axum::Json<RaffleBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<RaffleBody>), ApiError> {
     run_command(
         &state,
         &caller,
@@ -344,13 +346,13 @@ pub async fn open(
 
 /// Close sales.
 #[utoipa::path(post, path = "/v1/raffles/{id}/close", tag = "raffles", params(("id" = Uuid, Path)),
-    responses((status = 200, body = RaffleBody), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = RaffleBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 409)), security(("api_key" = [])))]
 pub async fn close(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
-) -> Result<axum::Json<RaffleBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<RaffleBody>), ApiError> {
     run_command(
         &state,
         &caller,
@@ -374,14 +376,14 @@ pub struct CancelRequest {
 /// Cancel the raffle: holds are released and paid orders become refund-required.
 #[utoipa::path(post, path = "/v1/raffles/{id}/cancel", tag = "raffles", params(("id" = Uuid, Path)),
     request_body = CancelRequest,
-    responses((status = 200, body = RaffleBody), (status = 409)), security(("api_key" = [])))]
+    responses((status = 200, body = RaffleBody, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 409)), security(("api_key" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::Json<RaffleBody>, ApiError> {
+) -> Result<(HeaderMap, axum::Json<RaffleBody>), ApiError> {
     let body = super::optional_json::<CancelRequest>(&body?)?;
     let reason = match &body.reason {
         Some(reason) => parse_text("reason", reason, TextKind::Note, 500)?,
@@ -421,15 +423,15 @@ pub struct DrawResult {
 /// Draw the winners (once, after sales closed), verifiably.
 #[utoipa::path(post, path = "/v1/raffles/{id}/draw", tag = "raffles", params(("id" = Uuid, Path)),
     request_body = DrawRequest,
-    responses((status = 200, body = DrawResult), (status = 409), (status = 422)), security(("api_key" = [])))]
+    responses((status = 200, body = DrawResult, headers(("Tombola-Position" = String, description = "<raffle id>:<sequence> the command committed at"))), (status = 409), (status = 422)), security(("api_key" = [])))]
 pub async fn draw(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
     ApiJson(body): ApiJson<DrawRequest>,
-) -> Result<axum::Json<DrawResult>, ApiError> {
-    let raffle = run_command(
+) -> Result<(HeaderMap, axum::Json<DrawResult>), ApiError> {
+    let (position, raffle) = run_command(
         &state,
         &caller,
         &headers,
@@ -447,12 +449,13 @@ pub async fn draw(
         },
     )
     .await?;
-    Ok(axum::Json(DrawResult {
+    let draw = DrawResult {
         raffle_id: id,
         seed: body.seed,
         public_entropy: body.public_entropy,
         winners: raffle.0.winners,
-    }))
+    };
+    Ok((position, axum::Json(draw)))
 }
 
 const MAX_PAGE: u32 = 1_000;

@@ -64,15 +64,21 @@ async fn reach(
         )
     };
     let sequence = match position.split_once(':') {
-        Some((raffle, sequence)) => {
+        // The hyphenated form only, as the header gives it and the schema's pattern says.
+        Some((raffle, sequence)) if raffle.len() == 36 => {
             let raffle: Uuid = raffle.parse().map_err(|_| invalid())?;
             if raffle != raffle_id {
                 return Err(ApiError::invalid("min_position", "names another raffle"));
             }
             sequence
         }
+        Some(_) => return Err(invalid()),
         None => position,
     };
+    // Digits only (`u64::from_str` would also take a leading `+`).
+    if sequence.is_empty() || sequence.len() > 19 || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
     let sequence: u64 = sequence.parse().map_err(|_| invalid())?;
     let reached = read
         .runtime
@@ -91,6 +97,9 @@ async fn reach(
 pub struct PositionQuery {
     /// Wait (bounded) until the read model reflects this position, from a command's
     /// `Tombola-Position` header.
+    #[param(
+        pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:)?[0-9]{1,19}$"
+    )]
     pub min_position: Option<String>,
 }
 
@@ -255,13 +264,19 @@ pub async fn platform_stats(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct OrdersQuery {
     /// reserved, paid, expired, released, refund_required or refunded.
+    #[param(pattern = "^(reserved|paid|expired|released|refund_required|refunded)$")]
     pub status: Option<String>,
     /// Part of the buyer's name, e-mail or phone, or of the payment reference.
     pub q: Option<String>,
     /// 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The last order id of the previous page.
     pub after: Option<Uuid>,
+    /// As for the other read endpoints.
+    #[param(
+        pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:)?[0-9]{1,19}$"
+    )]
     pub min_position: Option<String>,
 }
 

@@ -4,7 +4,7 @@
 //! unsigned 32-bit integers say their true range.
 
 use serde_json::{json, Value};
-use tombola_domain::{json_schema_pattern, TextKind};
+use tombola_domain::{json_schema_pattern, Email, TextKind};
 
 /// The RFC 9457 body every error has; rejections add the fields a client can act on.
 fn problem_schema() -> Value {
@@ -118,6 +118,22 @@ pub fn complete(openapi: &utoipa::openapi::OpenApi) -> Value {
         if property.is_object() {
             property["pattern"] = json!(json_schema_pattern(*kind));
         }
+    }
+    let email = &mut doc["components"]["schemas"]["BuyerBody"]["properties"]["email"];
+    if email.is_object() {
+        email["pattern"] = json!(Email::json_schema_pattern());
+        email["maxLength"] = json!(Email::MAX_CHARS);
+    }
+    // Exact numbers or a quantity of random ones, never both: a `null` counts as absent,
+    // as serde reads it.
+    let reserve = &mut doc["components"]["schemas"]["ReserveRequest"];
+    if reserve.is_object() {
+        reserve["oneOf"] = json!([
+            {"required": ["numbers"],
+             "properties": {"numbers": {"type": "array"}, "quantity": {"type": "null"}}},
+            {"required": ["quantity"],
+             "properties": {"quantity": {"type": "integer"}, "numbers": {"type": "null"}}}
+        ]);
     }
     for (path, method) in OPTIONAL_BODIES {
         let body = &mut doc["paths"][path][method]["requestBody"];

@@ -470,3 +470,37 @@ async fn unknown_routes_and_methods_are_problems_too() {
     .await;
     app.teardown().await;
 }
+
+/// JSON has one number type: `2.0` is the integer 2 to the OpenAPI document's JSON Schema,
+/// so it is to the server too; a fraction where an integer goes stays a 422.
+#[tokio::test]
+async fn integral_floats_are_integers_and_fractions_are_refused() {
+    let app = spawn_app().await;
+    let raffle = app.raffle_on_sale(json!({})).await;
+    let buyer = json!({"name": "Ana", "email": "ana@example.com"});
+    let before = snapshot(&app, raffle).await;
+    for body in [
+        json!({"buyer": buyer, "quantity": 2.5}),
+        json!({"buyer": buyer, "numbers": [7.5]}),
+        json!({"buyer": buyer, "numbers": [7], "quantity": 1}),
+        json!({"buyer": {"name": "Ana", "email": "000"}, "quantity": 1}),
+    ] {
+        expect_problem(
+            app.reserve(raffle, &app.client_key, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        )
+        .await;
+    }
+    assert_unchanged(&app, raffle, &before, "refused bodies").await;
+
+    let random = app
+        .reserve_ok(raffle, &json!({"buyer": buyer, "quantity": 2.0}))
+        .await;
+    assert_eq!(random["numbers"].as_array().unwrap().len(), 2, "{random}");
+    let exact = app
+        .reserve_ok(raffle, &json!({"buyer": buyer, "numbers": [7.0, 8.0]}))
+        .await;
+    assert_eq!(exact["numbers"], json!([7, 8]), "{exact}");
+    app.teardown().await;
+}

@@ -197,6 +197,70 @@ async fn orders_are_searched_and_paged_by_key_with_input_checked() {
     app.teardown().await;
 }
 
+/// Every command answers with its position, not only reservations: a payment read at once
+/// with it shows as sold, in the hour's sales too; a release frees the numbers.
+#[tokio::test]
+async fn payments_and_releases_answer_with_the_position_reads_can_wait_for() {
+    let app = spawn_app().await;
+    let raffle = app.raffle_on_sale(json!({"price_minor": 500})).await;
+    let paid = app
+        .reserve_ok(raffle, &numbers("ada@example.com", &[7, 13]))
+        .await;
+    let released = app
+        .reserve_ok(raffle, &numbers("bea@example.com", &[21]))
+        .await;
+    let response = app
+        .post(
+            &format!(
+                "/v1/raffles/{raffle}/orders/{}/manual-payment",
+                paid["order_id"].as_str().unwrap()
+            ),
+            &app.organizer_key,
+            &json!({"method": "cash", "reference": "receipt 1"}),
+        )
+        .await;
+    let after_payment = position_of(&response);
+    expect_json(response, StatusCode::OK).await;
+    let response = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!(
+                "/v1/raffles/{raffle}/orders/{}",
+                released["order_id"].as_str().unwrap()
+            ),
+            &app.client_key,
+        )
+        .send()
+        .await
+        .unwrap();
+    let after_release = position_of(&response);
+    expect_json(response, StatusCode::OK).await;
+    let sequence =
+        |position: &str| -> u64 { position.rsplit(':').next().unwrap().parse().unwrap() };
+    assert!(sequence(&after_release) > sequence(&after_payment));
+
+    let stats = expect_json(
+        app.get(
+            &format!("/v1/raffles/{raffle}/stats?min_position={after_release}"),
+            &app.organizer_key,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stats["sold"], 2, "{stats}");
+    assert_eq!(stats["reserved"], 0, "{stats}");
+    assert_eq!(stats["orders"]["paid"], 1, "{stats}");
+    let hours = stats["sales_per_hour"].as_array().unwrap();
+    assert_eq!(hours.len(), 1, "{stats}");
+    assert_eq!(
+        (hours[0]["tickets"].as_i64(), hours[0]["orders"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(hours[0]["revenue_minor"], 1000, "{stats}");
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn platform_stats_are_scoped_to_the_key_and_projection_status_to_admins() {
     let app = spawn_app().await;

@@ -63,14 +63,18 @@ impl PaymentsIn {
     }
 
     /// Test seam: does what [`Self::process_due`] does up to the point where the commands
-    /// have committed on their raffles, then drops the transaction that locks the inbox rows
-    /// instead of settling them, exactly as a worker crashing there would. The rows stay
+    /// have committed on their raffles, then abandons the transaction that locks the inbox
+    /// rows instead of settling them, as a worker crashing there would. The rows stay
     /// `pending` and due; the next `process_due` must find the commands already applied.
     /// Returns how many deliveries were applied.
+    ///
+    /// The rollback is awaited: a dropped sqlx transaction only queues its ROLLBACK, and a
+    /// poller that ran meanwhile would skip the still-locked rows (SKIP LOCKED), which is
+    /// not the state a dead worker leaves (its server-side session ends, unlocking them).
     #[doc(hidden)]
     pub async fn process_due_then_crash(&self) -> Result<usize, crate::store::StoreError> {
         let (tx, due, _) = self.take_and_apply().await?;
-        drop(tx);
+        tx.rollback().await?;
         Ok(due.len())
     }
 

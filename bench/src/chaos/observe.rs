@@ -1,0 +1,141 @@
+//! What the checker reads from PostgreSQL after the run: every raffle's stream with its
+//! metadata, the payment inbox, the read models and their checkpoints, and the verdict of
+//! the hash-chain verifier (`tombola::audit::chain`, the code `tombola audit verify` runs).
+
+use std::collections::BTreeMap;
+
+use sqlx::PgPool;
+use tombola::audit::chain::{verify_raffle, Expectations};
+use tombola_domain::RaffleEvent;
+use uuid::Uuid;
+
+use super::check::{InboxRow, Logged, Observed};
+
+pub async fn observe(pool: &PgPool) -> Result<Observed, Box<dyn std::error::Error>> {
+    let mut observed = Observed {
+        observed_at: chrono::Utc::now(),
+        projections: tombola_projections::models::all()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        ..Observed::default()
+    };
+    let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence, payload::text, metadata::text FROM events \
+         WHERE aggregate_type = $1 ORDER BY aggregate_id, sequence",
+    )
+    .bind(tombola::store::RAFFLE_STREAM)
+    .fetch_all(pool)
+    .await?;
+    for (raffle, sequence, payload, metadata) in rows {
+        let raffle: Uuid = raffle.parse()?;
+        let event: RaffleEvent = serde_json::from_str(&payload)?;
+        let metadata: BTreeMap<String, String> = serde_json::from_str(&metadata)?;
+        observed.streams.entry(raffle).or_default().push(Logged {
+            sequence: sequence as u64,
+            event,
+            request_id: metadata.get("request_id").cloned().unwrap_or_default(),
+            idempotency_key: metadata.get("idempotency_key").cloned(),
+        });
+    }
+    let inbox: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT event_id, status, outcome, last_error FROM payment_inbox WHERE provider = 'stripe'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (event_id, status, outcome, last_error) in inbox {
+        observed.inbox.insert(
+            event_id,
+            InboxRow {
+                status,
+                outcome,
+                last_error,
+            },
+        );
+    }
+    let checkpoints: Vec<(String, Uuid, i64)> = sqlx::query_as(
+        "SELECT projection, raffle_id, sequence FROM projection_checkpoints WHERE slot = 'live'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (projection, raffle, sequence) in checkpoints {
+        observed
+            .checkpoints
+            .insert((raffle, projection), sequence as u64);
+    }
+    let orders: Vec<(Uuid, Uuid, String, Vec<i32>)> =
+        sqlx::query_as("SELECT raffle_id, order_id, status, numbers FROM read_orders")
+            .fetch_all(pool)
+            .await?;
+    for (raffle, order, status, numbers) in orders {
+        let mut numbers: Vec<u32> = numbers.into_iter().map(|n| n as u32).collect();
+        numbers.sort_unstable();
+        observed
+            .read_orders
+            .entry(raffle)
+            .or_default()
+            .insert(order, (status, numbers));
+    }
+    let tickets: Vec<(Uuid, i32, Uuid, String)> =
+        sqlx::query_as("SELECT raffle_id, number, order_id, status FROM read_tickets")
+            .fetch_all(pool)
+            .await?;
+    for (raffle, number, order, status) in tickets {
+        observed
+            .read_tickets
+            .entry(raffle)
+            .or_default()
+            .insert(number as u32, (order, status));
+    }
+    let raffles: Vec<Uuid> = observed.streams.keys().copied().collect();
+    for raffle in raffles {
+        let report = verify_raffle(pool, raffle, &Expectations::default(), |_| {}).await?;
+        if !report.intact {
+            observed.broken_chains.push((
+                raffle,
+                serde_json::to_string(&report).unwrap_or_else(|_| "broken".into()),
+            ));
+        }
+    }
+    Ok(observed)
+}
+
+/// Waits until no delivery is pending and every projection has reached every stream's
+/// head, or `limit` passes. Deliveries waiting out a retry backoff are made due at once (as
+/// `tombola inbox retry` would): the backoff after a fault can reach minutes.
+pub async fn settle(pool: &PgPool, limit: std::time::Duration) -> Result<bool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let projections = tombola_projections::models::all().len() as i64;
+    loop {
+        sqlx::query(
+            "UPDATE payment_inbox SET next_attempt_at = now() \
+             WHERE status = 'pending' AND next_attempt_at > now()",
+        )
+        .execute(pool)
+        .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM payment_inbox WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await?;
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ( \
+               SELECT aggregate_id, max(sequence) AS head FROM events \
+               WHERE aggregate_type = $1 GROUP BY aggregate_id) s \
+             WHERE (SELECT count(*) FROM projection_checkpoints c \
+                    WHERE c.slot = 'live' AND c.raffle_id = s.aggregate_id::uuid \
+                      AND c.sequence = s.head) < $2",
+        )
+        .bind(tombola::store::RAFFLE_STREAM)
+        .bind(projections)
+        .fetch_one(pool)
+        .await?;
+        if pending == 0 && behind == 0 {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("chaos: still {pending} pending deliveries and {behind} raffles behind");
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
