@@ -200,7 +200,7 @@ impl RaffleLog {
                     payment_id: format!("pi_{}", order_id.simple()),
                     provider_event_id: format!("evt_{}", order_id.simple()),
                     amount_minor: amount,
-                    currency: usd.clone(),
+                    currency: usd,
                     method: "card".into(),
                 });
                 log.run(payment, &services, "webhook:stripe");
