@@ -114,7 +114,8 @@ pub enum ProjectionsCommand {
     /// Rebuild a projection from the log into shadow tables and swap them in; the live
     /// tables keep serving meanwhile. Interrupted, it resumes where it stopped.
     Rebuild {
-        /// orders, tickets, raffle_stats, platform_stats or audit_index.
+        /// orders, tickets, raffle_stats, platform_stats, audit_index, or all (every
+        /// projection from one read of the log).
         name: String,
         /// Only this raffle (not for platform_stats, which sums across raffles).
         #[arg(long)]
@@ -806,9 +807,16 @@ async fn projections(args: ProjectionsArgs, database: &Database) -> anyhow::Resu
                     }
                 })
             };
-            let outcome = handle
-                .rebuild(&name, raffle, |total| bar.set_length(total))
-                .await;
+            let outcome = if name == "all" && raffle.is_none() {
+                let names: Vec<&str> = handle.projections().iter().map(|p| p.name()).collect();
+                handle
+                    .rebuild_all(&names, |total| bar.set_length(total))
+                    .await
+            } else {
+                handle
+                    .rebuild(&name, raffle, |total| bar.set_length(total))
+                    .await
+            };
             ticker.abort();
             bar.set_position(handle.rebuilt_events());
             outcome?;

@@ -10,6 +10,8 @@ mod domain;
 mod engine;
 mod export;
 mod limits;
+
+mod rebuild;
 mod report;
 mod routing;
 mod sys;
@@ -38,6 +40,9 @@ enum Command {
     /// One hot raffle through Tombola's engine (group commit) against cqrs-es's
     /// `CqrsFramework` + postgres-es, same aggregate and workload, real PostgreSQL.
     Engine(engine::Args),
+    /// Every projection rebuilt from a log of millions of events, against a plain ordered
+    /// read of the same events (issue 13).
+    Rebuild(rebuild::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
     /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Webhooks(args) => webhooks::run(args),
         Command::Export(args) => export::run(args),
         Command::WebhooksOut(args) => webhooks_out::run(args),
+
+        Command::Rebuild(args) => rebuild::run(args),
         Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),
