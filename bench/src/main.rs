@@ -9,7 +9,9 @@ mod database;
 mod domain;
 mod engine;
 mod export;
+mod limits;
 mod report;
+mod routing;
 mod sys;
 mod webhooks;
 
@@ -43,6 +45,12 @@ enum Command {
     /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
     /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
     Chaos(tombola_bench::chaos::Args),
+    /// Shared rate limits: their cost on the reservation path (vs off, same run) and two
+    /// `tombola serve` processes holding one key's limit, across a restart.
+    Limits(limits::Args),
+    /// What wrong routing costs: two nodes, each raffle on one of them vs every request to
+    /// either, same run.
+    Routing(routing::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,8 @@ fn main() -> ExitCode {
         Command::Webhooks(args) => webhooks::run(args),
         Command::Export(args) => export::run(args),
         Command::Chaos(args) => chaos(args),
+        Command::Limits(args) => limits::run(args),
+        Command::Routing(args) => routing::run(args),
     };
     report::finish(outcome)
 }

@@ -14,6 +14,8 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod openapi;
+mod rate_limits;
 mod read_side;
+mod retention;
 mod shutdown;
 mod trail;
