@@ -49,6 +49,20 @@ pub enum Command {
     Export(ExportArgs),
     /// The read models: status and rebuilds.
     Projections(ProjectionsArgs),
+    /// Delete expired idempotency records, old settled deliveries and idle rate-limit
+    /// buckets now (the server does it every TOMBOLA_RETENTION_INTERVAL_SECS); prints the
+    /// counts as JSON.
+    Retention(RetentionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RetentionArgs {
+    /// Hours an Idempotency-Key record is kept.
+    #[arg(long, env = "TOMBOLA_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
+    /// Days a settled delivery is kept.
+    #[arg(long, env = "TOMBOLA_INBOX_RETENTION_DAYS", default_value_t = 30)]
+    pub inbox_retention_days: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -251,6 +265,19 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await?;
         }
         Command::Migrate => eprintln!("tombola: migrations applied"),
+        Command::Retention(args) => {
+            let retention = crate::retention::Retention {
+                idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_hours * 3600),
+                settled_inbox_ttl: std::time::Duration::from_secs(
+                    args.inbox_retention_days * 86_400,
+                ),
+                ..crate::retention::Retention::default()
+            };
+            let removed = retention
+                .run_once(database.store.pool(), chrono::Utc::now())
+                .await?;
+            println!("{}", serde_json::to_string(&removed)?);
+        }
         Command::Keys(KeysCommand::Create {
             role,
             organizer,

@@ -96,6 +96,46 @@ pub struct ServeArgs {
     /// answered 503 with Retry-After.
     #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = defaults::MIN_POSITION_WAIT_MS)]
     pub min_position_wait_ms: u64,
+
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+}
+
+/// Rate limits shared by all nodes, the client IP behind proxies, and retention (issue 17).
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Overrides of the per-key and per-IP limits by route class, comma-separated:
+    /// `class.scope=N/unit[:burst]` or `class.scope=off`; classes reserve, checkout, general,
+    /// webhooks or *; scopes key, ip; units s, min, h; the burst defaults to N. Example:
+    /// `reserve.key=1200/min,reserve.ip=20/s:40,webhooks.ip=off`.
+    #[arg(long, env = "TOMBOLA_RATE_LIMITS", value_delimiter = ',')]
+    pub rate_limits: Vec<crate::limits::LimitRule>,
+
+    /// A node leases this many milliseconds' worth of a limit's rate from PostgreSQL at a
+    /// time (at least 1 request, at most a quarter of the burst). Larger: fewer writes, a
+    /// looser shared limit (by at most one lease per node).
+    #[arg(long, env = "TOMBOLA_RATE_LIMIT_LEASE_MS", default_value_t = defaults::RATE_LIMIT_LEASE_MS)]
+    pub rate_limit_lease_ms: u64,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client for per-IP limits. From any other peer those
+    /// headers are ignored.
+    #[arg(long, env = "TOMBOLA_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::api::client_ip::IpNet>,
+
+    /// Idempotency-Key records are deleted this many hours after they were stored; a retry
+    /// after that is a new request.
+    #[arg(long, env = "TOMBOLA_IDEMPOTENCY_TTL_HOURS", default_value_t = defaults::IDEMPOTENCY_TTL_HOURS)]
+    pub idempotency_ttl_hours: u64,
+
+    /// Settled payment deliveries (applied or ignored) are deleted this many days after they
+    /// were received and settled. Failed and rejected ones stay for an operator.
+    #[arg(long, env = "TOMBOLA_INBOX_RETENTION_DAYS", default_value_t = defaults::INBOX_RETENTION_DAYS)]
+    pub inbox_retention_days: u64,
+
+    /// Seconds between retention passes on each node (0: none; `tombola retention run` then).
+    #[arg(long, env = "TOMBOLA_RETENTION_INTERVAL_SECS", default_value_t = defaults::RETENTION_INTERVAL_SECS)]
+    pub retention_interval_secs: u64,
 }
 
 /// What the server runs with, whoever chose it: `tombola serve`'s flags convert into it, tests
@@ -117,6 +157,13 @@ pub struct Settings {
     /// The read models' database; `None`: the write database.
     pub read_database_url: Option<String>,
     pub min_position_wait: Duration,
+    /// Overrides of the per-class limits (`TOMBOLA_RATE_LIMITS`).
+    pub rate_limits: Vec<crate::limits::LimitRule>,
+    pub rate_limit_lease: Duration,
+    pub trusted_proxies: Vec<crate::api::client_ip::IpNet>,
+    pub retention: crate::retention::Retention,
+    /// Time between retention passes; zero: none.
+    pub retention_interval: Duration,
 }
 
 impl Default for Settings {
@@ -136,6 +183,11 @@ impl Default for Settings {
             payment_workers: PAYMENT_WORKERS,
             read_database_url: None,
             min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
+            rate_limits: Vec::new(),
+            rate_limit_lease: Duration::from_millis(RATE_LIMIT_LEASE_MS),
+            trusted_proxies: Vec::new(),
+            retention: crate::retention::Retention::default(),
+            retention_interval: Duration::from_secs(RETENTION_INTERVAL_SECS),
         }
     }
 }
@@ -155,6 +207,10 @@ mod defaults {
     pub const STRIPE_TOLERANCE_SECS: i64 = 300;
     pub const PAYMENT_WORKERS: usize = 2;
     pub const MIN_POSITION_WAIT_MS: u64 = 2000;
+    pub const RATE_LIMIT_LEASE_MS: u64 = 100;
+    pub const IDEMPOTENCY_TTL_HOURS: u64 = 24;
+    pub const INBOX_RETENTION_DAYS: u64 = 30;
+    pub const RETENTION_INTERVAL_SECS: u64 = 300;
 }
 
 impl From<ServeArgs> for Settings {
@@ -173,6 +229,15 @@ impl From<ServeArgs> for Settings {
             payment_workers: args.payment_workers,
             read_database_url: args.read_database_url,
             min_position_wait: Duration::from_millis(args.min_position_wait_ms),
+            rate_limits: args.limits.rate_limits,
+            rate_limit_lease: Duration::from_millis(args.limits.rate_limit_lease_ms),
+            trusted_proxies: args.limits.trusted_proxies,
+            retention: crate::retention::Retention {
+                idempotency_ttl: Duration::from_secs(args.limits.idempotency_ttl_hours * 3600),
+                settled_inbox_ttl: Duration::from_secs(args.limits.inbox_retention_days * 86_400),
+                ..crate::retention::Retention::default()
+            },
+            retention_interval: Duration::from_secs(args.limits.retention_interval_secs),
         }
     }
 }

@@ -10,11 +10,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::client_ip::TrustedProxies;
 use crate::api::rate_limit::RateLimits;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineConfig};
+use crate::limits::LimitsConfig;
 use crate::payments::stripe::Stripe;
 use crate::payments::worker::PaymentsIn;
 use crate::store::Store;
@@ -31,6 +33,8 @@ pub struct Application {
     payment_workers: usize,
     listener_task: tokio::task::AbortHandle,
     read_side: ReadSide,
+    /// Stops the retention passes at shutdown.
+    retention: CancellationToken,
 }
 
 /// The projection runtime and what feeds it wake-ups.
@@ -65,7 +69,7 @@ impl Application {
         let read_side = start_read_side(args, &store, &engine).await?;
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
-        let listener_task = crate::engine::remote_commits::listen(engine.clone(), store);
+        let listener_task = crate::engine::remote_commits::listen(engine.clone(), store.clone());
         let secrets: Vec<String> = args
             .stripe_webhook_secrets
             .iter()
@@ -78,17 +82,35 @@ impl Application {
             let stripe = Stripe::new(secrets, args.stripe_tolerance_secs);
             Some(PaymentsIn::new(engine.clone(), vec![Arc::new(stripe)])?)
         };
+        // Leases need no WAL flush wait: a PostgreSQL crash may forget the last fraction of a
+        // second of them, once (decision 0017).
+        let limits = LimitsConfig::new(
+            args.rate_limit_per_key,
+            args.rate_limit_per_ip,
+            &args.rate_limits,
+            args.rate_limit_lease,
+        );
+        let limits_pool = store
+            .sibling_without_flush_wait("tombola-rate-limits")
+            .pool()
+            .clone();
+        let retention = CancellationToken::new();
+        if !args.retention_interval.is_zero() {
+            args.retention.spawn(
+                store.pool().clone(),
+                clock.clone(),
+                args.retention_interval,
+                retention.clone(),
+            );
+        }
         let state = AppState::new(
             engine.clone(),
-            RateLimits::new(
-                args.rate_limit_per_key,
-                args.rate_limit_per_ip,
-                clock.clone(),
-            ),
+            RateLimits::new(limits, limits_pool, clock.clone()),
             crate::telemetry::init_metrics(),
             payments.clone(),
         )
-        .with_read_side(read_side.handle.clone(), args.min_position_wait);
+        .with_read_side(read_side.handle.clone(), args.min_position_wait)
+        .with_trusted_proxies(TrustedProxies::new(args.trusted_proxies.clone()));
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {
@@ -99,6 +121,7 @@ impl Application {
             payment_workers: args.payment_workers,
             listener_task,
             read_side,
+            retention,
         })
     }
 
@@ -140,6 +163,7 @@ impl Application {
         // HTTP is drained; inbox workers finish their batch (what they have not settled stays
         // in the inbox); then every command already queued is decided and committed.
         stop_workers.cancel();
+        self.retention.cancel();
         if let Some(workers) = workers {
             workers.wait().await;
         }

@@ -21,6 +21,34 @@ pub async fn fresh(max_connections: u32) -> Result<(Store, String), String> {
     Ok((store, url))
 }
 
+/// A new, migrated database named `<prefix>_<uuid>` (benches name theirs after their
+/// owner); its URL is for [`discard`].
+pub async fn fresh_named(prefix: &str, max_connections: u32) -> Result<(Store, String), String> {
+    use sqlx::{ConnectOptions, Connection};
+    let server: sqlx::postgres::PgConnectOptions = tombola::testing::server_url()
+        .parse()
+        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = server
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| format!("creating the bench database: {e}"))?;
+    let _ = admin.close().await;
+    let url = server.database(&name).to_url_lossy().to_string();
+    CREATED.lock().expect("registry").push(url.clone());
+    let store = Store::connect(&url, max_connections)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    Ok((store, url))
+}
+
 /// Closes the bench's own connections and drops the database.
 pub async fn discard(store: Store, url: &str) -> Result<(), String> {
     store.pool().close().await;

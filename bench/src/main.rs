@@ -8,7 +8,9 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod limits;
 mod report;
+mod routing;
 mod sys;
 mod webhooks;
 
@@ -39,6 +41,12 @@ enum Command {
     /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
     /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
     Chaos(tombola_bench::chaos::Args),
+    /// Shared rate limits: their cost on the reservation path (vs off, same run) and two
+    /// `tombola serve` processes holding one key's limit, across a restart.
+    Limits(limits::Args),
+    /// What wrong routing costs: two nodes, each raffle on one of them vs every request to
+    /// either, same run.
+    Routing(routing::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,8 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Chaos(args) => chaos(args),
+        Command::Limits(args) => limits::run(args),
+        Command::Routing(args) => routing::run(args),
     };
     report::finish(outcome)
 }

@@ -19,6 +19,7 @@ mod rebuild;
 mod runtime;
 mod schema;
 mod status;
+mod tx;
 
 pub use envelope::{Envelope, EventSource};
 pub use projection::{ApplyError, Batch, BoxFuture, Projection, Slot, Tables};
@@ -26,6 +27,7 @@ pub use rebuild::{RebuildError, RebuildProgress};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 pub use schema::{migrate, ReadStoreError, MIGRATOR};
 pub use status::{ProjectionStatus, RaffleLag, Status};
+pub use tx::begin;
 
 /// The aggregate type under which raffle streams are stored (cqrs-es `Aggregate::TYPE`).
 pub const RAFFLE_STREAM: &str = "raffle";

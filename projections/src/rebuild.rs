@@ -122,7 +122,7 @@ impl RuntimeHandle {
     /// Creates the shadow tables for this version, unless an interrupted rebuild of it left
     /// them (then they are resumed).
     async fn prepare_shadow(&self, projection: &dyn Projection) -> Result<(), sqlx::Error> {
-        let mut tx = self.read_pool().begin().await?;
+        let mut tx = crate::tx::begin(self.read_pool()).await?;
         lock_schema(&mut tx).await?;
         let shadow: Option<Option<i32>> = sqlx::query_scalar(
             "SELECT shadow_version FROM projection_versions WHERE projection = $1",
@@ -161,7 +161,7 @@ impl RuntimeHandle {
         raffle: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
         let name = projection.name();
-        let mut tx = self.read_pool().begin().await?;
+        let mut tx = crate::tx::begin(self.read_pool()).await?;
         lock_schema(&mut tx).await?;
         let (class, object) = swap_lock_key(name);
         sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")

@@ -518,9 +518,7 @@ impl Inner {
         // One event at a time up to this sequence, after a batch failed.
         let mut careful_until: Option<u64> = None;
         loop {
-            let mut tx = self
-                .read
-                .begin()
+            let mut tx = crate::tx::begin(&self.read)
                 .await
                 .map_err(|e| failure(0, e.to_string()))?;
             // The pair's own lock, and a share of the projection's: a rebuild's swap takes

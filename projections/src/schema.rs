@@ -30,7 +30,7 @@ pub async fn migrate(
 ) -> Result<(), ReadStoreError> {
     MIGRATOR.run(pool).await?;
     for projection in projections {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::tx::begin(pool).await?;
         lock_schema(&mut tx).await?;
         let known: Option<i32> =
             sqlx::query_scalar("SELECT version FROM projection_versions WHERE projection = $1")

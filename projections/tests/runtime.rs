@@ -345,3 +345,191 @@ async fn a_poison_event_stops_only_its_projection_and_raffle_until_fixed() {
     assert_read_models_match(&db.pool, &[poisoned, healthy]).await;
     db.drop().await;
 }
+
+type Begin =
+    fn(
+        &sqlx::PgPool,
+    ) -> BoxFuture<'static, Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>>;
+
+/// Whether `begin`, given up by its caller after one poll (BEGIN sent, its reply not in), left
+/// the connection in a transaction: an autocommit insert made on it next stays invisible.
+async fn cancelled_begin_swallows_the_next_write(db: &TestDb, begin: Begin) -> bool {
+    // One connection, handed out without a test ping: the next statement gets the very
+    // connection the cancelled BEGIN went to.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    for attempt in 0..20 {
+        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+        // The connection is back in the pool (returning it is a task of its own).
+        eventually("the connection idle", Duration::from_secs(5), || {
+            let idle = pool.num_idle() == 1;
+            async move { idle }
+        })
+        .await;
+        let mut begun = begin(&pool);
+        let first = futures::poll!(begun.as_mut());
+        drop(begun);
+        if first.is_ready() {
+            continue;
+        }
+        sqlx::query("INSERT INTO marks (n) VALUES ($1)")
+            .bind(attempt)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM marks WHERE n = $1")
+            .bind(attempt)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        return seen == 0;
+    }
+    panic!("BEGIN never stayed in flight after one poll");
+}
+
+/// The rebuild test's flake, made deterministic. A runtime stopped while a batch waited for
+/// its BEGIN's reply put the connection back in the pool inside an open transaction (sqlx
+/// counts it only once the reply is in). The test's writer then appended an event on that
+/// connection, invisible to everyone; the runtime read the next event after its checkpoint,
+/// stepped over the hole and moved its checkpoint past it — the reader saw checkpoint n with
+/// the orders missing an effect before n — and the open transaction's locks made the next
+/// swap wait for ever (the 20-minute hang). `tombola_projections::begin` cannot leak it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_cancelled_half_way_leaves_no_transaction_open() {
+    let db = TestDb::new().await;
+    sqlx::query("CREATE TABLE marks (n integer)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        cancelled_begin_swallows_the_next_write(&db, |pool| {
+            // The connection is taken before the future, so its first poll sends BEGIN.
+            let conn = pool.try_acquire().expect("an idle connection");
+            sqlx::Transaction::begin(conn, None)
+        })
+        .await,
+        "sqlx's own begin leaks the transaction (if this fails, sqlx fixed it)"
+    );
+    assert!(
+        !cancelled_begin_swallows_the_next_write(&db, |pool| {
+            let pool = pool.clone();
+            Box::pin(async move { tombola_projections::begin(&pool).await })
+        })
+        .await,
+        "tombola_projections::begin left the connection in a transaction"
+    );
+    db.drop().await;
+}
+
+/// A batch reads the orders it touches, not every order of its raffle. Measured with the
+/// transaction's own counters (`pg_stat_get_xact_tuples_*`) under the plan a prepared
+/// statement ends up with (generic): the former lookup, `order_id = ANY($2) OR ($3 AND
+/// status IN …)`, read all 20,000 orders of the raffle below on every batch, so the live
+/// runtime slowed down as a raffle grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_only_the_orders_it_touches_however_big_the_raffle() {
+    let db = TestDb::new().await;
+    let script = [
+        Op::ReserveRandom {
+            quantity: 2,
+            buyer: 0,
+        },
+        Op::Pay {
+            target: 0,
+            short: false,
+            pool_id: None,
+        },
+    ];
+    let history = History::build(Uuid::new_v4(), "org-big", 1, &script);
+    let envelopes: Vec<tombola_projections::Envelope> = history
+        .events
+        .iter()
+        .map(|r| tombola_projections::Envelope {
+            raffle_id: history.raffle_id,
+            sequence: r.sequence,
+            event: r.event.clone(),
+            actor: r.actor.clone(),
+            recorded_at: r.recorded_at,
+        })
+        .collect();
+    let reserved = envelopes
+        .iter()
+        .position(|e| matches!(e.event, tombola_domain::RaffleEvent::TicketsReserved { .. }))
+        .unwrap();
+    let (before, payment) = envelopes.split_at(reserved + 1);
+    assert!(!payment.is_empty());
+    let projections = [
+        models::all()[0].clone(), // orders
+        models::all()[2].clone(), // raffle_stats
+    ];
+    let apply = |events: &'static [tombola_projections::Envelope], generic: bool| {
+        let pool = db.pool.clone();
+        let projections = projections.clone();
+        let raffle_id = history.raffle_id;
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if generic {
+                sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            for projection in &projections {
+                projection
+                    .apply(
+                        &mut tx,
+                        Batch {
+                            raffle_id,
+                            events,
+                            tables: Tables::LIVE,
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            let read: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT t, pg_stat_get_xact_tuples_returned(t::regclass) \
+                          + pg_stat_get_xact_tuples_fetched(t::regclass) \
+                 FROM UNNEST(ARRAY['read_orders', 'read_raffle_stats_orders']) AS t",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            read
+        }
+    };
+    let before: &'static [_] = Vec::leak(before.to_vec());
+    let payment: &'static [_] = Vec::leak(payment.to_vec());
+    apply(before, false).await;
+    // 20,000 other orders of the same raffle, in both tables that hold its orders.
+    for sql in [
+        "INSERT INTO read_orders SELECT $1, gen_random_uuid(), 'paid', 'B', 'b@example.com', \
+           NULL, '{1}', 500, 'USD', 'card', 'pi', now(), now(), now(), NULL, NULL, NULL, \
+           false, false, 0, 1 FROM generate_series(1, 20000)",
+        "INSERT INTO read_raffle_stats_orders SELECT $1, gen_random_uuid(), 'paid', 1, 500, 0 \
+         FROM generate_series(1, 20000)",
+    ] {
+        sqlx::query(sql)
+            .bind(history.raffle_id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("ANALYZE read_orders, read_raffle_stats_orders")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (table, tuples) in apply(payment, true).await {
+        assert!(
+            tuples < 100,
+            "a batch touching one order read {tuples} tuples of {table}"
+        );
+    }
+    db.drop().await;
+}

@@ -348,7 +348,7 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         let caller = state.keys.verify(token.trim()).await?;
-        state.limits.check_key(caller.key_id)?;
+        super::rate_limit::check_key(state, parts, caller.key_id).await?;
         Ok(caller)
     }
 }

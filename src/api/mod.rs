@@ -3,6 +3,7 @@
 
 mod audit;
 pub mod auth;
+pub mod client_ip;
 pub mod error;
 mod health;
 mod inbox;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub engine: Engine,
     pub keys: Arc<Keys>,
     pub limits: Arc<RateLimits>,
+    /// Whose `Forwarded` / `X-Forwarded-For` names the client (per-IP limits).
+    pub trusted_proxies: Arc<client_ip::TrustedProxies>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub payments: Option<crate::payments::worker::PaymentsIn>,
     /// The read side, when the server runs it (see [`AppState::with_read_side`]).
@@ -69,6 +72,7 @@ impl AppState {
             keys: Arc::new(Keys::new(engine.store().clone())),
             engine,
             limits,
+            trusted_proxies: Arc::default(),
             metrics,
             payments,
             read: None,
@@ -76,6 +80,12 @@ impl AppState {
             organizers: Arc::default(),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_HEAVY_READS)),
         }
+    }
+
+    /// Per-IP limits key on the address these proxies forward, when the peer is one of them.
+    pub fn with_trusted_proxies(mut self, proxies: client_ip::TrustedProxies) -> Self {
+        self.trusted_proxies = Arc::new(proxies);
+        self
     }
 
     /// At most `limit` exports and log verifications at once on this node.
@@ -268,7 +278,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            rate_limit::limit_by_ip,
+            rate_limit::limit,
         ))
         .layer(axum::middleware::from_fn(health::record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))

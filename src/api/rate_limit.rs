@@ -1,107 +1,126 @@
-//! Rate limits per API key and per client IP (GCRA via `governor`). A refusal says when to
-//! come back, so clients need not guess.
+//! Rate limits at the HTTP edge: per client IP before anything else is done (this
+//! middleware), per API key once the key is verified (the `Caller` extractor calls
+//! [`check_key`]), each per route class, shared by every node (`crate::limits`). A refusal is
+//! 429 with `Retry-After`; every limited answer carries the IETF draft's `RateLimit-Limit`,
+//! `RateLimit-Remaining` and `RateLimit-Reset` of the bucket closest to empty.
 
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::limits::{Outcome, RouteClass, Scope};
 
-/// The server's clock as the limiters read it, so that a test moving it refills budgets.
+pub use crate::limits::RateLimits;
+
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// A request's route class, and the verdicts on it so far: the key check runs in an
+/// extractor, which cannot touch the response, so it leaves its verdict here.
 #[derive(Clone)]
-struct LimiterClock(Arc<dyn crate::clock::Clock>);
-
-impl governor::clock::Clock for LimiterClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        self.0.steady().into()
-    }
+struct Verdicts {
+    class: RouteClass,
+    stricter: Arc<Mutex<Option<Outcome>>>,
 }
 
-type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, LimiterClock, NoOpMiddleware<Nanos>>;
-
-pub struct RateLimits {
-    per_key: Limiter<Uuid>,
-    per_ip: Limiter<IpAddr>,
-    clock: LimiterClock,
-}
-
-impl RateLimits {
-    /// `per_key` and `per_ip` requests per second, with a burst of twice that, measured on
-    /// `clock`.
-    pub fn new(per_key: u32, per_ip: u32, clock: Arc<dyn crate::clock::Clock>) -> Self {
-        let quota = |rate: u32| {
-            let rate = NonZeroU32::new(rate.max(1)).expect("non-zero");
-            Quota::per_second(rate).allow_burst(rate.saturating_mul(NonZeroU32::new(2).expect("2")))
-        };
-        let clock = LimiterClock(clock);
-        Self {
-            per_key: RateLimiter::new(quota(per_key), Default::default(), clock.clone()),
-            per_ip: RateLimiter::new(quota(per_ip), Default::default(), clock.clone()),
-            clock,
-        }
-    }
-
-    pub fn check_key(&self, key_id: Uuid) -> Result<(), ApiError> {
-        self.per_key
-            .check_key(&key_id)
-            .map_err(|not_until| ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(governor::clock::Clock::now(&self.clock)),
-            })
-    }
-
-    fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.per_ip
-            .check_key(&ip)
-            .map_err(|not_until| ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(governor::clock::Clock::now(&self.clock)),
-            })
-    }
-
-    /// Forgets idle keys so the maps do not grow without bound.
-    pub fn spawn_cleanup(self: &Arc<Self>) {
-        let limits = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(limits) = limits.upgrade() else {
-                    return;
-                };
-                limits.per_key.retain_recent();
-                limits.per_ip.retain_recent();
-            }
+impl Verdicts {
+    fn record(&self, outcome: Outcome) {
+        let mut stricter = self.stricter.lock().unwrap_or_else(|e| e.into_inner());
+        *stricter = Some(match *stricter {
+            Some(earlier) => earlier.stricter(outcome),
+            None => outcome,
         });
     }
+
+    fn get(&self) -> Option<Outcome> {
+        *self.stricter.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Middleware: refuses a client IP over its limit before any work is done. Provider
-/// webhooks are exempt: their signature is checked first and a provider's retries must
-/// never be turned away.
-pub async fn limit_by_ip(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if request.uri().path().starts_with("/v1/webhooks/") {
-        return Ok(next.run(request).await);
-    }
-    if let Some(ConnectInfo(addr)) = request
+/// Middleware: the client IP's limit for the route's class, before any work is done; then
+/// the `RateLimit-*` headers on the answer.
+pub async fn limit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let class = RouteClass::of(
+        request.method(),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let verdicts = Verdicts {
+        class,
+        stricter: Arc::default(),
+    };
+    request.extensions_mut().insert(verdicts.clone());
+    let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
-    {
-        state.limits.check_ip(addr.ip())?;
+        .map(|ConnectInfo(addr)| addr.ip());
+    if let Some(peer) = peer {
+        let client = state.trusted_proxies.client_ip(peer, request.headers());
+        if let Some(outcome) = state
+            .limits
+            .check(Scope::Ip, class, &client.to_string())
+            .await
+        {
+            verdicts.record(outcome);
+            if !outcome.allowed {
+                return with_headers(refusal(&outcome).into_response(), &outcome);
+            }
+        }
     }
-    Ok(next.run(request).await)
+    let response = next.run(request).await;
+    match verdicts.get() {
+        Some(outcome) => with_headers(response, &outcome),
+        None => response,
+    }
+}
+
+/// The verified key's limit for the request's class.
+pub async fn check_key(state: &AppState, parts: &Parts, key_id: Uuid) -> Result<(), ApiError> {
+    let verdicts = parts.extensions.get::<Verdicts>();
+    let class = verdicts.map_or(RouteClass::General, |v| v.class);
+    let Some(outcome) = state
+        .limits
+        .check(Scope::Key, class, &key_id.to_string())
+        .await
+    else {
+        return Ok(());
+    };
+    if let Some(verdicts) = verdicts {
+        verdicts.record(outcome);
+    }
+    if outcome.allowed {
+        Ok(())
+    } else {
+        Err(refusal(&outcome))
+    }
+}
+
+fn refusal(outcome: &Outcome) -> ApiError {
+    ApiError::RateLimited {
+        retry_after: Duration::from_secs(whole_seconds(outcome.retry_after).max(1)),
+    }
+}
+
+/// Seconds, rounded up: a client that waits what it is told must not be refused again.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+fn with_headers(mut response: Response, outcome: &Outcome) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(LIMIT, HeaderValue::from(outcome.limit));
+    headers.insert(REMAINING, HeaderValue::from(outcome.remaining));
+    headers.insert(RESET, HeaderValue::from(whole_seconds(outcome.reset)));
+    response
 }

@@ -41,6 +41,32 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The headers of a 429: `Retry-After` always; the IETF draft's `RateLimit-*` when a rate
+/// limit refused (not when the node's heavy-read slots are taken). Answers that a rate limit
+/// let through carry the `RateLimit-*` headers too.
+fn rate_limited_headers() -> Value {
+    let seconds = json!({"type": "integer", "minimum": 0});
+    json!({
+        "Retry-After": {
+            "required": true,
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1}
+        },
+        "RateLimit-Limit": {
+            "description": "Requests the refusing limit allows at once (its burst)",
+            "schema": seconds
+        },
+        "RateLimit-Remaining": {
+            "description": "Requests left under that limit (0 on a refusal)",
+            "schema": seconds
+        },
+        "RateLimit-Reset": {
+            "description": "Seconds until that limit's budget is full again",
+            "schema": seconds
+        }
+    })
+}
+
 /// The statuses an operation can answer besides its own, from how it is served.
 fn error_statuses(path: &str, method: &str, operation: &Value) -> Vec<u16> {
     let mut statuses = vec![429, 503];
@@ -163,6 +189,9 @@ pub fn complete(openapi: &utoipa::openapi::OpenApi) -> Value {
                     let is_error = status.starts_with('4') || status.starts_with('5');
                     if is_error && response.get("content").is_none() {
                         response["content"] = problem.clone();
+                    }
+                    if status == "429" && response.get("headers").is_none() {
+                        response["headers"] = rate_limited_headers();
                     }
                 }
             }

@@ -59,15 +59,19 @@ pub async fn store_unreadable(
     Ok(())
 }
 
-/// The raffle and order a payment id was announced with (refunds rarely carry them).
+/// The raffle and order a payment id was announced with (refunds rarely carry them); once
+/// retention pruned that delivery, `payment_orders` remembers them.
 pub async fn find_order_of_payment(
     store: &Store,
     provider: &str,
     payment_id: &str,
 ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT raffle_id, order_id FROM payment_inbox \
+        "(SELECT raffle_id, order_id FROM payment_inbox \
          WHERE provider = $1 AND payment_id = $2 AND raffle_id IS NOT NULL AND order_id IS NOT NULL \
+         LIMIT 1) \
+         UNION ALL \
+         (SELECT raffle_id, order_id FROM payment_orders WHERE provider = $1 AND payment_id = $2) \
          LIMIT 1",
     )
     .bind(provider)

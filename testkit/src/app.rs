@@ -91,12 +91,56 @@ impl TestApp {
                     .expect("create an API key")
             }
         };
-        let admin_key = key(Role::Admin, None).await;
-        let organizer_key = key(Role::Organizer, Some(ORGANIZER)).await;
-        let client_key = key(Role::Client, Some(ORGANIZER)).await;
-        let other_organizer_key = key(Role::Organizer, Some(OTHER_ORGANIZER)).await;
+        let keys = [
+            key(Role::Admin, None).await,
+            key(Role::Organizer, Some(ORGANIZER)).await,
+            key(Role::Client, Some(ORGANIZER)).await,
+            key(Role::Organizer, Some(OTHER_ORGANIZER)).await,
+        ];
+        Self::launch(&settings, store, clock, keys, Some(db)).await
+    }
 
-        let application = Application::build(&settings, store.clone(), clock)
+    /// Another node on this server's database, with the same keys, on `clock`, with
+    /// [`test_settings`] changed by `configure`. It does not own the database: this server
+    /// does (and keeps it after [`Self::stop`], so that new nodes can start on it).
+    pub async fn another_node(
+        &self,
+        clock: Arc<dyn Clock>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut settings = test_settings();
+        configure(&mut settings);
+        let store = Store::connect(&self.db_url, 24)
+            .await
+            .expect("connect another node");
+        let keys = [
+            self.admin_key.clone(),
+            self.organizer_key.clone(),
+            self.client_key.clone(),
+            self.other_organizer_key.clone(),
+        ];
+        let mut node = Self::launch(&settings, store, clock, keys, None).await;
+        node.db_url = self.db_url.clone();
+        node
+    }
+
+    /// Stops serving (cleanly) and keeps the database.
+    pub async fn stop(&mut self) {
+        self.trigger_shutdown();
+        if self.server.is_some() {
+            self.stopped().await;
+        }
+    }
+
+    async fn launch(
+        settings: &Settings,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        keys: [String; 4],
+        db: Option<TestDb>,
+    ) -> Self {
+        let [admin_key, organizer_key, client_key, other_organizer_key] = keys;
+        let application = Application::build(settings, store.clone(), clock)
             .await
             .expect("build the application");
         let engine = application.engine().clone();
@@ -107,7 +151,7 @@ impl TestApp {
         }));
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
-            db_url: db.url.clone(),
+            db_url: db.as_ref().map(|db| db.url.clone()).unwrap_or_default(),
             store,
             payments: OnceLock::new(),
             stripe_tolerance_secs: settings.stripe_tolerance_secs,
@@ -120,7 +164,7 @@ impl TestApp {
             organizer_key,
             client_key,
             other_organizer_key,
-            db: Some(db),
+            db,
             shutdown: Some(shutdown),
             server: Some(server),
         }
@@ -299,11 +343,11 @@ impl TestApp {
         if let Some(payments) = self.payments.get() {
             payments.close().await;
         }
-        self.db
-            .take()
-            .expect("the database is there")
-            .drop_database()
-            .await;
+        // Another node (see `another_node`) leaves the database to its owner.
+        match self.db.take() {
+            Some(db) => db.drop_database().await,
+            None => self.store.pool().close().await,
+        }
     }
 
     /// An inbox worker of its own (its own intake too) that the test drives by hand; it

@@ -13,5 +13,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod openapi;
+mod rate_limits;
 mod read_side;
+mod retention;
 mod shutdown;

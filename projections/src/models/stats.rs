@@ -180,20 +180,29 @@ async fn apply(
             .await?;
     let before = before.map(|Json(t)| t);
     let (touched, cancelled) = touched_orders(batch.events);
-    let orders: Vec<OrderState> = if touched.is_empty() && !cancelled {
-        Vec::new()
-    } else {
-        sqlx::query_as(&format!(
+    // Two index-friendly statements rather than one with an OR (see `orders::apply`).
+    let mut orders: Vec<OrderState> = Vec::new();
+    if !touched.is_empty() {
+        orders = sqlx::query_as(&format!(
             "SELECT order_id, status, tickets, amount_minor, refunded_minor FROM {orders_table} \
-             WHERE raffle_id = $1 \
-               AND (order_id = ANY($2) OR ($3 AND status IN ('reserved', 'paid')))"
+             WHERE raffle_id = $1 AND order_id = ANY($2)"
         ))
         .bind(batch.raffle_id)
         .bind(&touched)
-        .bind(cancelled)
         .fetch_all(&mut *conn)
-        .await?
-    };
+        .await?;
+    }
+    if cancelled {
+        orders.extend(
+            sqlx::query_as::<_, OrderState>(&format!(
+                "SELECT order_id, status, tickets, amount_minor, refunded_minor \
+                 FROM {orders_table} WHERE raffle_id = $1 AND status IN ('reserved', 'paid')"
+            ))
+            .bind(batch.raffle_id)
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+    }
     let mut fold = Fold {
         tally: before.clone().unwrap_or_default(),
         orders: orders.into_iter().map(|o| (o.order_id, o)).collect(),
