@@ -318,3 +318,59 @@ async fn an_append_lost_without_a_trace_is_answered_outcome_unknown() {
     engine.shutdown().await;
     db.drop_database().await;
 }
+
+/// The append committed, its reply was lost, and the writer stopped before it could confirm
+/// (here a crash, as when its task panics or its reload fails with the database down): the
+/// caller must hear "outcome unknown", never "unavailable", since the hold is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_stops_with_an_append_in_doubt_answers_outcome_unknown() {
+    let faults = Arc::new(Faults::default());
+    let db = TestDb::new(10).await;
+    let engine = Engine::with_faults(db.store.clone(), EngineConfig::default(), faults.clone());
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    faults.lose_commit_replies(1);
+    faults.crash_writers_in_doubt(1);
+    let order_id = Uuid::new_v4();
+    let in_doubt = engine
+        .execute(raffle_id, reserve_numbers(order_id, buyer(1), &[7]), meta())
+        .await;
+    assert!(
+        matches!(in_doubt, Err(EngineError::OutcomeUnknown { .. })),
+        "{in_doubt:?}"
+    );
+    // It did commit.
+    let log = log(&db.store, raffle_id).await;
+    assert_eq!(reservations(log.iter().map(|s| &s.event)), 1);
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}
+
+/// Errors the server raises as it shuts down or terminates a backend (SQLSTATE 57P01 and
+/// its neighbours) can arrive after the statement's commit was durable: they must not
+/// count as "certainly stored nothing", or the batch is decided again and stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_backend_leaves_the_append_in_doubt() {
+    use tombola::store::{AppendError, StoreError};
+    let db = TestDb::new(2).await;
+    let raised = |code: &'static str| {
+        let pool = db.store.pool().clone();
+        async move {
+            let error = sqlx::query(&format!(
+                "DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$"
+            ))
+            .execute(&pool)
+            .await
+            .expect_err("it raises");
+            AppendError::Store(StoreError::Database(error))
+        }
+    };
+    for code in ["57P01", "57P02", "08006", "XX000", "58030"] {
+        assert!(!raised(code).await.stored_nothing(), "{code} is in doubt");
+    }
+    // A statement the server refused (bad data, a check) stored nothing.
+    for code in ["22P02", "23514", "40001"] {
+        assert!(raised(code).await.stored_nothing(), "{code} stored nothing");
+    }
+    db.drop_database().await;
+}

@@ -165,6 +165,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Commands callers wait on: queued, decided or being appended.
     commands_waiting: AtomicUsize,
+    /// What a test injects; None outside tests.
+    faults: Option<Arc<Faults>>,
 }
 
 impl Engine {
@@ -181,7 +183,8 @@ impl Engine {
         let (published, _) = broadcast::channel(4096);
         // As tokio does for its own workers: a process that cannot start a thread is done.
         let commits = Arc::new(
-            commit_thread::CommitThread::start(&store, faults).expect("the commit thread starts"),
+            commit_thread::CommitThread::start(&store, faults.clone())
+                .expect("the commit thread starts"),
         );
         Self {
             inner: Arc::new(Inner {
@@ -193,6 +196,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 stopping: AtomicBool::new(false),
                 commands_waiting: AtomicUsize::new(0),
+                faults,
             }),
         }
     }
@@ -252,6 +256,7 @@ impl Engine {
     ) -> Result<Applied, EngineError> {
         let _waiting = Counted::new(&self.inner.commands_waiting);
         let (reply, answer) = oneshot::channel();
+        let appended = Arc::new(AtomicBool::new(false));
         self.send(
             raffle_id,
             Message::Command(Box::new(writer::CommandRequest {
@@ -259,12 +264,21 @@ impl Engine {
                 meta,
                 reply,
                 span: tracing::Span::current(),
+                appended: appended.clone(),
             })),
         )
         .await?;
-        answer.await.unwrap_or(Err(EngineError::Unavailable {
-            reason: "the raffle's writer stopped before answering".into(),
-        }))
+        // A writer that stops without answering (its task ended or panicked) after handing
+        // the command to an append leaves its outcome in doubt: "unavailable" would tell
+        // the client nothing happened, and a retry without a key would hold twice.
+        answer.await.unwrap_or_else(|_| {
+            let reason = "the raffle's writer stopped before answering".to_owned();
+            Err(if appended.load(Ordering::Acquire) {
+                EngineError::OutcomeUnknown { reason }
+            } else {
+                EngineError::Unavailable { reason }
+            })
+        })
     }
 
     /// Runs `read` against the raffle's committed state (never against undecided commands).

@@ -66,13 +66,28 @@ impl From<sqlx::Error> for AppendError {
 
 impl AppendError {
     /// Whether the database reported the failure itself, so the statement certainly stored
-    /// nothing. A lost connection leaves that unknown: the commit may have happened.
+    /// nothing. A lost connection leaves that unknown: the commit may have happened. So
+    /// does an error the server sends as it shuts down, crashes or terminates the backend
+    /// (SQLSTATE classes 08, 57, 58, XX): the statement's commit may already be durable
+    /// when that error is raised (a terminated backend, an error at commit itself).
     pub fn stored_nothing(&self) -> bool {
-        matches!(
-            self,
-            Self::Conflict | Self::Store(StoreError::Database(sqlx::Error::Database(_)))
-        )
+        match self {
+            Self::Conflict => true,
+            Self::Store(StoreError::Database(sqlx::Error::Database(db))) => {
+                !db.code().is_some_and(|code| sqlstate_in_doubt(&code))
+            }
+            _ => false,
+        }
     }
+}
+
+/// Whether an error with this SQLSTATE can come from a server that had committed the
+/// statement: connection exceptions, operator intervention (shutdown, terminated backend),
+/// system and internal errors.
+fn sqlstate_in_doubt(code: &str) -> bool {
+    ["08", "57", "58", "XX"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 impl AppendBatch {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct Faults {
     lost_commit_replies: AtomicU32,
     lost_appends: AtomicU32,
+    writer_crashes: AtomicU32,
 }
 
 impl Faults {
@@ -32,6 +33,19 @@ impl Faults {
     /// Whether this append is to be lost (and counts it).
     pub(crate) fn take_lost_append(&self) -> bool {
         self.lost_appends
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The next `count` writers that settle an append whose outcome is in doubt die
+    /// instead (as a panic would), dropping their callers unanswered.
+    pub fn crash_writers_in_doubt(&self, count: u32) {
+        self.writer_crashes.store(count, Ordering::Relaxed);
+    }
+
+    /// Whether this writer is to crash (and counts it).
+    pub(crate) fn take_writer_crash(&self) -> bool {
+        self.writer_crashes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
     }

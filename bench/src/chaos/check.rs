@@ -38,6 +38,8 @@ pub struct Observed {
     pub inbox: BTreeMap<String, InboxRow>,
     /// Raffles whose hash chain does not verify, with the verifier's reason.
     pub broken_chains: Vec<(Uuid, String)>,
+    /// Drawn raffles whose winners do not recompute from the log (`tombola draw verify`).
+    pub unverified_draws: Vec<(Uuid, String)>,
     /// Projections whose checkpoints must be at each stream's head.
     pub projections: Vec<String>,
     /// (raffle, projection) → checkpoint sequence.
@@ -1026,6 +1028,9 @@ mod tests {
         observed
             .broken_chains
             .push((RAFFLE, "hash mismatch at 2".into()));
+        observed
+            .unverified_draws
+            .push((RAFFLE, "winners differ".into()));
         let record = Record {
             client_violations: vec!["replay answered another order".into()],
             ..Record::default()

@@ -50,6 +50,11 @@ impl Node {
 
     /// Starts the process and waits until it answers `/readyz`.
     pub async fn start(&mut self, http: &reqwest::Client) -> Result<(), String> {
+        // Another process on the port would answer /readyz in this node's place (and refuse
+        // the harness's key): refuse to run rather than check a stranger.
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+            return Err(format!("port {} is not free: {e}", self.port));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,7 +100,11 @@ impl Node {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            if ready {
+            let alive = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if ready && alive {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {

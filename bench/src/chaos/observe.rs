@@ -90,6 +90,18 @@ pub async fn observe(pool: &PgPool) -> Result<Observed, Box<dyn std::error::Erro
     let raffles: Vec<Uuid> = observed.streams.keys().copied().collect();
     for raffle in raffles {
         let report = verify_raffle(pool, raffle, &Expectations::default(), |_| {}).await?;
+        let drawn = observed.streams[&raffle]
+            .iter()
+            .any(|l| matches!(l.event, RaffleEvent::WinnersDrawn { .. }));
+        if drawn {
+            let draw = tombola::audit::draw::verify_draw(pool, raffle).await?;
+            if !draw.verified {
+                observed.unverified_draws.push((
+                    raffle,
+                    serde_json::to_string(&draw).unwrap_or_else(|_| "not verified".into()),
+                ));
+            }
+        }
         if !report.intact {
             observed.broken_chains.push((
                 raffle,

@@ -38,6 +38,7 @@ impl Writer {
             meta: CommandMeta::system("expiry"),
             reply,
             span: tracing::info_span!(parent: None, "engine.expire", raffle_id = %self.raffle_id),
+            appended: Default::default(),
         };
         self.process(vec![Message::Command(Box::new(request))])
             .await;

@@ -85,6 +85,7 @@ impl Writer {
             let outcome = if decided.batch.is_empty() {
                 Ok(())
             } else {
+                requests.iter().for_each(CommandRequest::mark_appended);
                 let span = super::pipeline::batch_span(self.raffle_id, requests, events);
                 let task = self
                     .engine

@@ -49,6 +49,16 @@ pub(crate) struct CommandRequest {
     /// The caller's span (`engine.execute`): the group commit that carries the command
     /// becomes its child, or is linked to it.
     pub span: tracing::Span,
+    /// Set once the command is handed to an append: from then on, a caller left without
+    /// an answer cannot be told it did not commit.
+    pub appended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommandRequest {
+    pub(super) fn mark_appended(&self) {
+        self.appended
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 struct Writer {

@@ -98,6 +98,10 @@ impl Writer {
         let start = batch.append.base_sequence;
         let span = batch_span(self.raffle_id, &batch.requests, events);
         let task = (!batch.append.is_empty()).then(|| {
+            batch
+                .requests
+                .iter()
+                .for_each(CommandRequest::mark_appended);
             self.engine
                 .inner
                 .commits
@@ -176,6 +180,18 @@ impl Writer {
                 return;
             }
         };
+        // Test seam: the writer dies holding a batch in doubt (as a panic would).
+        if failure.maybe_stored
+            && flight.events > 0
+            && self
+                .engine
+                .inner
+                .faults
+                .as_ref()
+                .is_some_and(|faults| faults.take_writer_crash())
+        {
+            panic!("writer crash injected with an append in doubt");
+        }
         let void = self.pending.take().map(|batch| batch.requests);
         let confirmation = if failure.maybe_stored && flight.events > 0 {
             Some(self.confirm(flight.start, &flight.end).await)
