@@ -8,6 +8,7 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod http;
 mod report;
 mod sys;
 mod webhooks;
@@ -36,6 +37,17 @@ enum Command {
     Engine(engine::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// One 10M raffle over HTTP against the real `tombola serve`: reservations/s and p99,
+    /// against a no-op authenticated route and the row-lock approach in the same run.
+    Hot(http::hot::Args),
+    /// 500 raffles × 50,000 tickets, Zipf-skewed buyers, over HTTP.
+    Many(http::many::Args),
+    /// 50,000 holds falling due in the same second while reservations continue.
+    Expiry(http::expiry::Args),
+    /// Many big, mostly sold raffles resident: RSS, cold start and load, reservations.
+    Mega(http::mega::Args),
+    /// Every scenario, one after the other (`--quick`: small sizes, for CI).
+    All(http::all::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +56,11 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Hot(args) => http::hot::run(args),
+        Command::Many(args) => http::many::run(args),
+        Command::Expiry(args) => http::expiry::run(args),
+        Command::Mega(args) => http::mega::run(args),
+        Command::All(args) => http::all::run(args),
     };
     report::finish(outcome)
 }
