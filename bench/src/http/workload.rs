@@ -119,13 +119,6 @@ impl TombolaBuyer {
             release: 0.2,
         }
     }
-
-    /// Only reservations, nothing paid or released (e.g. holds that must stay).
-    pub fn reserving_only(mut self) -> Self {
-        self.pay = 0.0;
-        self.release = 0.0;
-        self
-    }
 }
 
 impl Buyer for TombolaBuyer {
