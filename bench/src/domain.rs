@@ -16,7 +16,7 @@ mod mirror;
 mod naive;
 mod pick_profile;
 mod verify;
-mod workload;
+pub(crate) mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -441,7 +441,7 @@ async fn cqrs_snapshots_are_sound(store: &Store) -> Result<bool, String> {
 
 /// Replays the committed log: numbers issued to two live orders at once (must be 0), and
 /// the count invariant.
-async fn check_log(store: &Store, raffle_id: Uuid, tickets: u32) -> Result<u64, String> {
+pub(crate) async fn check_log(store: &Store, raffle_id: Uuid, tickets: u32) -> Result<u64, String> {
     // Read the payloads directly: the baseline's events carry cqrs-es's (empty) metadata.
     let payloads: Vec<String> = sqlx::query_scalar(
         "SELECT payload::text FROM events WHERE aggregate_type = 'raffle' AND aggregate_id = $1 ORDER BY sequence",

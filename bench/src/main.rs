@@ -12,6 +12,8 @@ mod export;
 mod limits;
 
 mod rebuild;
+
+mod http;
 mod report;
 mod routing;
 mod sys;
@@ -60,6 +62,18 @@ enum Command {
     /// What wrong routing costs: two nodes, each raffle on one of them vs every request to
     /// either, same run.
     Routing(routing::Args),
+
+    /// One 10M raffle over HTTP against the real `tombola serve`: reservations/s and p99,
+    /// against a no-op authenticated route and the row-lock approach in the same run.
+    Hot(http::hot::Args),
+    /// 500 raffles × 50,000 tickets, Zipf-skewed buyers, over HTTP.
+    Many(http::many::Args),
+    /// 50,000 holds falling due in the same second while reservations continue.
+    Expiry(http::expiry::Args),
+    /// Many big, mostly sold raffles resident: RSS, cold start and load, reservations.
+    Mega(http::mega::Args),
+    /// Every scenario, one after the other (`--quick`: small sizes, for CI).
+    All(http::all::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +89,12 @@ fn main() -> ExitCode {
         Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),
+
+        Command::Hot(args) => http::hot::run(args),
+        Command::Many(args) => http::many::run(args),
+        Command::Expiry(args) => http::expiry::run(args),
+        Command::Mega(args) => http::mega::run(args),
+        Command::All(args) => http::all::run(args),
     };
     report::finish(outcome)
 }

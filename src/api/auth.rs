@@ -19,7 +19,9 @@ use super::error::ApiError;
 use super::AppState;
 use crate::store::Store;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Operators: everything.
@@ -351,4 +353,25 @@ impl FromRequestParts<AppState> for Caller {
         super::rate_limit::check_key(state, parts, caller.key_id).await?;
         Ok(caller)
     }
+}
+
+/// Who the key is: its id, role and organizer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub key_id: Uuid,
+    pub role: Role,
+    pub organizer_id: Option<String>,
+}
+
+/// The calling key's id, role and organizer. It passes the same authentication and rate
+/// limits as every other call and touches no raffle, so it is also the cheapest
+/// authenticated route: `tombola-bench hot` measures the HTTP ceiling with it (`vs_noop`).
+#[utoipa::path(get, path = "/v1/whoami", tag = "operations",
+    responses((status = 200, body = WhoAmI)), security(("api_key" = [])))]
+pub async fn whoami(caller: Caller) -> axum::Json<WhoAmI> {
+    axum::Json(WhoAmI {
+        key_id: caller.key_id,
+        role: caller.role,
+        organizer_id: caller.organizer_id,
+    })
 }

@@ -294,6 +294,7 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
+        .routes(routes!(auth::whoami))
         .split_for_parts();
     let openapi = Arc::new(spec::complete(&openapi));
     routes

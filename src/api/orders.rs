@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::views::{BuyerBody, OrderBody};
+use super::views::{reserved_view, BuyerBody, OrderBody};
 use super::{command_meta, ApiJson, AppState, Path};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -77,14 +77,26 @@ pub async fn reserve(
     });
     let applied = state.engine.execute(id, command, meta).await?;
     let position = super::read::position_headers(id, &applied);
+    let replayed = applied.replayed;
     let events: Vec<_> = applied.events.into_iter().map(|e| e.event).collect();
-    // A replayed reservation names the order the first attempt created.
-    let order_id = events.iter().find_map(|e| e.order_id()).unwrap_or(order_id);
-    let view = state
-        .engine
-        .read(id, move |raffle| raffle.order(order_id))
-        .await?
-        .ok_or(ApiError::NotFound("order"))?;
+    // A new reservation is answered from its own committed event: reading the raffle again
+    // waits for every append in flight, which stalls the writer's pipeline (decision 0019).
+    // A replayed one names the order the first attempt created, which may have been paid or
+    // released since: that one is read.
+    let fresh = (!replayed)
+        .then(|| events.iter().find_map(reserved_view))
+        .flatten();
+    let view = match fresh {
+        Some(view) => view,
+        None => {
+            let order_id = events.iter().find_map(|e| e.order_id()).unwrap_or(order_id);
+            state
+                .engine
+                .read(id, move |raffle| raffle.order(order_id))
+                .await?
+                .ok_or(ApiError::NotFound("order"))?
+        }
+    };
     Ok((
         StatusCode::CREATED,
         position,

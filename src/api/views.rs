@@ -180,6 +180,39 @@ pub struct OrderBody {
     pub receipt: Option<Anchor>,
 }
 
+/// The order exactly as [`Raffle::order`] shows it right after `event` (a `TicketsReserved`)
+/// is applied: times in whole seconds as the raffle keeps them (reserved rounded down, the
+/// hold's end up); `None` for any other event. A new reservation is answered with it rather
+/// than by reading the raffle again (decision 0019).
+pub fn reserved_view(event: &RaffleEvent) -> Option<OrderView> {
+    let RaffleEvent::TicketsReserved {
+        order_id,
+        amount_minor,
+        currency,
+        numbers,
+        at,
+        expires_at,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+    let up = |t: DateTime<Utc>| {
+        whole(t) + chrono::Duration::seconds(i64::from(t.timestamp_subsec_nanos() > 0))
+    };
+    Some(OrderView {
+        order_id: *order_id,
+        status: OrderStatus::Reserved,
+        numbers: numbers.clone(),
+        amount_minor: *amount_minor,
+        currency: *currency,
+        reserved_at: whole(*at),
+        expires_at: up(*expires_at),
+        issued_at: None,
+    })
+}
+
 impl OrderBody {
     /// The live order from the aggregate, completed with its buyer and payment from its
     /// events (the aggregate keeps only what decisions need).
@@ -270,6 +303,54 @@ impl OrderBody {
             payment: issuing_payment.or(payment),
             flags,
             receipt: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod reserved_view_tests {
+    use std::sync::Arc;
+
+    use tombola_domain::{
+        Buyer, CreateRaffle, FixedClock, RaffleCommand, RaffleServices, Reserve, Selection,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_reservation_event_shows_the_order_as_the_raffle_does() {
+        // Sub-second times: the raffle keeps whole seconds.
+        let now = DateTime::from_timestamp(1_800_000_000, 250_000_000).unwrap();
+        let services = RaffleServices::deterministic(7, Arc::new(FixedClock::new(now)));
+        let raffle_id = Uuid::now_v7();
+        let mut raffle = Raffle::default();
+        let buyer = Buyer::parse("Ada", "ada@example.com", None).unwrap();
+        let mut commands = vec![
+            RaffleCommand::Create(CreateRaffle::example(raffle_id, 1_000)),
+            RaffleCommand::OpenSales,
+        ];
+        let orders = [Uuid::now_v7(), Uuid::now_v7()];
+        for (order_id, selection) in orders
+            .into_iter()
+            .zip([Selection::Numbers(vec![9, 2, 5]), Selection::Random(3)])
+        {
+            commands.push(RaffleCommand::Reserve(Reserve {
+                order_id,
+                buyer: buyer.clone(),
+                selection,
+            }));
+        }
+        let mut reserved = Vec::new();
+        for command in commands {
+            for event in raffle.decide(command, &services).unwrap() {
+                raffle.apply_event(&event);
+                reserved.extend(reserved_view(&event));
+            }
+        }
+        assert_eq!(reserved.len(), 2);
+        for view in reserved {
+            assert_eq!(Some(view.clone()), raffle.order(view.order_id));
+            assert_eq!(view.reserved_at.timestamp_subsec_nanos(), 0);
         }
     }
 }

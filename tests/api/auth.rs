@@ -328,3 +328,15 @@ async fn the_cli_lists_revokes_and_rotates_keys() {
         .success());
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn whoami_names_the_calling_key_and_needs_one() {
+    let app = spawn_app().await;
+    let response = app.get("/v1/whoami", &app.client_key).await;
+    let body = expect_json(response, StatusCode::OK).await;
+    assert_eq!(body["key_id"], key_id(&app.client_key).to_string());
+    assert_eq!(body["role"], "client");
+    assert!(body["organizer_id"].is_string());
+    let response = app.http.get(app.url("/v1/whoami")).send().await.unwrap();
+    expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}

@@ -68,6 +68,7 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/v1/whoami"),
     ("GET", "/openapi.json"),
 ];
 
