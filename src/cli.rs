@@ -39,9 +39,10 @@ pub enum Command {
     /// The inbox of payment provider deliveries.
     #[command(subcommand)]
     Inbox(InboxCommand),
-    /// Prove the log was not edited: verify hash chains, heads and receipts.
-    #[command(subcommand)]
-    Audit(AuditCommand),
+    /// The audit trail: a raffle's events by order, ticket, payment, actor, type and time
+    /// (`tombola audit RAFFLE …`), its exports (`--exports`), or proofs that the log was not
+    /// edited (`tombola audit verify`).
+    Audit(AuditArgs),
     /// Prove a draw was fair: recompute its winners from the log.
     #[command(subcommand)]
     Draw(DrawCommand),
@@ -49,10 +50,42 @@ pub enum Command {
     Export(ExportArgs),
     /// The read models: status and rebuilds.
     Projections(ProjectionsArgs),
+    /// Outbound webhooks: endpoints, deliveries, redelivery and recovery.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Delete expired idempotency records, old settled deliveries and idle rate-limit
     /// buckets now (the server does it every TOMBOLA_RETENTION_INTERVAL_SECS); prints the
     /// counts as JSON.
     Retention(RetentionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Every endpoint (one organizer's with --organizer), one JSON line each.
+    List {
+        #[arg(long)]
+        organizer: Option<String>,
+    },
+    /// An endpoint's deliveries, newest first, one JSON line each.
+    Deliveries {
+        endpoint: uuid::Uuid,
+        /// pending, succeeded or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Send one message to an endpoint again, with a fresh retry schedule.
+    Redeliver {
+        endpoint: uuid::Uuid,
+        msg_id: String,
+    },
+    /// Send again every message to an endpoint that failed since a time (RFC 3339).
+    Recover {
+        endpoint: uuid::Uuid,
+        #[arg(long)]
+        since: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,12 +114,53 @@ pub enum ProjectionsCommand {
     /// Rebuild a projection from the log into shadow tables and swap them in; the live
     /// tables keep serving meanwhile. Interrupted, it resumes where it stopped.
     Rebuild {
-        /// orders, tickets, raffle_stats, platform_stats or audit_index.
+        /// orders, tickets, raffle_stats, platform_stats, audit_index, or all (every
+        /// projection from one read of the log).
         name: String,
         /// Only this raffle (not for platform_stats, which sums across raffles).
         #[arg(long)]
         raffle: Option<uuid::Uuid>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// The raffle whose trail to show.
+    #[arg(required = true)]
+    pub raffle: Option<uuid::Uuid>,
+    /// Events about this order.
+    #[arg(long)]
+    pub order: Option<uuid::Uuid>,
+    /// Events that touched this ticket number.
+    #[arg(long)]
+    pub ticket: Option<u32>,
+    /// Events about this payment id or manual payment reference.
+    #[arg(long)]
+    pub payment: Option<String>,
+    /// Events caused by this actor (`key:<id>`, `system`, …).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Events of this type, e.g. TicketsIssued.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// RFC 3339: events recorded from this instant on.
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// RFC 3339: events recorded before this instant.
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The raffle's exports (who took its data, when, with which filters) instead of events.
+    #[arg(long, conflicts_with_all = ["order", "ticket", "payment", "actor", "event_type"])]
+    pub exports: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The read database (the audit index), when it is not the write database.
+    #[arg(long, env = "TOMBOLA_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,23 +200,47 @@ pub struct ExportArgs {
     /// What to export.
     #[arg(long, value_enum, default_value_t = ExportWhat::Events)]
     pub what: ExportWhat,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
-    pub format: ExportFormat,
+    /// Output format: ndjson for events, csv for tickets and orders (default: the one that
+    /// fits `--what`).
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
     /// Write here instead of stdout.
     #[arg(short, long)]
     pub output: Option<std::path::PathBuf>,
+    /// CSV header language, es or en (default: es for MXN raffles, en otherwise).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// CSV: comma-separated statuses (tickets: held, sold; orders: reserved, paid, …).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// CSV: RFC 3339, rows from this instant on.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// CSV: RFC 3339, rows before this instant.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// CSV: part of the buyer's name, e-mail or phone, or of the payment reference.
+    #[arg(long)]
+    pub q: Option<String>,
+    /// The read database (the read models), when it is not the write database.
+    #[arg(long, env = "TOMBOLA_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportWhat {
     /// The whole event log with metadata and chain hashes.
     Events,
+    /// One row per held or sold ticket, with its buyer.
+    Tickets,
+    /// One row per order.
+    Orders,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     Ndjson,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,12 +455,24 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
             }
             eprintln!("tombola: {event_id} queued again");
         }
-        Command::Audit(AuditCommand::Verify {
+        Command::Audit(AuditArgs {
+            command: None,
             raffle,
-            all: _,
-            expect_head,
-            receipt,
-            json,
+            ..
+        }) if raffle.is_none() => anyhow::bail!("name a raffle, or use `tombola audit verify`"),
+        Command::Audit(args @ AuditArgs { command: None, .. }) => {
+            audit_trail(args, database).await?
+        }
+        Command::Audit(AuditArgs {
+            command:
+                Some(AuditCommand::Verify {
+                    raffle,
+                    all: _,
+                    expect_head,
+                    receipt,
+                    json,
+                }),
+            ..
         }) => {
             let expectations = Expectations {
                 heads: expect_head,
@@ -377,7 +487,44 @@ async fn execute(command: Command, database: &Database) -> anyhow::Result<()> {
                 anyhow::bail!("the draw of {raffle} does not verify");
             }
         }
-        Command::Export(args) => export(&database.store, args).await?,
+        Command::Export(args) => export(database, args).await?,
+        Command::Webhooks(command) => webhooks(command, &database.store).await?,
+    }
+    Ok(())
+}
+
+/// `tombola webhooks …`: the same operations as the API, as an operator (every organizer).
+/// A running server's worker picks requeued deliveries up at its next poll.
+async fn webhooks(command: WebhooksCommand, store: &Store) -> anyhow::Result<()> {
+    use crate::webhooks::{deliveries, endpoints};
+    let pool = store.pool();
+    let now = chrono::Utc::now();
+    match command {
+        WebhooksCommand::List { organizer } => {
+            let scope = organizer.map_or(endpoints::Scope::All, endpoints::Scope::Organizer);
+            for endpoint in endpoints::list(pool, &scope).await? {
+                println!("{}", serde_json::to_string(&endpoint)?);
+            }
+        }
+        WebhooksCommand::Deliveries {
+            endpoint,
+            status,
+            limit,
+        } => {
+            for delivery in deliveries::list(pool, endpoint, status.as_deref(), limit).await? {
+                println!("{}", serde_json::to_string(&delivery)?);
+            }
+        }
+        WebhooksCommand::Redeliver { endpoint, msg_id } => {
+            if !deliveries::redeliver(pool, endpoint, &msg_id, "operator", now).await? {
+                anyhow::bail!("endpoint {endpoint} has no message {msg_id}");
+            }
+            eprintln!("tombola: {msg_id} queued for {endpoint}");
+        }
+        WebhooksCommand::Recover { endpoint, since } => {
+            let requeued = deliveries::recover(pool, endpoint, since, now).await?;
+            eprintln!("tombola: {requeued} failed deliveries since {since} queued again");
+        }
     }
     Ok(())
 }
@@ -427,37 +574,196 @@ async fn audit_verify(
     Ok(())
 }
 
-/// Streams an export to a file or stdout; progress (rows/s, ETA) goes to stderr.
-async fn export(store: &Store, args: ExportArgs) -> anyhow::Result<()> {
+/// The read database a command reads the read models from: its own, or the write database.
+async fn read_pool(url: Option<&str>, database: &Database) -> anyhow::Result<sqlx::PgPool> {
+    Ok(match url {
+        Some(url) => sqlx::PgPool::connect(url).await?,
+        None => database.store.pool().clone(),
+    })
+}
+
+/// Who runs an operator command, as the exports log records it.
+fn operator() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("operator:{user}")
+}
+
+/// Streams an export to a file or stdout; progress (rows/s, ETA) goes to stderr. Recorded in
+/// the exports log like an export over HTTP.
+async fn export(database: &Database, args: ExportArgs) -> anyhow::Result<()> {
+    use crate::export::csv::{CsvFilter, Dataset, Lang, Terms};
+    use crate::export::log::{finish, start, NewExport, Outcome};
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let ExportArgs {
-        raffle,
-        what: ExportWhat::Events,
-        format: ExportFormat::Ndjson,
-        output,
-    } = args;
-    let total = crate::audit::log::stream_length(store.pool(), raffle).await?;
-    let options = store.pool().connect_options();
-    let mut chunks = crate::export::events::events_ndjson(&options, raffle).await?;
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &output {
+    let store = &database.store;
+    let raffle = args.raffle;
+    let format = args.format.unwrap_or(match args.what {
+        ExportWhat::Events => ExportFormat::Ndjson,
+        ExportWhat::Tickets | ExportWhat::Orders => ExportFormat::Csv,
+    });
+    let actor = operator();
+    let (chunks, total, filters) = match (args.what, format) {
+        (ExportWhat::Events, ExportFormat::Ndjson) => {
+            let total = crate::audit::log::stream_length(store.pool(), raffle).await?;
+            let options = store.pool().connect_options();
+            let chunks = crate::export::events::events_ndjson(&options, raffle).await?;
+            (chunks, total, serde_json::json!({}))
+        }
+        (ExportWhat::Tickets | ExportWhat::Orders, ExportFormat::Csv) => {
+            let dataset = if args.what == ExportWhat::Tickets {
+                Dataset::Tickets
+            } else {
+                Dataset::Orders
+            };
+            let config = crate::store::raffle_config(store, raffle)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no raffle {raffle}"))?;
+            let lang = Lang::parse(args.lang.as_deref(), &config)
+                .map_err(|reason| anyhow::anyhow!("--lang {reason}"))?;
+            let filter = CsvFilter::parse(
+                dataset,
+                args.status.as_deref(),
+                args.since.as_deref(),
+                args.until.as_deref(),
+                args.q.as_deref(),
+            )
+            .map_err(|(field, reason)| anyhow::anyhow!("--{field} {reason}"))?;
+            let read = read_pool(args.read_database_url.as_deref(), database).await?;
+            let total = crate::export::csv::row_estimate(&read, raffle, dataset).await?;
+            let options = read.connect_options();
+            let terms = Terms::from(&config);
+            let chunks =
+                crate::export::csv::csv(&options, raffle, dataset, &terms, lang, &filter).await?;
+            let mut filters = serde_json::to_value(&filter)?;
+            filters["lang"] = serde_json::to_value(lang)?;
+            (chunks, total, filters)
+        }
+        (what, format) => anyhow::bail!("{what:?} cannot be exported as {format:?}"),
+    };
+    let what = match args.what {
+        ExportWhat::Events => "events",
+        ExportWhat::Tickets => "tickets",
+        ExportWhat::Orders => "orders",
+    };
+    let format_name = match format {
+        ExportFormat::Ndjson => "ndjson",
+        ExportFormat::Csv => "csv",
+    };
+    let export_id = start(
+        store.pool(),
+        &NewExport {
+            raffle_id: raffle,
+            actor: &actor,
+            source: "operator",
+            what,
+            format: format_name,
+            filters,
+            request_id: None,
+        },
+    )
+    .await?;
+    let mut chunks = chunks;
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.output {
         Some(path) => Box::new(tokio::fs::File::create(path).await?),
         None => Box::new(tokio::io::stdout()),
     };
     let bar = crate::progress::bar(total, "rows");
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        bar.inc(chunk.iter().filter(|&&b| b == b'\n').count() as u64);
-        out.write_all(&chunk).await?;
+    let mut bytes = 0u64;
+    // CSV fields may hold newlines inside quotes: the count is a progress estimate only.
+    let written = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            bar.inc(chunk.iter().filter(|&&b| b == b'\n').count() as u64);
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok::<(), anyhow::Error>(())
     }
-    out.flush().await?;
+    .await;
+    let outcome = if written.is_ok() {
+        Outcome::Completed
+    } else {
+        Outcome::Failed
+    };
+    finish(store.pool(), export_id, outcome, bytes).await?;
+    written?;
     bar.finish_and_clear();
-    if let Some(path) = output {
+    if let Some(path) = args.output {
         eprintln!(
             "tombola: {} rows written to {}",
             bar.position(),
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// `tombola audit RAFFLE …`: the matching events (or the raffle's exports), every page.
+async fn audit_trail(args: AuditArgs, database: &Database) -> anyhow::Result<()> {
+    use crate::audit::trail::{query, TrailQuery};
+    let raffle = args.raffle.expect("clap requires it without a subcommand");
+    if args.exports {
+        let mut after = None;
+        loop {
+            let page = crate::export::log::list(database.store.pool(), raffle, after, 500).await?;
+            for entry in &page {
+                if args.json {
+                    println!("{}", serde_json::to_string(entry)?);
+                } else {
+                    println!(
+                        "{}\t{}\t{}\t{}.{}\t{}\t{}",
+                        entry.started_at.to_rfc3339(),
+                        entry.export_id,
+                        entry.actor,
+                        entry.what,
+                        entry.format,
+                        entry.outcome,
+                        entry.filters
+                    );
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after = Some(last.export_id),
+                _ => break,
+            }
+        }
+        return Ok(());
+    }
+    let read = read_pool(args.read_database_url.as_deref(), database).await?;
+    let mut filter = TrailQuery {
+        order_id: args.order,
+        ticket: args.ticket,
+        payment_id: args.payment,
+        actor: args.actor,
+        event_type: args.event_type,
+        since: args.since.map(|t| t.to_utc()),
+        until: args.until.map(|t| t.to_utc()),
+        after_sequence: 0,
+        limit: 1_000,
+    };
+    loop {
+        let page = query(&read, database.store.pool(), raffle, &filter).await?;
+        for event in &page.events {
+            if args.json {
+                println!("{}", serde_json::to_string(event)?);
+            } else {
+                let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    event.sequence,
+                    text(&event.recorded_at),
+                    event.event_type,
+                    text(&event.actor),
+                    text(&event.source),
+                    text(&event.request_id)
+                );
+            }
+        }
+        match page.next_after_sequence {
+            Some(next) => filter.after_sequence = next,
+            None => break,
+        }
     }
     Ok(())
 }
@@ -501,9 +807,16 @@ async fn projections(args: ProjectionsArgs, database: &Database) -> anyhow::Resu
                     }
                 })
             };
-            let outcome = handle
-                .rebuild(&name, raffle, |total| bar.set_length(total))
-                .await;
+            let outcome = if name == "all" && raffle.is_none() {
+                let names: Vec<&str> = handle.projections().iter().map(|p| p.name()).collect();
+                handle
+                    .rebuild_all(&names, |total| bar.set_length(total))
+                    .await
+            } else {
+                handle
+                    .rebuild(&name, raffle, |total| bar.set_length(total))
+                    .await
+            };
             ticker.abort();
             bar.set_position(handle.rebuilt_events());
             outcome?;

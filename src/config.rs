@@ -97,6 +97,29 @@ pub struct ServeArgs {
     #[arg(long, env = "TOMBOLA_MIN_POSITION_WAIT_MS", default_value_t = defaults::MIN_POSITION_WAIT_MS)]
     pub min_position_wait_ms: u64,
 
+    /// Exports and log verifications that may run at once on this node; the next gets 429
+    /// with Retry-After. Each holds one PostgreSQL connection of its own while it streams.
+    #[arg(long, env = "TOMBOLA_MAX_EXPORTS", default_value_t = defaults::MAX_EXPORTS)]
+    pub max_exports: usize,
+    // Outbound webhooks (docs/WEBHOOKS.md).
+    /// Delays before each retry of an outbound webhook (units ms, s, m, h); after the last
+    /// one fails the message is dead-lettered.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_RETRY_SCHEDULE", default_value = crate::webhooks::DEFAULT_SCHEDULE)]
+    pub webhook_retry_schedule: crate::webhooks::Schedule,
+    /// Allow webhook endpoints on loopback, private and link-local addresses, and plain
+    /// http (tests, on-premise installations).
+    #[arg(
+        long,
+        env = "TOMBOLA_WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        default_value_t = false
+    )]
+    pub webhook_allow_private_targets: bool,
+    /// Outbound webhook attempts in flight on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_CONCURRENCY", default_value_t = 64)]
+    pub webhook_concurrency: usize,
+    /// Run the outbound webhook subscriber and delivery worker on this node.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_worker: bool,
     #[command(flatten)]
     pub limits: LimitsArgs,
 }
@@ -157,6 +180,10 @@ pub struct Settings {
     /// The read models' database; `None`: the write database.
     pub read_database_url: Option<String>,
     pub min_position_wait: Duration,
+    /// Exports and verifications at once per node (at least 1).
+    pub max_exports: usize,
+    /// Outbound webhooks: delivery settings.
+    pub webhooks: crate::webhooks::Config,
     /// Overrides of the per-class limits (`TOMBOLA_RATE_LIMITS`).
     pub rate_limits: Vec<crate::limits::LimitRule>,
     pub rate_limit_lease: Duration,
@@ -183,6 +210,8 @@ impl Default for Settings {
             payment_workers: PAYMENT_WORKERS,
             read_database_url: None,
             min_position_wait: Duration::from_millis(MIN_POSITION_WAIT_MS),
+            max_exports: MAX_EXPORTS,
+            webhooks: crate::webhooks::Config::default(),
             rate_limits: Vec::new(),
             rate_limit_lease: Duration::from_millis(RATE_LIMIT_LEASE_MS),
             trusted_proxies: Vec::new(),
@@ -207,6 +236,7 @@ mod defaults {
     pub const STRIPE_TOLERANCE_SECS: i64 = 300;
     pub const PAYMENT_WORKERS: usize = 2;
     pub const MIN_POSITION_WAIT_MS: u64 = 2000;
+    pub const MAX_EXPORTS: usize = crate::api::DEFAULT_HEAVY_READS;
     pub const RATE_LIMIT_LEASE_MS: u64 = 100;
     pub const IDEMPOTENCY_TTL_HOURS: u64 = 24;
     pub const INBOX_RETENTION_DAYS: u64 = 30;
@@ -229,6 +259,14 @@ impl From<ServeArgs> for Settings {
             payment_workers: args.payment_workers,
             read_database_url: args.read_database_url,
             min_position_wait: Duration::from_millis(args.min_position_wait_ms),
+            max_exports: args.max_exports,
+            webhooks: crate::webhooks::Config {
+                retry_schedule: args.webhook_retry_schedule.0,
+                allow_private_targets: args.webhook_allow_private_targets,
+                concurrency: args.webhook_concurrency.max(1),
+                enabled: args.webhook_worker,
+                ..crate::webhooks::Config::default()
+            },
             rate_limits: args.limits.rate_limits,
             rate_limit_lease: Duration::from_millis(args.limits.rate_limit_lease_ms),
             trusted_proxies: args.limits.trusted_proxies,

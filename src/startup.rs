@@ -33,6 +33,8 @@ pub struct Application {
     payment_workers: usize,
     listener_task: tokio::task::AbortHandle,
     read_side: ReadSide,
+    webhooks: crate::webhooks::Webhooks,
+    webhooks_running: crate::webhooks::Running,
     /// Stops the retention passes at shutdown.
     retention: CancellationToken,
 }
@@ -67,6 +69,21 @@ impl Application {
             },
         );
         let read_side = start_read_side(args, &store, &engine).await?;
+        // Outbound webhooks on a small pool of their own: deliveries never take the
+        // connections requests need, and a burst of them never fills the server's.
+        let webhooks = crate::webhooks::Webhooks::new(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(args.webhooks.db_connections.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(
+                    (*store.pool().connect_options())
+                        .clone()
+                        .application_name("tombola-webhooks"),
+                ),
+            args.webhooks.clone(),
+            clock.clone(),
+        );
+        let webhooks_running = crate::webhooks::start(&webhooks, &engine).await?;
         let resumed = engine.resume_on_sale().await?;
         tracing::info!(resumed, "raffles on sale loaded");
         let listener_task = crate::engine::remote_commits::listen(engine.clone(), store.clone());
@@ -110,7 +127,9 @@ impl Application {
             payments.clone(),
         )
         .with_read_side(read_side.handle.clone(), args.min_position_wait)
-        .with_trusted_proxies(TrustedProxies::new(args.trusted_proxies.clone()));
+        .with_webhooks(webhooks.clone())
+        .with_trusted_proxies(TrustedProxies::new(args.trusted_proxies.clone()))
+        .with_heavy_read_limit(args.max_exports);
         let router = api::router(state, args.request_timeout, args.body_limit_bytes);
         let listener = TcpListener::bind(args.listen).await?;
         Ok(Self {
@@ -121,6 +140,8 @@ impl Application {
             payment_workers: args.payment_workers,
             listener_task,
             read_side,
+            webhooks,
+            webhooks_running,
             retention,
         })
     }
@@ -137,6 +158,16 @@ impl Application {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Outbound webhooks: their pool, settings and clock.
+    pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.webhooks
+    }
+
+    /// The outbound webhooks' subscriber runtime, when this node runs it.
+    pub fn webhooks_outbox(&self) -> Option<&RuntimeHandle> {
+        self.webhooks_running.outbox()
     }
 
     /// The projection runtime's handle: status, positions, wake-ups.
@@ -172,6 +203,8 @@ impl Application {
         }
         self.engine.shutdown().await;
         self.listener_task.abort();
+        // Deliveries in flight are left to their leases: sent again by whoever runs next.
+        self.webhooks_running.stop().await;
         // Projections stop last: a batch in flight is rolled back and redone at next start.
         self.read_side.wakeups.abort();
         self.read_side.stop.cancel();

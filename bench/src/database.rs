@@ -21,31 +21,42 @@ pub async fn fresh(max_connections: u32) -> Result<(Store, String), String> {
     Ok((store, url))
 }
 
-/// A new, migrated database named `<prefix>_<uuid>` (benches name theirs after their
-/// owner); its URL is for [`discard`].
+/// Like [`fresh`], named `<prefix>_<random>` (several people may bench on one server).
 pub async fn fresh_named(prefix: &str, max_connections: u32) -> Result<(Store, String), String> {
     use sqlx::{ConnectOptions, Connection};
-    let server: sqlx::postgres::PgConnectOptions = tombola::testing::server_url()
-        .parse()
-        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    use std::str::FromStr;
+    let valid = !prefix.is_empty()
+        && prefix.len() <= 30
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err("the database prefix must be 1-30 of a-z, 0-9 and _".into());
+    }
+    let failed = |e: sqlx::Error| format!("creating the bench database: {e}");
+    let server = sqlx::postgres::PgConnectOptions::from_str(&tombola::testing::server_url())
+        .map_err(failed)?;
     let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
     let mut admin = server
         .clone()
         .database("postgres")
         .connect()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
-        .map_err(|e| format!("creating the bench database: {e}"))?;
-    let _ = admin.close().await;
+        .map_err(failed)?;
+    admin.close().await.map_err(failed)?;
     let url = server.database(&name).to_url_lossy().to_string();
     CREATED.lock().expect("registry").push(url.clone());
     let store = Store::connect(&url, max_connections)
         .await
-        .map_err(|e| e.to_string())?;
-    store.migrate().await.map_err(|e| e.to_string())?;
+        .map_err(|e| format!("connecting to the bench database: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migrating the bench database: {e}"))?;
     Ok((store, url))
 }
 

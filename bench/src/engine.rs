@@ -28,6 +28,8 @@ use uuid::Uuid;
 
 use crate::report::{BenchResult, Report};
 
+mod read_side;
+
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Tickets in the hot raffle.
@@ -42,6 +44,10 @@ pub struct Args {
     /// Connections for each system's pool.
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// Also drive the engine with the projection runtime on (its own fresh database):
+    /// `read_side_cost_ratio` (commands/s with it / without it) and `projection_lag_p99_ms`.
+    #[arg(long)]
+    projections: bool,
 }
 
 const PRICE: i64 = 500;
@@ -85,6 +91,11 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let snapshot_sound = cqrs_snapshots_are_sound(&store).await?;
     // Gone before the baseline starts, so that its pages are not written out in that window.
     crate::database::discard(store, &url).await?;
+    let read_side = if args.projections {
+        Some(read_side::run(args).await?)
+    } else {
+        None
+    };
     let (baseline_store, baseline_url) = crate::database::fresh(args.connections).await?;
     let baseline_target =
         CqrsTarget::new(baseline_store.clone(), args.tickets, snapshot_sound).await?;
@@ -118,6 +129,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "ratio": if baseline.per_sec() > 0.0 { (tombola.per_sec() / baseline.per_sec() * 10.0).round() / 10.0 } else { f64::INFINITY },
         "oversold": oversold,
         "baseline_oversold": baseline_oversold,
+        "read_side": read_side.as_ref().map(|r| r.figures(tombola.per_sec())),
+        "read_side_cost_ratio": read_side.as_ref().map(|r| crate::report::ratio(r.outcome.per_sec(), tombola.per_sec())),
+        "projection_lag_p99_ms": read_side.as_ref().map(|r| r.lag_ms(0.99)),
     }))
 }
 

@@ -8,11 +8,15 @@ mod alloc;
 mod database;
 mod domain;
 mod engine;
+mod export;
 mod limits;
+
+mod rebuild;
 mod report;
 mod routing;
 mod sys;
 mod webhooks;
+mod webhooks_out;
 
 use std::process::ExitCode;
 
@@ -36,8 +40,17 @@ enum Command {
     /// One hot raffle through Tombola's engine (group commit) against cqrs-es's
     /// `CqrsFramework` + postgres-es, same aggregate and workload, real PostgreSQL.
     Engine(engine::Args),
+    /// Every projection rebuilt from a log of millions of events, against a plain ordered
+    /// read of the same events (issue 13).
+    Rebuild(rebuild::Args),
     /// Signed Stripe deliveries over HTTP: acknowledgement latency, issue lag, duplicates.
     Webhooks(webhooks::Args),
+    /// A fully sold raffle's tickets.csv over HTTP against a plain COPY of the same rows:
+    /// rows/s, first byte, server memory growth; and `audit verify` of its log.
+    Export(export::Args),
+    /// Outbound webhooks: messages/s to loopback receivers (fast, slow, dead), delivery lag
+    /// from commit, none lost, and the reservation's p99 against a run without endpoints.
+    WebhooksOut(webhooks_out::Args),
     /// Fault injection over several `tombola serve` processes on a PostgreSQL the harness
     /// owns; checks the log against every answer the clients got (docs/RELIABILITY.md).
     Chaos(tombola_bench::chaos::Args),
@@ -55,6 +68,10 @@ fn main() -> ExitCode {
         Command::Domain(args) => domain::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Export(args) => export::run(args),
+        Command::WebhooksOut(args) => webhooks_out::run(args),
+
+        Command::Rebuild(args) => rebuild::run(args),
         Command::Chaos(args) => chaos(args),
         Command::Limits(args) => limits::run(args),
         Command::Routing(args) => routing::run(args),

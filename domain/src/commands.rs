@@ -58,6 +58,9 @@ pub struct CreateRaffle {
     pub draw_commitment: String,
     pub late_payment_policy: LatePaymentPolicy,
     pub plus_addressing: PlusAddressing,
+    /// IANA time zone the raffle's times are shown in (exports); `None`: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl CreateRaffle {
@@ -86,6 +89,7 @@ impl CreateRaffle {
                 .into(),
             late_payment_policy: LatePaymentPolicy::Refund,
             plus_addressing: PlusAddressing::SeparateBuyers,
+            time_zone: None,
         }
     }
 }

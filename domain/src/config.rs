@@ -79,6 +79,22 @@ pub struct RaffleConfig {
     /// Whether plus-addresses count as one buyer for `max_tickets_per_buyer`.
     #[serde(default)]
     pub plus_addressing: PlusAddressing,
+    /// IANA name of the time zone exports show times in (`None`: UTC). Only its shape is
+    /// checked here; the API checks that the zone exists (the domain has no zone database).
+    /// Absent from events written before it existed, and from those that leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// The shape of an IANA zone name (`Area/Location`, `UTC`, `Etc/GMT+5`): ASCII letters,
+/// digits and `/_+-`, no empty or dot segments. Whether the zone exists is the edge's check.
+pub fn is_time_zone_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+        && name.split('/').all(|segment| !segment.is_empty())
+        && name.as_bytes()[0].is_ascii_alphabetic()
 }
 
 impl RaffleConfig {
@@ -153,6 +169,14 @@ impl RaffleConfig {
         if cmd.prizes.len() > MAX_PRIZES {
             return invalid("prizes", "at most 1000 prizes, each with a name");
         }
+        let time_zone = cmd.time_zone.as_deref().map(str::trim);
+        if time_zone.is_some_and(|zone| !is_time_zone_name(zone)) {
+            return invalid(
+                "time_zone",
+                "must be an IANA time zone name such as America/Mexico_City",
+            );
+        }
+        let time_zone = time_zone.map(str::to_owned);
         let commitment = cmd.draw_commitment.trim().to_ascii_lowercase();
         if commitment.len() != 64 || !commitment.bytes().all(|b| b.is_ascii_hexdigit()) {
             return invalid(
@@ -185,7 +209,13 @@ impl RaffleConfig {
             draw_commitment: commitment,
             late_payment_policy: cmd.late_payment_policy,
             plus_addressing: cmd.plus_addressing,
+            time_zone,
         })
+    }
+
+    /// The IANA name of the zone times are shown in.
+    pub fn time_zone(&self) -> &str {
+        self.time_zone.as_deref().unwrap_or("UTC")
     }
 
     pub fn last_number(&self) -> u32 {
@@ -337,6 +367,32 @@ mod tests {
         for p in [LatePaymentPolicy::Refund, LatePaymentPolicy::Substitute] {
             assert_eq!(p.as_str(), json(serde_json::to_value(p).unwrap()));
         }
+    }
+
+    #[test]
+    fn time_zone_names_are_checked_for_shape_only() {
+        for good in [
+            "UTC",
+            "America/Mexico_City",
+            "Etc/GMT+5",
+            "America/Port-au-Prince",
+        ] {
+            assert!(is_time_zone_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/UTC",
+            "America//X",
+            "Europe/../etc",
+            "UTC'; DROP",
+            "9Z",
+            "Zone\n",
+        ] {
+            assert!(!is_time_zone_name(bad), "{bad}");
+        }
+        let mut cmd = CreateRaffle::example(Uuid::nil(), 10);
+        cmd.time_zone = Some("Mars/Olympus Mons".into());
+        assert!(RaffleConfig::parse(cmd).is_err());
     }
 
     #[test]

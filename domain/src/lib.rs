@@ -31,7 +31,9 @@ pub use commands::{
     ConfirmManualPayment, CreateRaffle, ProviderPayment, RaffleCommand, RecordPaymentFailure,
     RefundOrder, Reserve, Selection,
 };
-pub use config::{Bundle, LatePaymentPolicy, Prize, RaffleConfig, MAX_TICKETS_PER_ORDER_CAP};
+pub use config::{
+    is_time_zone_name, Bundle, LatePaymentPolicy, Prize, RaffleConfig, MAX_TICKETS_PER_ORDER_CAP,
+};
 pub use draw::{draw_winners, DrawError, Winner};
 pub use errors::{LimitKind, RaffleError, RejectionKind};
 pub use events::{ExpiredHold, Payment, RaffleEvent, RefundReason};

@@ -87,6 +87,13 @@ pub trait Projection: Send + Sync + 'static {
     /// DDL creating its tables (and their indexes) under `tables`' names. Indexes are left
     /// unnamed so a shadow's indexes never collide with the live ones'.
     fn schema(&self, tables: Tables) -> String;
+    /// DDL of the indexes (and constraints) `apply` does not need, only readers: created with
+    /// the live tables, but on a rebuild's shadow tables only once they are full, just before
+    /// the swap (one sort instead of an index insert per row). Unnamed, like `schema`'s.
+    fn indexes(&self, tables: Tables) -> String {
+        let _ = tables;
+        String::new()
+    }
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,

@@ -8,13 +8,14 @@
 //! ones after, never a half-built model. What arrived while the shadow caught up is applied
 //! to it by the live runtime after the swap (the checkpoints moved with the tables).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::projection::{Projection, Slot, Tables};
 use crate::runtime::{swap_lock_key, Outcome, RuntimeHandle};
-use crate::schema::{create_tables, lock_schema};
+use crate::schema::{create_tables, lock_schema, run_ddl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -58,65 +59,184 @@ impl RuntimeHandle {
         raffle: Option<Uuid>,
         total: impl FnOnce(u64),
     ) -> Result<(), RebuildError> {
-        let projection = self
-            .projections()
-            .iter()
-            .find(|p| p.name() == name)
-            .cloned()
-            .ok_or_else(|| RebuildError::Unknown(name.to_owned()))?;
-        let projection = projection.as_ref();
-        if raffle.is_some() && !projection.raffle_scoped() {
-            return Err(RebuildError::NotPerRaffle(projection.name()));
+        self.rebuild_set(&[name], raffle, total).await
+    }
+
+    /// Rebuilds every projection in `names` for every raffle, reading the log once for all
+    /// of them (each batch is applied to every shadow in one transaction), then swaps each in.
+    pub async fn rebuild_all(
+        &self,
+        names: &[&str],
+        total: impl FnOnce(u64),
+    ) -> Result<(), RebuildError> {
+        self.rebuild_set(names, None, total).await
+    }
+
+    async fn rebuild_set(
+        &self,
+        names: &[&str],
+        raffle: Option<Uuid>,
+        total: impl FnOnce(u64),
+    ) -> Result<(), RebuildError> {
+        let mut projections: Vec<Arc<dyn Projection>> = Vec::new();
+        for name in names {
+            let projection = self
+                .projections()
+                .iter()
+                .find(|p| p.name() == *name)
+                .cloned()
+                .ok_or_else(|| RebuildError::Unknown((*name).to_owned()))?;
+            if raffle.is_some() && !projection.raffle_scoped() {
+                return Err(RebuildError::NotPerRaffle(projection.name()));
+            }
+            projections.push(projection);
         }
-        self.prepare_shadow(projection).await?;
-        let heads = self.source().heads().await?;
-        let raffles: Vec<(Uuid, u64)> = heads
-            .into_iter()
-            .filter(|(id, _)| raffle.is_none_or(|r| r == *id))
-            .collect();
+        let projections: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+        for projection in &projections {
+            self.prepare_shadow(*projection).await?;
+        }
+        let raffles = self.raffles(raffle).await?;
         let mut remaining = 0;
         for (raffle_id, head) in &raffles {
-            let done = crate::runtime::checkpoint(self.read_pool(), name, Slot::Shadow, *raffle_id)
+            let mut done = u64::MAX;
+            for projection in &projections {
+                let at = crate::runtime::checkpoint(
+                    self.read_pool(),
+                    projection.name(),
+                    Slot::Shadow,
+                    *raffle_id,
+                )
                 .await?;
+                done = done.min(at);
+            }
             remaining += head.saturating_sub(done);
         }
         total(remaining);
-        for (raffle_id, _) in &raffles {
-            loop {
-                match self
-                    .inner
-                    .catch_up(projection, *raffle_id, Slot::Shadow)
-                    .await
-                {
-                    Ok(Outcome::CaughtUp) => break,
-                    // Another rebuild of the same projection holds this raffle: wait for it.
-                    Ok(Outcome::Busy) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                    }
-                    Err(f) => {
-                        return Err(RebuildError::Failed {
-                            raffle_id: *raffle_id,
-                            sequence: f.sequence,
-                            error: f.error,
-                        })
-                    }
-                }
+        self.fill_shadows(&projections, &raffles).await?;
+        for projection in &projections {
+            if raffle.is_none() {
+                self.index_shadow(*projection).await?;
+            }
+            // The swap refuses while the shadow is behind the live tables anywhere (readers
+            // waiting for a position must never see the model go back): catch up and try
+            // again, with the raffles created meanwhile.
+            while !self.swap(*projection, raffle).await? {
+                let raffles = self.raffles(raffle).await?;
+                self.fill_shadows(&[*projection], &raffles).await?;
             }
         }
-        // The swap refuses while the shadow is behind the live tables anywhere (readers
-        // waiting for a position must never see the model go back): catch up and try again.
-        while !self.swap(projection, raffle).await? {
-            for (raffle_id, _) in &raffles {
-                let _ = self
-                    .inner
-                    .catch_up(projection, *raffle_id, Slot::Shadow)
-                    .await;
-            }
-        }
-        for (raffle_id, _) in raffles {
+        for (raffle_id, _) in self.raffles(raffle).await? {
             self.wake(raffle_id);
         }
         Ok(())
+    }
+
+    /// Every raffle with events (or only `raffle`) and its head.
+    async fn raffles(&self, raffle: Option<Uuid>) -> Result<Vec<(Uuid, u64)>, sqlx::Error> {
+        Ok(self
+            .source()
+            .heads()
+            .await?
+            .into_iter()
+            .filter(|(id, _)| raffle.is_none_or(|r| r == *id))
+            .collect())
+    }
+
+    /// Catches the shadows of `projections` up with `raffles`, two raffles at a time (one
+    /// core reads and folds while the other writes).
+    async fn fill_shadows(
+        &self,
+        projections: &[&dyn Projection],
+        raffles: &[(Uuid, u64)],
+    ) -> Result<(), RebuildError> {
+        let next = AtomicUsize::new(0);
+        futures::future::try_join(
+            self.fill_worker(projections, raffles, &next),
+            self.fill_worker(projections, raffles, &next),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the next raffle nobody has taken until none is left.
+    async fn fill_worker(
+        &self,
+        projections: &[&dyn Projection],
+        raffles: &[(Uuid, u64)],
+        next: &AtomicUsize,
+    ) -> Result<(), RebuildError> {
+        while let Some((raffle_id, _)) = raffles.get(next.fetch_add(1, Ordering::Relaxed)) {
+            self.fill_shadow(projections, *raffle_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn fill_shadow(
+        &self,
+        projections: &[&dyn Projection],
+        raffle_id: Uuid,
+    ) -> Result<(), RebuildError> {
+        loop {
+            match self.inner.catch_up_shadows(projections, raffle_id).await? {
+                Some(Outcome::CaughtUp) => return Ok(()),
+                // Another rebuild of the same projection holds this raffle: wait for it.
+                Some(Outcome::Busy) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                // A batch failed: each projection alone, one event at a time from the
+                // failing batch on, to apply what precedes the culprit and name it.
+                None => {
+                    for projection in projections {
+                        loop {
+                            match self
+                                .inner
+                                .catch_up(*projection, raffle_id, Slot::Shadow)
+                                .await
+                            {
+                                Ok(Outcome::CaughtUp) => break,
+                                Ok(Outcome::Busy) => {
+                                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                                }
+                                Err(f) => {
+                                    return Err(RebuildError::Failed {
+                                        raffle_id,
+                                        sequence: f.sequence,
+                                        error: f.error,
+                                    })
+                                }
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Builds the shadow's deferred indexes ([`Projection::indexes`]) once, in one
+    /// transaction: a resumed rebuild finds them built or not at all.
+    async fn index_shadow(&self, projection: &dyn Projection) -> Result<(), sqlx::Error> {
+        let mut tx = crate::tx::begin(self.read_pool()).await?;
+        let indexed: Option<bool> = sqlx::query_scalar(
+            "SELECT shadow_indexed FROM projection_versions WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(projection.name())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if indexed == Some(true) {
+            return Ok(());
+        }
+        run_ddl(&mut tx, &projection.indexes(Tables::SHADOW)).await?;
+        for table in projection.tables() {
+            sqlx::query(&format!("ANALYZE {}", Tables::SHADOW.name(table)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE projection_versions SET shadow_indexed = true WHERE projection = $1")
+            .bind(projection.name())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Creates the shadow tables for this version, unless an interrupted rebuild of it left
@@ -144,7 +264,7 @@ impl RuntimeHandle {
                 "INSERT INTO projection_versions (projection, version, shadow_version) \
                  VALUES ($1, $2, $2) \
                  ON CONFLICT (projection) DO UPDATE SET shadow_version = EXCLUDED.shadow_version, \
-                   updated_at = now()",
+                   shadow_indexed = false, updated_at = now()",
             )
             .bind(projection.name())
             .bind(projection.version() as i32)

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use tombola_domain::backoff::Backoff;
 use uuid::Uuid;
 
-use crate::envelope::{decode, EventSource};
+use crate::envelope::{decode, EventSource, RawEvent};
 use crate::projection::{ApplyError, Batch, Projection, Slot, Tables};
 
 #[derive(Debug, Clone)]
@@ -210,6 +210,12 @@ impl RuntimeHandle {
             .unwrap_or_else(|e| e.into_inner())
             .insert(raffle_id);
         self.inner.wake.notify_one();
+    }
+
+    /// Changes after every committed batch: for subscribers that act on what a batch
+    /// wrote (the webhook worker), which must not look before the commit.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.inner.progress.subscribe()
     }
 
     pub fn projections(&self) -> &[Arc<dyn Projection>] {
@@ -489,6 +495,134 @@ impl Inner {
         .execute(&self.read)
         .await?;
         Ok(())
+    }
+
+    /// A rebuild's catch-up of several projections' shadow tables at once: each batch of
+    /// `raffle_id`'s events is read and decoded once and applied to every projection (from its
+    /// own checkpoint on), their checkpoints moved, in one transaction holding every pair's
+    /// shadow lock and a share of every swap lock. `Ok(None)` when a batch failed: nothing of
+    /// it stays, and the caller catches each projection up alone, which finds and names the
+    /// failing event.
+    pub(crate) async fn catch_up_shadows(
+        &self,
+        projections: &[&dyn Projection],
+        raffle_id: Uuid,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
+        let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+        let (mut classes, mut objects, mut swap_classes, mut swap_objects) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for name in &names {
+            let (class, object) = lock_key(&format!("{name}:shadow"), raffle_id);
+            let (swap_class, swap_object) = swap_lock_key(name);
+            classes.push(class);
+            objects.push(object);
+            swap_classes.push(swap_class);
+            swap_objects.push(swap_object);
+        }
+        let limit = self.config.batch_size.max(1);
+        // The next batch is read while this one is applied: the log and the read models are
+        // on different connections (often different cores).
+        let mut next: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, sqlx::Error>>> = None;
+        loop {
+            let mut tx = crate::tx::begin(&self.read).await?;
+            let locked: Option<bool> = sqlx::query_scalar(
+                "SELECT bool_and(pg_try_advisory_xact_lock(c, o) \
+                                 AND pg_try_advisory_xact_lock_shared(sc, so)) \
+                 FROM UNNEST($1::int4[], $2::int4[], $3::int4[], $4::int4[]) AS k(c, o, sc, so)",
+            )
+            .bind(&classes)
+            .bind(&objects)
+            .bind(&swap_classes)
+            .bind(&swap_objects)
+            .fetch_one(&mut *tx)
+            .await?;
+            if locked != Some(true) {
+                return Ok(Some(Outcome::Busy));
+            }
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT projection, sequence FROM projection_checkpoints \
+                 WHERE projection = ANY($1) AND slot = 'shadow' AND raffle_id = $2",
+            )
+            .bind(&names)
+            .bind(raffle_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let done: Vec<u64> = names
+                .iter()
+                .map(|name| {
+                    rows.iter()
+                        .find(|(p, _)| p == name)
+                        .map_or(0, |(_, s)| *s as u64)
+                })
+                .collect();
+            let from = done.iter().copied().min().unwrap_or(0);
+            let raw = match next.take() {
+                Some(prefetched) => match prefetched.await {
+                    Ok(Ok(rows)) if rows.first().is_some_and(|r| r.0 as u64 == from + 1) => rows,
+                    _ => self.source.read_after(raffle_id, from, limit).await?,
+                },
+                None => self.source.read_after(raffle_id, from, limit).await?,
+            };
+            if raw.is_empty() {
+                return Ok(Some(Outcome::CaughtUp));
+            }
+            let full = raw.len() == limit;
+            if full {
+                let source = self.source.clone();
+                let after = raw.last().map_or(from, |r| r.0 as u64);
+                next = Some(tokio::spawn(async move {
+                    source.read_after(raffle_id, after, limit).await
+                }));
+            }
+            let (events, undecodable) = decode(raffle_id, &raw);
+            drop(raw);
+            if undecodable.is_some() {
+                return Ok(None);
+            }
+            let Some(last) = events.last() else {
+                return Ok(None);
+            };
+            let (last_sequence, last_at) = (last.sequence, last.recorded_at);
+            // Only the checkpoints of projections this batch moved (a resumed rebuild may have
+            // one projection further than the others: it must never go back).
+            let mut moved: Vec<&str> = Vec::new();
+            for (projection, done) in projections.iter().zip(&done) {
+                let start = events.partition_point(|e| e.sequence <= *done);
+                if start == events.len() {
+                    continue;
+                }
+                moved.push(projection.name());
+                let batch = Batch {
+                    raffle_id,
+                    events: &events[start..],
+                    tables: Tables::SHADOW,
+                };
+                if projection.apply(&mut tx, batch).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO projection_checkpoints \
+                   (projection, slot, raffle_id, sequence, recorded_at) \
+                 SELECT p, 'shadow', $2, $3, $4 FROM UNNEST($1::text[]) AS p \
+                 ON CONFLICT (projection, slot, raffle_id) DO UPDATE SET \
+                   sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at, \
+                   updated_at = now()",
+            )
+            .bind(&moved)
+            .bind(raffle_id)
+            .bind(last_sequence as i64)
+            .bind(last_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.rebuilt
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.progress.send_modify(|n| *n = n.wrapping_add(1));
+            if !full {
+                return Ok(Some(Outcome::CaughtUp));
+            }
+        }
     }
 
     /// Applies `raffle_id`'s events to `projection`'s tables in `slot` until none are left,

@@ -39,6 +39,7 @@ pub async fn migrate(
                 .await?;
         if known.is_none() {
             create_tables(&mut tx, projection.as_ref(), Tables::LIVE).await?;
+            run_ddl(&mut tx, &projection.indexes(Tables::LIVE)).await?;
             sqlx::query("INSERT INTO projection_versions (projection, version) VALUES ($1, $2)")
                 .bind(projection.name())
                 .bind(projection.version() as i32)
@@ -59,7 +60,8 @@ pub(crate) async fn lock_schema(conn: &mut sqlx::PgConnection) -> Result<(), sql
     Ok(())
 }
 
-/// Drops whatever is left of `tables` and creates them afresh.
+/// Drops whatever is left of `tables` and creates them afresh, without the indexes of
+/// [`Projection::indexes`].
 pub(crate) async fn create_tables(
     conn: &mut sqlx::PgConnection,
     projection: &dyn Projection,
@@ -70,8 +72,12 @@ pub(crate) async fn create_tables(
             .execute(&mut *conn)
             .await?;
     }
-    // One statement at a time (the DDL holds no semicolons but between statements).
-    for statement in projection.schema(tables).split(';') {
+    run_ddl(conn, &projection.schema(tables)).await
+}
+
+/// Runs `ddl` one statement at a time (ours hold no semicolons but between statements).
+pub(crate) async fn run_ddl(conn: &mut sqlx::PgConnection, ddl: &str) -> Result<(), sqlx::Error> {
+    for statement in ddl.split(';') {
         if !statement.trim().is_empty() {
             sqlx::query(statement).execute(&mut *conn).await?;
         }

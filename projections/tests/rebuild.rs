@@ -90,11 +90,18 @@ fn a_rebuild_while_commands_arrive_ends_equal_to_the_log_and_readers_never_see_i
                             histories
                         })
                     };
-                    for projection in models::all() {
-                        handle
-                            .rebuild(projection.name(), None, |_| {})
-                            .await
-                            .unwrap();
+                    // Half the cases one projection after the other, half all of them from
+                    // one read of the log.
+                    if batch_size % 2 == 0 {
+                        for projection in models::all() {
+                            handle
+                                .rebuild(projection.name(), None, |_| {})
+                                .await
+                                .unwrap();
+                        }
+                    } else {
+                        let names: Vec<&str> = models::all().iter().map(|p| p.name()).collect();
+                        handle.rebuild_all(&names, |_| {}).await.unwrap();
                     }
                     let histories = writer.await.unwrap();
                     eventually(

@@ -2,11 +2,9 @@
 //! verification, and the event log export. Each is a long read of the whole stream, so they
 //! share the node's limit on heavy reads (429 + Retry-After beyond it).
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tombola_domain::RaffleEvent;
 use utoipa::{IntoParams, ToSchema};
@@ -15,8 +13,9 @@ use uuid::Uuid;
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::{AppState, Path, Query};
-use crate::audit::chain::{verify_raffle, Anchor, ChainReport, Expectations};
+use crate::audit::chain::{verify_raffle_within, Anchor, ChainReport, Expectations};
 use crate::audit::draw::{verify_draw, DrawVerification, DrawnWinner, ALGORITHM};
+use crate::export::log::NewExport;
 use crate::store::RAFFLE_STREAM;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -33,7 +32,19 @@ pub struct VerifyParams {
         pattern = "^\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*(,\\s*(\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64})?\\s*)*$"
     )]
     pub receipt: Option<String>,
+    /// A `head` printed by an earlier verification that ran out of time (`complete:
+    /// false`): go on from there.
+    #[param(pattern = "^\\s*\\+?0*[1-9][0-9]{0,18}:[0-9a-fA-F]{64}\\s*$")]
+    pub resume: Option<String>,
+    /// Time budget in milliseconds, 0 to 10000 (default 10000). The verification stops at
+    /// the first page of 5,000 events after it and reports `complete: false` with the
+    /// `head` to resume from; at least one page is always verified.
+    #[param(minimum = 0, maximum = 10000)]
+    pub budget_ms: Option<u64>,
 }
+
+/// The longest a verification over HTTP runs (below the server's request timeout).
+const MAX_BUDGET_MS: u64 = 10_000;
 
 fn anchors(field: &str, list: Option<&str>) -> Result<Vec<Anchor>, ApiError> {
     list.into_iter()
@@ -46,7 +57,9 @@ fn anchors(field: &str, list: Option<&str>) -> Result<Vec<Anchor>, ApiError> {
         .collect()
 }
 
-/// Recompute the raffle's hash chain; report the first broken link or the head.
+/// Recompute the raffle's hash chain; report the first broken link or the head. Bounded in
+/// time: a log too long for one request is verified in several, each resuming from the
+/// `head` the previous one reported.
 #[utoipa::path(get, path = "/v1/raffles/{id}/audit/verify", tag = "audit",
     params(("id" = Uuid, Path), VerifyParams),
     responses((status = 200, body = ChainReport, description = "The verification ran: `intact` says how it ended"),
@@ -63,8 +76,29 @@ pub async fn verify(
         heads: anchors("expect_head", params.expect_head.as_deref())?,
         receipts: anchors("receipt", params.receipt.as_deref())?,
     };
+    let resume = params
+        .resume
+        .as_deref()
+        .map(|text| {
+            text.parse::<Anchor>()
+                .map_err(|reason| ApiError::invalid("resume", reason))
+        })
+        .transpose()?;
+    let budget = params.budget_ms.unwrap_or(MAX_BUDGET_MS);
+    if budget > MAX_BUDGET_MS {
+        return Err(ApiError::invalid("budget_ms", "must be 0 to 10000"));
+    }
     let _permit = state.heavy_read()?;
-    let report = verify_raffle(state.engine.store().pool(), id, &expectations, |_| {}).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(budget);
+    let report = verify_raffle_within(
+        state.engine.store().pool(),
+        id,
+        &expectations,
+        resume.as_ref(),
+        Some(deadline),
+        |_| {},
+    )
+    .await?;
     Ok(axum::Json(report))
 }
 
@@ -176,27 +210,31 @@ pub async fn draw_verify(
 pub async fn events_ndjson(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin, Role::Organizer])?;
     state.authorize(&caller, id).await?;
     let permit = state.heavy_read()?;
     let options = state.engine.store().pool().connect_options();
-    let stream = crate::export::events::events_ndjson(&options, id).await?;
-    // The permit lives as long as the body: the export counts until its last byte.
-    let body = stream.map(move |chunk| {
-        let _ = &permit;
-        chunk
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"events.ndjson\"",
-            ),
-        ],
-        Body::from_stream(body),
+    let actor = caller.actor();
+    let export = NewExport {
+        raffle_id: id,
+        actor: &actor,
+        source: "api",
+        what: "events",
+        format: "ndjson",
+        filters: serde_json::json!({}),
+        request_id: super::exports::request_id(&headers),
+    };
+    let stream = crate::export::events::events_ndjson(&options, id);
+    super::exports::respond(
+        &state,
+        export,
+        "application/x-ndjson",
+        "events.ndjson",
+        stream,
+        permit,
     )
-        .into_response())
+    .await
 }

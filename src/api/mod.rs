@@ -5,6 +5,7 @@ mod audit;
 pub mod auth;
 pub mod client_ip;
 pub mod error;
+mod exports;
 mod health;
 mod inbox;
 mod json;
@@ -13,8 +14,10 @@ mod raffles;
 pub mod rate_limit;
 mod read;
 mod spec;
+mod trail;
 mod views;
 mod webhooks;
+mod webhooks_out;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +55,8 @@ pub struct AppState {
     pub payments: Option<crate::payments::worker::PaymentsIn>,
     /// The read side, when the server runs it (see [`AppState::with_read_side`]).
     pub read: Option<read::ReadSide>,
+    /// Outbound webhooks, when the server runs them (see [`AppState::with_webhooks`]).
+    pub webhooks: Option<crate::webhooks::Webhooks>,
     readiness: Arc<health::Readiness>,
     /// Raffle → organizer: immutable once created, so cached forever.
     organizers: Arc<Mutex<HashMap<Uuid, String>>>,
@@ -76,6 +81,7 @@ impl AppState {
             metrics,
             payments,
             read: None,
+            webhooks: None,
             readiness: Arc::default(),
             organizers: Arc::default(),
             heavy_reads: Arc::new(tokio::sync::Semaphore::new(DEFAULT_HEAVY_READS)),
@@ -139,6 +145,12 @@ impl AppState {
             runtime,
             min_position_wait,
         });
+        self
+    }
+
+    /// Serves the outbound webhook endpoints.
+    pub fn with_webhooks(mut self, webhooks: crate::webhooks::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
         self
     }
 
@@ -260,7 +272,25 @@ pub fn router(state: AppState, request_timeout: Duration, body_limit: usize) -> 
         .routes(routes!(audit::verify))
         .routes(routes!(audit::draw_verify))
         .routes(routes!(audit::events_ndjson))
+        .routes(routes!(exports::tickets_csv))
+        .routes(routes!(exports::orders_csv))
+        .routes(routes!(exports::list))
+        .routes(routes!(trail::events))
+        .routes(routes!(trail::ticket_history))
+        .routes(routes!(trail::order_history))
         .routes(routes!(webhooks::stripe))
+        .routes(routes!(webhooks_out::create, webhooks_out::list))
+        .routes(routes!(
+            webhooks_out::get,
+            webhooks_out::update,
+            webhooks_out::delete
+        ))
+        .routes(routes!(webhooks_out::rotate_secret))
+        .routes(routes!(webhooks_out::deliveries))
+        .routes(routes!(webhooks_out::attempts))
+        .routes(routes!(webhooks_out::redeliver))
+        .routes(routes!(webhooks_out::recover))
+        .routes(routes!(webhooks_out::event_types))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -76,6 +76,11 @@ pub struct CreateRaffleRequest {
     #[serde(default)]
     #[schema(pattern = "^(separate_buyers|same_buyer)$")]
     pub plus_addressing: Option<String>,
+    /// IANA time zone the raffle's exports show times in, e.g. `America/Mexico_City`.
+    /// Default `UTC`.
+    #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[A-Za-z][A-Za-z0-9/_+-]*$")]
+    pub time_zone: Option<String>,
 }
 
 fn one() -> u32 {
@@ -159,6 +164,7 @@ impl CreateRaffleRequest {
             draw_commitment: self.draw_commitment,
             late_payment_policy,
             plus_addressing,
+            time_zone: self.time_zone,
         })
     }
 }
@@ -177,6 +183,9 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, axum::Json<RaffleBody>), ApiError> {
     caller.require(ORGANIZERS)?;
     let meta = command_meta(&caller, &headers, Method::POST, "/v1/raffles", &body)?;
+    if let Some(zone) = &body.time_zone {
+        known_time_zone(&state, zone.trim()).await?;
+    }
     let raffle_id = Uuid::now_v7();
     let command = RaffleCommand::Create(body.into_command(raffle_id, &caller)?);
     let applied = state.engine.execute(raffle_id, command, meta).await?;
@@ -194,6 +203,24 @@ pub async fn create(
         super::read::position_headers(raffle_id, &applied),
         axum::Json(read_raffle(&state, raffle_id).await?),
     ))
+}
+
+/// Refuses a time zone PostgreSQL does not know: exports convert times with its zone
+/// database, so that is the one that must have it (the domain only checks the name's shape).
+async fn known_time_zone(state: &AppState, zone: &str) -> Result<(), ApiError> {
+    let known: bool = tombola_domain::is_time_zone_name(zone)
+        && sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            .bind(zone)
+            .fetch_one(state.engine.store().pool())
+            .await?;
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "time_zone",
+            "must be an IANA time zone name such as America/Mexico_City",
+        ))
+    }
 }
 
 /// A page size: `default` when absent, refused outside `1..=max`.

@@ -40,7 +40,7 @@ pub fn position_headers(raffle_id: Uuid, applied: &Applied) -> HeaderMap {
 }
 
 impl AppState {
-    fn read_side(&self) -> Result<&ReadSide, ApiError> {
+    pub(super) fn read_side(&self) -> Result<&ReadSide, ApiError> {
         self.read
             .as_ref()
             .ok_or(ApiError::NotConfigured("read models"))
@@ -48,7 +48,7 @@ impl AppState {
 }
 
 /// Waits until `projections` have applied `raffle_id` up to `min_position`, if given.
-async fn reach(
+pub(super) async fn reach(
     read: &ReadSide,
     raffle_id: Uuid,
     min_position: Option<&str>,

@@ -126,6 +126,8 @@ const TEXT_FIELDS: &[(&str, &str, TextKind)] = &[
     ("RefundRequest", "reason", TextKind::Note),
     ("DrawRequest", "seed", TextKind::Exact),
     ("DrawRequest", "public_entropy", TextKind::Exact),
+    ("NewEndpoint", "description", TextKind::Note),
+    ("PatchEndpoint", "description", TextKind::Note),
 ];
 
 /// Operations whose body may be left out entirely (their handlers read it with
@@ -133,6 +135,7 @@ const TEXT_FIELDS: &[(&str, &str, TextKind)] = &[
 const OPTIONAL_BODIES: &[(&str, &str)] = &[
     ("/v1/raffles/{id}/cancel", "post"),
     ("/v1/raffles/{id}/orders/{order_id}/refund", "post"),
+    ("/v1/webhook-endpoints/{id}/rotate-secret", "post"),
 ];
 
 /// The finished document.
@@ -168,6 +171,7 @@ pub fn complete(openapi: &utoipa::openapi::OpenApi) -> Value {
         }
     }
     doc["components"]["schemas"]["Problem"] = problem_schema();
+    super::webhooks_out::document(&mut doc);
     let problem =
         json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
     if let Some(paths) = doc["paths"].as_object_mut() {

@@ -68,6 +68,8 @@ pub struct RaffleBody {
     pub late_payment_policy: String,
     /// `separate_buyers` or `same_buyer`: whether plus-addresses are one buyer.
     pub plus_addressing: String,
+    /// IANA time zone exports show times in.
+    pub time_zone: String,
     pub available: u64,
     pub reserved: u64,
     pub sold: u64,
@@ -110,6 +112,7 @@ impl RaffleBody {
             draw_commitment: c.draw_commitment.clone(),
             late_payment_policy: c.late_payment_policy.as_str().to_owned(),
             plus_addressing: c.plus_addressing.as_str().to_owned(),
+            time_zone: c.time_zone().to_owned(),
             available: raffle.available_count(),
             reserved: raffle.reserved_count(),
             sold: raffle.sold_count(),

@@ -126,7 +126,11 @@ impl fmt::Display for ChainBreak {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChainReport {
     pub raffle_id: Uuid,
+    /// The whole log (from `resume`, if given) was checked and every check held.
     pub intact: bool,
+    /// Whether the verification reached the end of the log. `false`: its time budget ran out
+    /// first; nothing is broken so far, and giving `head` back as `resume` goes on from it.
+    pub complete: bool,
     /// Events whose link and hash were checked before the first break (all, if intact).
     pub events_verified: u64,
     /// The last event verified: record it, and give it back later to prove nothing after
@@ -142,6 +146,9 @@ pub(crate) struct ChainCheck<'a> {
     expectations: &'a Expectations,
     prev: String,
     expected: u64,
+    /// Resumed from an anchor: the first event's link was checked by the earlier run.
+    link_checked: bool,
+    checked: u64,
 }
 
 impl<'a> ChainCheck<'a> {
@@ -151,6 +158,19 @@ impl<'a> ChainCheck<'a> {
             expectations,
             prev: GENESIS.to_owned(),
             expected: 1,
+            link_checked: false,
+            checked: 0,
+        }
+    }
+
+    /// Goes on from `anchor`, a head an earlier (partial) verification printed: the event
+    /// there must still have that hash (it is one of `expectations`' heads), and the chain
+    /// is checked from it on.
+    pub(crate) fn resume(raffle_id: Uuid, expectations: &'a Expectations, anchor: &Anchor) -> Self {
+        Self {
+            expected: anchor.sequence,
+            link_checked: true,
+            ..Self::new(raffle_id, expectations)
         }
     }
 
@@ -164,7 +184,7 @@ impl<'a> ChainCheck<'a> {
         }
         let metadata = EventMetadata::from_json(&event.metadata)
             .map_err(|reason| ChainBreak::Unreadable { sequence, reason })?;
-        if metadata.prev_hash != self.prev {
+        if !std::mem::take(&mut self.link_checked) && metadata.prev_hash != self.prev {
             return Err(ChainBreak::BrokenLink { sequence });
         }
         let input = ChainInput {
@@ -200,6 +220,7 @@ impl<'a> ChainCheck<'a> {
         }
         self.prev = metadata.hash;
         self.expected += 1;
+        self.checked += 1;
         Ok(())
     }
 
@@ -218,7 +239,7 @@ impl<'a> ChainCheck<'a> {
     }
 
     fn head(&self) -> Option<Anchor> {
-        (self.expected > 1).then(|| Anchor {
+        (self.checked > 0).then(|| Anchor {
             sequence: self.expected - 1,
             hash: self.prev.clone(),
         })
@@ -252,25 +273,57 @@ pub async fn verify_raffle(
     pool: &PgPool,
     raffle_id: Uuid,
     expectations: &Expectations,
+    on_event: impl FnMut(u64),
+) -> Result<ChainReport, sqlx::Error> {
+    verify_raffle_within(pool, raffle_id, expectations, None, None, on_event).await
+}
+
+/// Like [`verify_raffle`], from `resume` (a head printed by an earlier verification) when
+/// given, and stopping at the first page boundary after `deadline` (at least one page is
+/// always verified, so a client that resumes always moves on). A stop before the end is
+/// reported `complete: false`, never `intact`.
+pub async fn verify_raffle_within(
+    pool: &PgPool,
+    raffle_id: Uuid,
+    expectations: &Expectations,
+    resume: Option<&Anchor>,
+    deadline: Option<std::time::Instant>,
     mut on_event: impl FnMut(u64),
 ) -> Result<ChainReport, sqlx::Error> {
-    let mut check = ChainCheck::new(raffle_id, expectations);
-    let mut reader = LogReader::new(pool.clone(), raffle_id);
+    let mut expectations = expectations.clone();
+    expectations.heads.extend(resume.cloned());
+    let (mut check, mut reader) = match resume {
+        Some(anchor) => (
+            ChainCheck::resume(raffle_id, &expectations, anchor),
+            LogReader::after(pool.clone(), raffle_id, anchor.sequence - 1),
+        ),
+        None => (
+            ChainCheck::new(raffle_id, &expectations),
+            LogReader::new(pool.clone(), raffle_id),
+        ),
+    };
     let mut broken = None;
+    let mut complete = true;
     while let Some(event) = reader.next().await? {
         if let Err(error) = check.push(&event) {
             broken = Some(error);
             break;
         }
         on_event(event.sequence);
+        let out_of_time = deadline.is_some_and(|d| std::time::Instant::now() >= d);
+        if out_of_time && reader.between_pages() {
+            complete = false;
+            break;
+        }
     }
-    if broken.is_none() {
+    if broken.is_none() && complete {
         broken = check.finish().err();
     }
     Ok(ChainReport {
         raffle_id,
-        intact: broken.is_none(),
-        events_verified: check.expected - 1,
+        intact: complete && broken.is_none(),
+        complete: complete || broken.is_some(),
+        events_verified: check.checked,
         head: check.head(),
         broken,
     })

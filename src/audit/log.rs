@@ -34,13 +34,24 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn new(pool: PgPool, raffle_id: Uuid) -> Self {
+        Self::after(pool, raffle_id, 0)
+    }
+
+    /// Reads the events after `sequence` only.
+    pub fn after(pool: PgPool, raffle_id: Uuid, sequence: u64) -> Self {
         Self {
             pool,
             aggregate_id: raffle_id.to_string(),
-            after: 0,
+            after: sequence.min(i64::MAX as u64) as i64,
             page: VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Whether every event read so far was handed out and more may follow: the next one
+    /// costs a round trip.
+    pub fn between_pages(&self) -> bool {
+        self.page.is_empty() && !self.done
     }
 
     pub async fn next(&mut self) -> Result<Option<RawEvent>, sqlx::Error> {

@@ -7,3 +7,4 @@
 pub mod chain;
 pub mod draw;
 pub mod log;
+pub mod trail;

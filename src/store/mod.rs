@@ -140,3 +140,28 @@ pub async fn list_raffles(
     .fetch_all(store.pool())
     .await?)
 }
+
+/// A raffle's terms, from the `RaffleCreated` event that opens its stream (for tools that
+/// run without the engine, such as the CLI's exports). `None`: no such raffle.
+pub async fn raffle_config(
+    store: &Store,
+    raffle_id: uuid::Uuid,
+) -> Result<Option<tombola_domain::RaffleConfig>, anyhow::Error> {
+    let payload: Option<String> = sqlx::query_scalar(
+        "SELECT payload::text FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(RAFFLE_STREAM)
+    .bind(raffle_id.to_string())
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(
+        match payload
+            .map(|p| serde_json::from_str::<tombola_domain::RaffleEvent>(&p))
+            .transpose()?
+        {
+            Some(tombola_domain::RaffleEvent::RaffleCreated { config, .. }) => Some(config),
+            _ => None,
+        },
+    )
+}

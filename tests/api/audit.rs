@@ -83,7 +83,7 @@ async fn draw_verification(app: &TestApp, raffle: Uuid) -> Value {
 
 /// Rewrites the stored chain from `from` on, as a forger with database access would, so
 /// that every link and hash holds again over the edited events.
-async fn rehash_from(pool: &PgPool, raffle: Uuid, from: i64) {
+pub(crate) async fn rehash_from(pool: &PgPool, raffle: Uuid, from: i64) {
     let id = raffle.to_string();
     let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
         "SELECT sequence, event_type, event_version, payload::text, metadata::text FROM events \

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Exported by the outbound webhooks worker, which is not merged yet: its alert and panel
-/// are ready for it. Remove a name from here once the code exports it.
-const NOT_YET_EXPORTED: &[&str] = &["tombola_webhook_attempts_total"];
+/// Metrics that alerts or panels use before the code exporting them is merged (none now:
+/// the outbound webhooks worker exports `tombola_webhook_attempts_total`).
+const NOT_YET_EXPORTED: &[&str] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

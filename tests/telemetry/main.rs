@@ -17,3 +17,4 @@ mod personal_data;
 mod stripe_events;
 mod support;
 mod traces;
+mod webhooks;

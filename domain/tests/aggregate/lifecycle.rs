@@ -55,6 +55,7 @@ fn create_records_the_parsed_config() {
                 draw_commitment: draw::commitment_of(SEED),
                 late_payment_policy: LatePaymentPolicy::Refund,
                 plus_addressing: Default::default(),
+                time_zone: None,
             },
             at: at(0),
         }]);

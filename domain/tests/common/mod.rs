@@ -99,6 +99,7 @@ pub fn config(ticket_count: u32) -> RaffleConfig {
         draw_commitment: draw::commitment_of(SEED),
         late_payment_policy: LatePaymentPolicy::Refund,
         plus_addressing: Default::default(),
+        time_zone: None,
     }
 }
 

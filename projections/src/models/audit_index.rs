@@ -27,8 +27,9 @@ impl Projection for AuditIndex {
         "audit_index"
     }
 
+    /// 2: the winning numbers of `WinnersDrawn` are indexed under their tickets.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -41,8 +42,16 @@ impl Projection for AuditIndex {
             "CREATE TABLE {t} ( \
                raffle_id uuid NOT NULL, kind text NOT NULL, key text NOT NULL, \
                sequence bigint NOT NULL, event_type text NOT NULL, \
-               recorded_at timestamptz NOT NULL, \
-               PRIMARY KEY (raffle_id, kind, key, sequence)); \
+               recorded_at timestamptz NOT NULL);"
+        )
+    }
+
+    /// Both indexes wait for a rebuild's end: the index is written to, never read, by
+    /// `apply` (the runtime applies each event once, so the key cannot repeat).
+    fn indexes(&self, tables: Tables) -> String {
+        let t = tables.name(TABLE);
+        format!(
+            "ALTER TABLE {t} ADD PRIMARY KEY (raffle_id, kind, key, sequence); \
              CREATE INDEX ON {t} (kind, key, recorded_at);"
         )
     }
@@ -99,6 +108,12 @@ pub fn entries(envelope: &Envelope) -> Vec<Entry> {
             ..
         } => add("payment", payment_id.clone()),
         RaffleEvent::ManualPaymentConfirmed { reference, .. } => add("payment", reference.clone()),
+        // A ticket's history ends with its prize, if it won one.
+        RaffleEvent::WinnersDrawn { winners, .. } => {
+            for winner in winners {
+                add("ticket", winner.number.to_string());
+            }
+        }
         _ => {}
     }
     out.sort_unstable();

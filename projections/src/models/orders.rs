@@ -64,8 +64,14 @@ impl Projection for Orders {
                refunded_at timestamptz, late_payment boolean NOT NULL, \
                refund_required boolean NOT NULL, amount_refunded_minor bigint NOT NULL, \
                last_sequence bigint NOT NULL, \
-               PRIMARY KEY (raffle_id, order_id)); \
-             CREATE INDEX ON {t} (raffle_id, status, order_id);"
+               PRIMARY KEY (raffle_id, order_id));"
+        )
+    }
+
+    fn indexes(&self, tables: Tables) -> String {
+        format!(
+            "CREATE INDEX ON {} (raffle_id, status, order_id);",
+            tables.name(TABLE)
         )
     }
 
