@@ -6,9 +6,6 @@
 use tombola_bench::chaos::{self, faults::KINDS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an open engine bug (docs/RELIABILITY.md, 'Open'): a reservation answered 503 \
-            unavailable ('the raffle's writer stopped before answering') whose events are in \
-            the log; run with --ignored"]
 async fn three_nodes_under_every_fault_keep_every_promise() {
     let args = chaos::Args {
         nodes: 3,
