@@ -100,6 +100,37 @@ pub struct OrderView {
     pub issued_at: Option<DateTime<Utc>>,
 }
 
+impl OrderView {
+    /// The order exactly as [`crate::Raffle::order`] shows it right after `event` (a
+    /// `TicketsReserved`) is applied, times in the raffle's whole seconds; `None` for any
+    /// other event. Lets a new reservation be answered from its committed event instead of
+    /// a read of the raffle (decision 0019).
+    pub fn reserved(event: &crate::RaffleEvent) -> Option<Self> {
+        let crate::RaffleEvent::TicketsReserved {
+            order_id,
+            amount_minor,
+            currency,
+            numbers,
+            at,
+            expires_at,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        Some(Self {
+            order_id: *order_id,
+            status: OrderStatus::Reserved,
+            numbers: numbers.clone(),
+            amount_minor: *amount_minor,
+            currency: *currency,
+            reserved_at: from_secs(to_secs_floor(*at)),
+            expires_at: from_secs(to_secs_ceil(*expires_at)),
+            issued_at: None,
+        })
+    }
+}
+
 /// Marks a payment recorded against an order the raffle does not have.
 pub(crate) const NO_ORDER: u32 = u32::MAX;
 

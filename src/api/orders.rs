@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::views::{reserved_view, BuyerBody, OrderBody};
+use super::views::{BuyerBody, OrderBody};
 use super::{command_meta, ApiJson, AppState, Path};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -84,7 +84,7 @@ pub async fn reserve(
     // A replayed one names the order the first attempt created, which may have been paid or
     // released since: that one is read.
     let fresh = (!replayed)
-        .then(|| events.iter().find_map(reserved_view))
+        .then(|| events.iter().find_map(tombola_domain::OrderView::reserved))
         .flatten();
     let view = match fresh {
         Some(view) => view,

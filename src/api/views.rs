@@ -180,39 +180,6 @@ pub struct OrderBody {
     pub receipt: Option<Anchor>,
 }
 
-/// The order exactly as [`Raffle::order`] shows it right after `event` (a `TicketsReserved`)
-/// is applied: times in whole seconds as the raffle keeps them (reserved rounded down, the
-/// hold's end up); `None` for any other event. A new reservation is answered with it rather
-/// than by reading the raffle again (decision 0019).
-pub fn reserved_view(event: &RaffleEvent) -> Option<OrderView> {
-    let RaffleEvent::TicketsReserved {
-        order_id,
-        amount_minor,
-        currency,
-        numbers,
-        at,
-        expires_at,
-        ..
-    } = event
-    else {
-        return None;
-    };
-    let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
-    let up = |t: DateTime<Utc>| {
-        whole(t) + chrono::Duration::seconds(i64::from(t.timestamp_subsec_nanos() > 0))
-    };
-    Some(OrderView {
-        order_id: *order_id,
-        status: OrderStatus::Reserved,
-        numbers: numbers.clone(),
-        amount_minor: *amount_minor,
-        currency: *currency,
-        reserved_at: whole(*at),
-        expires_at: up(*expires_at),
-        issued_at: None,
-    })
-}
-
 impl OrderBody {
     /// The live order from the aggregate, completed with its buyer and payment from its
     /// events (the aggregate keeps only what decisions need).
@@ -344,7 +311,7 @@ mod reserved_view_tests {
         for command in commands {
             for event in raffle.decide(command, &services).unwrap() {
                 raffle.apply_event(&event);
-                reserved.extend(reserved_view(&event));
+                reserved.extend(OrderView::reserved(&event));
             }
         }
         assert_eq!(reserved.len(), 2);
