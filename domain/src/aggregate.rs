@@ -972,6 +972,11 @@ impl Raffle {
             RaffleEvent::RaffleCreated { config, .. } => {
                 self.tickets = TicketPool::new(config.first_number, config.last_number());
                 self.orders = OrderBook::new(config.max_tickets_per_buyer.is_some());
+                // A raffle compacted before its creation (an engine that keeps every raffle
+                // compact) stays so, unless a per-buyer limit needs every order's buyer.
+                if self.settled.is_some() {
+                    self.settled = config.max_tickets_per_buyer.is_none().then(Box::default);
+                }
                 self.config = Some(Box::new(config.clone()));
                 self.status = RaffleStatus::Draft;
             }
