@@ -26,12 +26,20 @@ pub struct LoadedRaffle {
 impl Store {
     #[tracing::instrument(skip(self), fields(raffle_id = %raffle_id))]
     pub async fn load_raffle(&self, raffle_id: Uuid) -> Result<LoadedRaffle, StoreError> {
+        let mut conn = self.pool.acquire().await?;
         let snapshot: Option<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT last_sequence, last_hash, payload FROM raffle_snapshots WHERE raffle_id = $1",
         )
         .bind(raffle_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
+        if snapshot
+            .as_ref()
+            .is_some_and(|(_, _, payload)| payload.len() > super::snapshots::LARGE_MESSAGE)
+        {
+            sqlx::Connection::shrink_buffers(&mut *conn);
+        }
+        drop(conn);
         let mut loaded = match snapshot {
             Some((last_sequence, last_hash, payload)) => {
                 let snapshot_bytes = payload.len();
