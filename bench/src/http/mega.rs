@@ -1,8 +1,7 @@
 //! `tombola-bench mega`: many big raffles, mostly sold, resident in one server: its RSS, cold
 //! start to ready and to every raffle answering, one raffle's cold load, and reservations
-//! across them. The goal is 30 × 10M in ≤ 2 GiB; the default here is what this shared
-//! machine can hold (`--raffles 30 --tickets 10000000` for the real thing: ~9 GB of
-//! snapshots and ~9 GB of RSS today).
+//! across them. The goal is 30 × 10M in ≤ 2 GiB (`--raffles 30 --tickets 10000000`: 1.5 GB
+//! of compact snapshots and 1.85 GB of RSS, decision 0022; the default is a quicker 4).
 //!
 //! Filling 10M tickets through the API would take hours, so each raffle is created and
 //! opened through Tombola's engine (real events 1 and 2), then sold in memory by the domain
