@@ -4,6 +4,7 @@
 //! compared with ([`rowlock`]).
 
 pub mod all;
+pub mod check;
 pub mod expiry;
 pub mod hot;
 pub mod load;
@@ -16,12 +17,13 @@ pub mod workload;
 
 use std::time::Duration;
 
-/// The bench's ports: 127.0.0.1:18600–18999 (the range this suite was given). The first one
-/// that can be bound is returned; it is free again when the caller binds it.
+/// The bench's ports: 127.0.0.1:19000–19999 (the range this suite was given; 18000–18999
+/// is the chaos harness's). The first one that can be bound is returned; it is free again
+/// when the caller binds it.
 pub fn free_port() -> Result<u16, String> {
-    (18600..19000)
+    (19000..20000)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .ok_or_else(|| "no free port in 18600-18999".to_owned())
+        .ok_or_else(|| "no free port in 19000-19999".to_owned())
 }
 
 /// The value below which a fraction `p` of `sorted` lies, in milliseconds (microseconds in).
