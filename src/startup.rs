@@ -225,11 +225,6 @@ async fn start_read_side(
     store: &Store,
     engine: &Engine,
 ) -> anyhow::Result<ReadSide> {
-    // The read models commit without waiting for their WAL to be flushed (decision 0021):
-    // each batch moves its checkpoint in the same transaction, so a crash that loses the
-    // last few milliseconds of them loses their checkpoints too, and they are projected
-    // again from the log. Waiting would cost one flush per projection per commit of the log,
-    // on the same disk as the appends buyers wait for.
     let own_pool = match &args.read_database_url {
         Some(url) => Some(
             sqlx::postgres::PgPoolOptions::new()
@@ -237,19 +232,13 @@ async fn start_read_side(
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(
                     url.parse::<sqlx::postgres::PgConnectOptions>()?
-                        .application_name("tombola-read")
-                        .options([("synchronous_commit", "off")]),
+                        .application_name("tombola-read"),
                 )
                 .await?,
         ),
         None => None,
     };
-    let read_pool = own_pool.clone().unwrap_or_else(|| {
-        store
-            .sibling_without_flush_wait("tombola-read")
-            .pool()
-            .clone()
-    });
+    let read_pool = own_pool.clone().unwrap_or_else(|| store.pool().clone());
     let projections = tombola_projections::models::all();
     tombola_projections::migrate(&read_pool, &projections).await?;
     let runtime = Runtime::new(

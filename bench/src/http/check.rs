@@ -38,7 +38,7 @@ pub async fn replay(store: &Store, raffle_id: Uuid, tickets: u32) -> Result<LogC
     let mut raffle = Raffle::default();
     let mut holder: HashMap<u32, Uuid> = HashMap::new();
     let mut check = LogCheck::default();
-    let mut free = |holder: &mut HashMap<u32, Uuid>, order: Uuid, numbers: &[u32]| {
+    let free = |holder: &mut HashMap<u32, Uuid>, order: Uuid, numbers: &[u32]| {
         let mut freed = 0;
         for n in numbers {
             if holder.get(n) == Some(&order) {
