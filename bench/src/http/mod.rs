@@ -4,6 +4,7 @@
 //! compared with ([`rowlock`]).
 
 pub mod all;
+pub mod check;
 pub mod expiry;
 pub mod hot;
 pub mod load;
