@@ -26,6 +26,7 @@ pub(super) struct ReadSide {
     lags_us: Vec<u64>,
     drain: Duration,
     head: u64,
+    batch: usize,
 }
 
 impl ReadSide {
@@ -49,6 +50,7 @@ impl ReadSide {
             "lag_p99_ms": self.lag_ms(0.99),
             "lag_max_ms": self.lag_ms(1.0),
             "drain_ms": self.drain.as_millis() as u64,
+            "batch": self.batch,
         })
     }
 }
@@ -67,7 +69,10 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         EventSource::new(pool.clone()),
         pool.clone(),
         projections,
-        RuntimeConfig::default(),
+        RuntimeConfig {
+            batch_size: args.projection_batch,
+            ..RuntimeConfig::default()
+        },
     );
     let handle = runtime.handle();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -177,6 +182,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         lags_us,
         drain,
         head: head as u64,
+        batch: args.projection_batch,
     })
 }
 
