@@ -116,7 +116,7 @@ async fn bind() -> Result<tokio::net::TcpListener, String> {
     Err("no free port in 18200-18299".into())
 }
 
-async fn fresh_database() -> Result<(Store, String, String), String> {
+async fn fresh_database() -> Result<(Store, String), String> {
     let server = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL".to_owned())?;
     let name = format!("webhooks_bench_{}", Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&server)
@@ -134,38 +134,7 @@ async fn fresh_database() -> Result<(Store, String, String), String> {
     let url = format!("{base}/{name}");
     let store = Store::connect(&url, 32).await.map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
-    Ok((store, url, name))
-}
-
-/// Transactions the database `name` committed or rolled back, read once every connection
-/// to it has closed (a backend reports its counts as it exits).
-async fn transactions(name: &str) -> Result<i64, String> {
-    let server = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL".to_owned())?;
-    let admin = sqlx::PgPool::connect(&server)
-        .await
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let open: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-                .bind(name)
-                .fetch_one(&admin)
-                .await
-                .map_err(|e| e.to_string())?;
-        if open == 0 || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let count = sqlx::query_scalar(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
-    )
-    .bind(name)
-    .fetch_one(&admin)
-    .await
-    .map_err(|e| e.to_string());
-    admin.close().await;
-    count
+    Ok((store, url))
 }
 
 struct RunFigures {
@@ -174,22 +143,17 @@ struct RunFigures {
     messages: Vec<String>,
     /// From the start of the load until every fast endpoint had every message.
     delivered_in: Duration,
-    /// Database transactions of the whole run (set-up, load, drain).
-    transactions: i64,
 }
 
 /// One run: a server on a fresh database, `endpoints` registered, the load, then a wait
 /// (while the server still runs) until every message is made and each `fast` receiver has
 /// all of them, or `--drain-seconds` pass.
 async fn one_run(args: &Args, endpoints: &[String], fast: &[Seen]) -> Result<RunFigures, String> {
-    let (store, url, name) = fresh_database().await?;
+    let (store, url) = fresh_database().await?;
     let outcome = load(args, &store, endpoints, fast).await;
     store.pool().close().await;
-    let transactions = transactions(&name).await;
     let _ = tombola::testing::drop_database(&url).await;
-    let mut figures = outcome?;
-    figures.transactions = transactions?;
-    Ok(figures)
+    outcome
 }
 
 async fn load(
@@ -310,7 +274,6 @@ async fn load(
         reserve_latencies,
         messages,
         delivered_in,
-        transactions: 0,
     })
 }
 
@@ -411,11 +374,5 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "baseline_reserve_p99_ms": ms(baseline_p99),
         "command_p99_ratio": ratio(ms(loaded_p99), ms(baseline_p99)),
         "delivered_in_seconds": round3(loaded.delivered_in.as_secs_f64()),
-        // What webhooks cost the database, whatever else the machine does: transactions
-        // beyond the baseline run's, per message (each goes to every endpoint).
-        "extra_transactions_per_message": ratio(
-            (loaded.transactions - baseline.transactions) as f64,
-            loaded.messages.len() as f64,
-        ),
     }))
 }
