@@ -50,6 +50,10 @@ pub struct Observed {
     pub read_tickets: BTreeMap<Uuid, BTreeMap<u32, (Uuid, String)>>,
     /// When the nodes were stopped: a hold still live then ended no earlier.
     pub observed_at: DateTime<Utc>,
+    /// What the running nodes had not done when the settling gave up (deliveries left
+    /// pending, projections behind), or None: the harness applies events appended after
+    /// the settling itself, so only this says whether the nodes kept up.
+    pub unsettled: Option<String>,
 }
 
 /// The bounds the checks allow.
@@ -85,6 +89,14 @@ pub fn check(record: &Record, observed: &Observed, bounds: &Bounds) -> Vec<Strin
     check_payments(record, observed, &folds, &mut violations);
     check_holds(record, observed, &folds, bounds, &mut violations);
     check_read_models(observed, &folds, &mut violations);
+    for (raffle, why) in &observed.unverified_draws {
+        violations.push(format!(
+            "raffle {raffle}: the draw does not recompute from the log: {why}"
+        ));
+    }
+    if let Some(left) = &observed.unsettled {
+        violations.push(format!("the running nodes did not settle: {left}"));
+    }
     for (raffle, why) in &observed.broken_chains {
         violations.push(format!(
             "raffle {raffle}: hash chain does not verify: {why}"
@@ -1023,6 +1035,16 @@ mod tests {
     }
 
     #[test]
+    fn nodes_that_did_not_settle_are_reported() {
+        let mut observed = observed(paid_history());
+        observed.unsettled = Some("1 deliveries pending".into());
+        assert_one(
+            violations(&Record::default(), &observed),
+            "the running nodes did not settle: 1 deliveries pending",
+        );
+    }
+
+    #[test]
     fn a_broken_chain_and_a_client_violation_are_reported() {
         let mut observed = observed(paid_history());
         observed
@@ -1039,6 +1061,10 @@ mod tests {
         assert_one(
             found.clone(),
             "hash chain does not verify: hash mismatch at 2",
+        );
+        assert_one(
+            found.clone(),
+            "the draw does not recompute from the log: winners differ",
         );
         assert_one(found, "client: replay answered another order");
     }
