@@ -80,7 +80,8 @@ pub enum WebhooksCommand {
         endpoint: uuid::Uuid,
         msg_id: String,
     },
-    /// Send again every message to an endpoint that failed since a time (RFC 3339).
+    /// Send every message since a time (RFC 3339) that an endpoint has not received: failed
+    /// ones and those made while it was disabled.
     Recover {
         endpoint: uuid::Uuid,
         #[arg(long)]

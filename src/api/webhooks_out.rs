@@ -344,12 +344,13 @@ pub async fn redeliver(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RecoverParams {
-    /// RFC 3339 time: every message to the endpoint since then that failed is sent again.
+    /// RFC 3339 time: every message to the endpoint since then that it has not received
+    /// (failed, or made while it was disabled) is sent.
     #[param(value_type = String, format = DateTime)]
     pub since: DateTime<Utc>,
 }
 
-/// Send again every message to the endpoint that failed since `since`.
+/// Send every message since `since` that the endpoint has not received.
 #[utoipa::path(post, path = "/v1/webhook-endpoints/{id}/recover", tag = "webhooks-out",
     params(("id" = Uuid, Path), RecoverParams),
     responses((status = 202, body = Requeued)),

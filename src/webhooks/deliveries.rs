@@ -139,14 +139,36 @@ pub async fn redeliver(
     Ok(true)
 }
 
-/// Sends again every message to the endpoint that failed since `since`: dead-lettered ones
-/// get a fresh schedule, ones waiting for a retry go now. Returns how many.
+/// Sends again every message to the endpoint since `since` that it has not received:
+/// dead-lettered ones get a fresh schedule, ones waiting for a retry go now, and messages
+/// made while it was disabled (never queued for it) are queued. Returns how many.
 pub async fn recover(
     pool: &PgPool,
     endpoint_id: Uuid,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
+    let mut tx = tombola_projections::begin(pool).await?;
+    // The outbox's own matching rules (outbox.rs), over the messages kept since `since`.
+    let missed = sqlx::query(
+        "INSERT INTO webhook_deliveries (endpoint_id, msg_id, raffle_id, order_key, sequence, \
+           event_type, next_attempt_at, created_at, updated_at) \
+         SELECT e.endpoint_id, m.msg_id, m.raffle_id, coalesce(m.order_id, m.raffle_id), \
+           m.sequence, m.event_type, $3, $3, $3 \
+         FROM webhook_endpoints e \
+         JOIN webhook_messages m ON m.recorded_at >= greatest($2, e.created_at) \
+           AND (cardinality(e.event_types) = 0 OR m.event_type = ANY (e.event_types)) \
+           AND (e.raffle_id IS NULL OR e.raffle_id = m.raffle_id) \
+           AND (e.organizer_id IS NULL OR e.organizer_id = \
+                (SELECT organizer_id FROM raffles r WHERE r.raffle_id = m.raffle_id)) \
+         WHERE e.endpoint_id = $1 \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(endpoint_id)
+    .bind(since)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     let recovered = sqlx::query(
         "UPDATE webhook_deliveries SET \
            attempts = CASE WHEN status = 'dead' THEN 0 ELSE attempts END, \
@@ -158,7 +180,8 @@ pub async fn recover(
     .bind(endpoint_id)
     .bind(since)
     .bind(now)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(recovered.rows_affected())
+    tx.commit().await?;
+    Ok(missed.rows_affected() + recovered.rows_affected())
 }

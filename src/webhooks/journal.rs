@@ -63,10 +63,57 @@ pub async fn append(
     Ok(())
 }
 
+/// Appends events to several raffles' delivery streams in one statement: `entries` are
+/// (raffle, order, event), kept in their order within each stream. Stream rows are locked
+/// in raffle order, so two nodes appending to the same streams cannot deadlock.
+pub async fn append_many(
+    conn: &mut PgConnection,
+    actor: &str,
+    at: DateTime<Utc>,
+    entries: &[(Uuid, Option<Uuid>, Entry)],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let raffles: Vec<Uuid> = entries.iter().map(|(raffle, _, _)| *raffle).collect();
+    let orders: Vec<Option<Uuid>> = entries.iter().map(|(_, order, _)| *order).collect();
+    let kinds: Vec<&str> = entries.iter().map(|(_, _, e)| e.kind).collect();
+    let payloads: Vec<String> = entries
+        .iter()
+        .map(|(_, _, e)| e.payload.to_string())
+        .collect();
+    sqlx::query(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[]) \
+             WITH ORDINALITY AS e(raffle_id, k, p, o, i)), \
+         counts AS (SELECT raffle_id, count(*) AS n FROM input GROUP BY raffle_id), \
+         streams AS ( \
+           INSERT INTO webhook_streams (raffle_id, last_sequence) \
+           SELECT raffle_id, n FROM counts ORDER BY raffle_id \
+           ON CONFLICT (raffle_id) DO UPDATE \
+             SET last_sequence = webhook_streams.last_sequence + EXCLUDED.last_sequence \
+           RETURNING raffle_id, last_sequence) \
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           payload, metadata, order_id) \
+         SELECT 'webhook_delivery', e.raffle_id::text, \
+           s.last_sequence - c.n + row_number() OVER (PARTITION BY e.raffle_id ORDER BY e.i), \
+           e.k, '1', e.p::json, $5::json, e.o \
+         FROM input e JOIN streams s USING (raffle_id) JOIN counts c USING (raffle_id)",
+    )
+    .bind(&raffles)
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&orders)
+    .bind(metadata(actor, at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The append as common table expressions over `$1` raffle id, `$2` event types, `$3`
 /// payloads, `$4` metadata, `$5` order id, to be combined with other changes into one
 /// statement (one round trip, atomic without a transaction).
-pub const APPEND_CTE: &str = "\
+const APPEND_CTE: &str = "\
     journal_stream AS ( \
       INSERT INTO webhook_streams (raffle_id, last_sequence) VALUES ($1, cardinality($2::text[])) \
       ON CONFLICT (raffle_id) DO UPDATE \

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tombola_domain::backoff::Backoff;
@@ -62,6 +62,22 @@ impl Outcome {
     }
 }
 
+/// Successes settled together: one transaction (one commit, one lock of each delivery
+/// stream) for every success that ended while the previous batch was being written.
+const MAX_SETTLE_BATCH: usize = 256;
+
+/// Claims closer together than this wait, so that one claim serves the attempts that
+/// ended meanwhile instead of one claim per finished attempt.
+const MIN_CLAIM_GAP: Duration = Duration::from_millis(5);
+
+/// A success waiting for the settler, and who waits for its settlement.
+struct Success {
+    delivery: Claimed,
+    status: u16,
+    latency_ms: i64,
+    settled: oneshot::Sender<Result<(), String>>,
+}
+
 #[derive(Clone)]
 pub struct Worker {
     pool: PgPool,
@@ -70,6 +86,8 @@ pub struct Worker {
     client: reqwest::Client,
     node: Uuid,
     wake: Arc<Notify>,
+    /// The settler's queue, while [`Worker::run`] runs.
+    successes: Option<mpsc::Sender<Success>>,
 }
 
 impl Worker {
@@ -95,22 +113,37 @@ impl Worker {
             clock,
             node: Uuid::new_v4(),
             wake,
+            successes: None,
         }
     }
 
     /// Claims and sends until `stop`. Attempts in flight then are dropped unsettled, like
     /// a crash: their leases expire and they are sent again, with the same id.
     pub async fn run(self, stop: CancellationToken) {
+        let (successes, queue) = mpsc::channel(MAX_SETTLE_BATCH * 4);
+        let settler = tokio::spawn(self.clone().settle_successes(queue));
+        let worker = Worker {
+            successes: Some(successes),
+            ..self
+        };
         let mut in_flight = JoinSet::new();
         let mut failures = 0u32;
+        let mut last_claim: Option<Instant> = None;
         loop {
-            let free = self.config.concurrency.saturating_sub(in_flight.len());
+            let free = worker.config.concurrency.saturating_sub(in_flight.len());
             if free > 0 {
-                match self.claim(free).await {
+                if let Some(gap) = last_claim.and_then(|at| MIN_CLAIM_GAP.checked_sub(at.elapsed()))
+                {
+                    tokio::time::sleep(gap).await;
+                }
+                while in_flight.try_join_next().is_some() {}
+                let free = worker.config.concurrency.saturating_sub(in_flight.len());
+                last_claim = Some(Instant::now());
+                match worker.claim(free).await {
                     Ok(claimed) => {
                         failures = 0;
                         for delivery in claimed {
-                            let worker = self.clone();
+                            let worker = worker.clone();
                             in_flight.spawn(async move { worker.attempt(delivery).await });
                         }
                     }
@@ -123,16 +156,91 @@ impl Worker {
             let nap = if failures > 0 {
                 Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).delay(failures)
             } else {
-                self.config.poll_interval
+                worker.config.poll_interval
             };
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = worker.wake.notified() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 () = tokio::time::sleep(nap) => {}
             }
         }
         in_flight.abort_all();
+        settler.abort();
+    }
+
+    /// Settles successes in batches: whatever arrived while the last batch was written.
+    async fn settle_successes(self, mut queue: mpsc::Receiver<Success>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_SETTLE_BATCH {
+                match queue.try_recv() {
+                    Ok(success) => batch.push(success),
+                    Err(_) => break,
+                }
+            }
+            let settled = self
+                .settle_batch(&batch)
+                .await
+                .map_err(|error| error.to_string());
+            for success in batch {
+                let _ = success.settled.send(settled.clone());
+            }
+        }
+    }
+
+    /// Every delivery of `batch` succeeded: their rows, their endpoints' health and their
+    /// events on the delivery streams, in one transaction.
+    async fn settle_batch(&self, batch: &[Success]) -> Result<(), sqlx::Error> {
+        let now = self.clock.now();
+        let endpoints: Vec<Uuid> = batch.iter().map(|s| s.delivery.endpoint_id).collect();
+        let msg_ids: Vec<&str> = batch.iter().map(|s| s.delivery.msg_id.as_str()).collect();
+        let statuses: Vec<i32> = batch.iter().map(|s| i32::from(s.status)).collect();
+        let mut entries = Vec::with_capacity(batch.len() * 2);
+        for success in batch {
+            let d = &success.delivery;
+            entries.push((d.raffle_id, d.order_id, attempted(d)));
+            entries.push((
+                d.raffle_id,
+                d.order_id,
+                Entry {
+                    kind: kind::SUCCEEDED,
+                    payload: json!({
+                        "msg_id": d.msg_id,
+                        "endpoint_id": d.endpoint_id,
+                        "event_type": d.event_type,
+                        "attempt": d.attempts,
+                        "status": success.status,
+                        "latency_ms": success.latency_ms,
+                        "delivery_lag_ms": (now - d.recorded_at).num_milliseconds(),
+                    }),
+                },
+            ));
+        }
+        let mut tx = tombola_projections::begin(&self.pool).await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries d SET status = 'succeeded', lease_until = NULL, \
+               last_status = u.status, last_error = NULL, updated_at = $4 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(endpoint_id, msg_id, status) \
+             WHERE d.endpoint_id = u.endpoint_id AND d.msg_id = u.msg_id",
+        )
+        .bind(&endpoints)
+        .bind(&msg_ids)
+        .bind(&statuses)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
+               circuit_open_until = NULL, circuit_opened = 0 \
+             WHERE endpoint_id = ANY($1) \
+               AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL)",
+        )
+        .bind(&endpoints)
+        .execute(&mut *tx)
+        .await?;
+        journal::append_many(&mut tx, "system", now, &entries).await?;
+        tx.commit().await
     }
 
     /// Leases up to `limit` due deliveries to this node.
@@ -366,14 +474,41 @@ impl Worker {
         }
     }
 
+    /// A success goes to the settler's next batch (directly to the database when no
+    /// settler runs); the answer is that batch's.
+    async fn settle_success(
+        &self,
+        delivery: &Claimed,
+        outcome: &Outcome,
+        latency_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let (settled, answer) = oneshot::channel();
+        let success = Success {
+            delivery: delivery.clone(),
+            status: outcome.status.unwrap_or_default(),
+            latency_ms,
+            settled,
+        };
+        let Some(queue) = &self.successes else {
+            return self.settle_batch(std::slice::from_ref(&success)).await;
+        };
+        let stopped = || sqlx::Error::WorkerCrashed;
+        queue.send(success).await.map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(sqlx::Error::Protocol)
+    }
+
     /// Records the outcome: the delivery's state, the endpoint's health (circuit, the
     /// five-day rule, 410), and the events on the delivery stream, in one transaction.
     async fn settle(&self, delivery: &Claimed, outcome: &Outcome) -> Result<(), sqlx::Error> {
         let now = self.clock.now();
         let config = &self.config;
         let latency_ms = outcome.latency.as_millis() as i64;
-        let succeeded = outcome.succeeded();
-
+        if outcome.succeeded() {
+            return self.settle_success(delivery, outcome, latency_ms).await;
+        }
         let base = json!({
             "msg_id": delivery.msg_id,
             "endpoint_id": delivery.endpoint_id,
@@ -382,60 +517,7 @@ impl Worker {
             "status": outcome.status,
             "latency_ms": latency_ms,
         });
-        // The attempt and its outcome are recorded together, once it ended: an attempt cut
-        // off by a crash shows in the delivery's `attempts` count, not as an event.
-        let attempted = Entry {
-            kind: kind::ATTEMPTED,
-            payload: json!({
-                "msg_id": delivery.msg_id,
-                "endpoint_id": delivery.endpoint_id,
-                "event_type": delivery.event_type,
-                "attempt": delivery.attempts,
-            }),
-        };
-        if succeeded {
-            let mut payload = base;
-            payload["delivery_lag_ms"] = json!((now - delivery.recorded_at).num_milliseconds());
-            let entries = [
-                attempted,
-                Entry {
-                    kind: kind::SUCCEEDED,
-                    payload,
-                },
-            ];
-            // The common case in one statement: the delivery settled, both events, and the
-            // endpoint's health cleared if it was not clean.
-            sqlx::query(&format!(
-                "WITH {}, settled AS ( \
-                   UPDATE webhook_deliveries SET status = 'succeeded', lease_until = NULL, \
-                     last_status = $6, last_error = NULL, updated_at = $7 \
-                   WHERE endpoint_id = $8 AND msg_id = $9 RETURNING 1), \
-                 healthy AS ( \
-                   UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, \
-                     circuit_open_until = NULL, circuit_opened = 0 \
-                   WHERE endpoint_id = $8 \
-                     AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL) RETURNING 1) \
-                 SELECT 1",
-                journal::APPEND_CTE
-            ))
-            .bind(delivery.raffle_id)
-            .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
-            .bind(
-                entries
-                    .iter()
-                    .map(|e| e.payload.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(journal::metadata("system", now))
-            .bind(delivery.order_id)
-            .bind(outcome.status.map(i32::from))
-            .bind(now)
-            .bind(delivery.endpoint_id)
-            .bind(&delivery.msg_id)
-            .execute(&self.pool)
-            .await?;
-            return Ok(());
-        }
+        let attempted = attempted(delivery);
         let mut tx = self.pool.begin().await?;
         let mut entries = vec![attempted];
         {
@@ -551,6 +633,20 @@ impl Worker {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The event that records an attempt; written with its outcome, once it ended (an attempt
+/// cut off by a crash shows in the delivery's `attempts` count, not as an event).
+fn attempted(delivery: &Claimed) -> Entry {
+    Entry {
+        kind: kind::ATTEMPTED,
+        payload: json!({
+            "msg_id": delivery.msg_id,
+            "endpoint_id": delivery.endpoint_id,
+            "event_type": delivery.event_type,
+            "attempt": delivery.attempts,
+        }),
     }
 }
 

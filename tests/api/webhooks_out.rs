@@ -563,6 +563,94 @@ async fn a_receiver_answering_410_is_disabled() {
     app.teardown().await;
 }
 
+/// A disabled endpoint is not sent anything, but nothing is lost to it: once enabled again,
+/// `recover` sends what failed and what happened while it was off.
+#[tokio::test]
+async fn recover_sends_what_an_endpoint_missed_while_it_was_disabled() {
+    let app = spawn_app_with(fast).await;
+    let receiver = Receiver::start(Script::Always(410)).await;
+    let (id, _) = create_endpoint(
+        &app,
+        json!({"url": receiver.url, "event_types": ["order.reserved"]}),
+    )
+    .await;
+    let since = Utc::now() - chrono::Duration::seconds(1);
+    let raffle = app.raffle_on_sale(json!({})).await;
+    app.reserve_ok(raffle, &numbers("ada@example.com", &[1]))
+        .await;
+    eventually(Duration::from_secs(20), "the endpoint disabled", || async {
+        (endpoint(&app, id).await["enabled"] == false).then_some(())
+    })
+    .await;
+    app.reserve_ok(raffle, &numbers("bob@example.com", &[2]))
+        .await;
+    app.reserve_ok(raffle, &numbers("eve@example.com", &[3]))
+        .await;
+    // Messages exist for every reservation before recover looks for them.
+    eventually(Duration::from_secs(20), "three messages", || async {
+        let made: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_messages WHERE raffle_id = $1 \
+             AND event_type = 'order.reserved'",
+        )
+        .bind(raffle)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        (made == 3).then_some(())
+    })
+    .await;
+
+    // Recovered while still disabled: queued, and sent once it is enabled again.
+    let recovered = expect_json(
+        app.post_empty(
+            &format!(
+                "/v1/webhook-endpoints/{id}/recover?since={}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            &app.organizer_key,
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert_eq!(
+        recovered["requeued"], 3,
+        "the failed one and the two missed"
+    );
+    receiver.set(Script::Ok);
+    let enabled = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhook-endpoints/{id}"),
+            &app.organizer_key,
+        )
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(enabled, StatusCode::OK).await;
+    let sent = all_deliveries(&app, id, 3, "succeeded").await;
+    let mut ids: Vec<&str> = sent.iter().map(|d| d["msg_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three different messages: {sent:?}");
+    // A second recover finds nothing more to send.
+    let again = expect_json(
+        app.post_empty(
+            &format!(
+                "/v1/webhook-endpoints/{id}/recover?since={}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            &app.organizer_key,
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert_eq!(again["requeued"], 0);
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn a_hanging_endpoint_delays_neither_a_fast_one_nor_a_sale() {
     let app = spawn_app_with(fast).await;

@@ -6,10 +6,11 @@
 //! `traces` follows one reservation from the HTTP request down to the append;
 //! `personal_data` searches everything of a buy flow for the buyer, keys and secrets;
 //! `deploy` checks the dashboards, alert rules and nginx example in `deploy/` against the
-//! metrics the code exports.
+//! metrics the code exports; `balancer` runs three nodes behind that nginx example.
 //!
 //! Needs PostgreSQL: `DATABASE_URL` (or the private cluster, see `tombola::testing`).
 
+mod balancer;
 mod deploy;
 mod personal_data;
 #[path = "../payments/stripe_events.rs"]
