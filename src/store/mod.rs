@@ -195,3 +195,24 @@ pub async fn raffle_config(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_in_doubt_unless_it_never_left_the_pool_or_the_database_refused_it() {
+        let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "got 0 bytes at EOF");
+        assert!(StoreError::Database(sqlx::Error::Io(lost)).in_doubt());
+        assert!(StoreError::Database(sqlx::Error::Protocol("cut".into())).in_doubt());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).in_doubt());
+        assert!(!StoreError::Database(sqlx::Error::PoolClosed).in_doubt());
+        assert!(!StoreError::Corrupt("bad".into()).in_doubt());
+        for code in ["08006", "57P01", "57P02", "58030", "XX000"] {
+            assert!(sqlstate_in_doubt(code), "{code}");
+        }
+        for code in ["23505", "22021", "40001", "53300"] {
+            assert!(!sqlstate_in_doubt(code), "{code}");
+        }
+    }
+}
