@@ -1787,3 +1787,233 @@ async fn a_node_that_is_behind_stores_no_stale_refusal() {
     behind.shutdown().await;
     db.drop_database().await;
 }
+
+// ----- 13. compact raffles: settled orders read from the log (decision 0022) -----
+
+/// Every raffle compact, snapshots often: the rare paths run on every settled order.
+fn compact_config() -> EngineConfig {
+    EngineConfig {
+        compact_after_orders: 0,
+        snapshot_every: 4,
+        ..EngineConfig::default()
+    }
+}
+
+fn event_names(applied: &Applied) -> Vec<&'static str> {
+    applied.events.iter().map(|e| e.event.name()).collect()
+}
+
+fn refund(order_id: Uuid) -> RaffleCommand {
+    RaffleCommand::Refund(tombola_domain::RefundOrder {
+        order_id,
+        amount_refunded_minor: None,
+        reason: "requested_by_customer".into(),
+        refund_id: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_raffle_reloaded_from_its_snapshot_decides_settled_orders_from_its_log() {
+    let (engine, db) = start_engine(compact_config()).await;
+    let raffle_id = open_raffle(&engine, 50, |_| {}).await;
+    let (paid, released) = (Uuid::new_v4(), Uuid::new_v4());
+    for (i, order_id) in [paid, released].into_iter().enumerate() {
+        let command = reserve_random(order_id, buyer(i as u64), 2);
+        engine.execute(raffle_id, command, meta()).await.unwrap();
+    }
+    let first = payment(paid, "pi_first", 2 * PRICE_MINOR);
+    engine
+        .execute(raffle_id, first.clone(), webhook_meta())
+        .await
+        .unwrap();
+    let release = RaffleCommand::Release { order_id: released };
+    engine.execute(raffle_id, release, meta()).await.unwrap();
+    let state = engine_state(&engine, raffle_id).await;
+    assert!(state.is_compact());
+    assert_eq!(state.order(paid), None, "a paid order keeps no record");
+    engine.shutdown().await;
+
+    // A new node loads the compact snapshot (taken after every 4 events).
+    let pool = db.pool().clone();
+    let format: i16 = sqlx::query_scalar(
+        "SELECT get_byte(payload, 4)::smallint FROM raffle_snapshots WHERE raffle_id = $1",
+    )
+    .bind(raffle_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(format, 2, "the snapshot is the compact version");
+    let engine = Engine::new(db.connect(4).await, compact_config());
+    assert!(engine_state(&engine, raffle_id).await.is_compact());
+
+    // The same payment again (a provider retry with a new event id): nothing.
+    let mut again = first.clone();
+    if let RaffleCommand::RecordPayment(payment) = &mut again {
+        payment.provider_event_id = "evt_retry".into();
+    }
+    let repeated = engine
+        .execute(raffle_id, again, webhook_meta())
+        .await
+        .unwrap();
+    assert!(repeated.events.is_empty(), "{repeated:?}");
+    // A second, different payment for the paid order: recorded, refund required.
+    let twice = engine
+        .execute(
+            raffle_id,
+            payment(paid, "pi_second", 2 * PRICE_MINOR),
+            webhook_meta(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        &twice.events[1].event,
+        RaffleEvent::RefundRequired {
+            reason: RefundReason::AlreadyPaid,
+            ..
+        }
+    ));
+    // The first payment's id reported for the other order: flagged, nothing issued.
+    let reused = engine
+        .execute(
+            raffle_id,
+            payment(released, "pi_first", 2 * PRICE_MINOR),
+            webhook_meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_names(&reused), ["PaymentRecorded", "PaymentFlagged"]);
+    // A late payment for the released order: its numbers are still free, so issued.
+    let late = engine
+        .execute(
+            raffle_id,
+            payment(released, "pi_late", 2 * PRICE_MINOR),
+            webhook_meta(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        &late.events[1].event,
+        RaffleEvent::TicketsIssued { late: true, .. }
+    ));
+    // A refund of the paid order returns its numbers.
+    let refunded = engine
+        .execute(raffle_id, refund(paid), meta())
+        .await
+        .unwrap();
+    let RaffleEvent::OrderRefunded { numbers, .. } = &refunded.events[0].event else {
+        panic!("{refunded:?}");
+    };
+    assert_eq!(numbers.len(), 2);
+    assert!(engine
+        .execute(raffle_id, refund(paid), meta())
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    let view = |order_id| engine.order_view(raffle_id, order_id);
+    assert_eq!(
+        view(paid).await.unwrap().unwrap().status,
+        OrderStatus::Refunded
+    );
+    assert_eq!(
+        view(released).await.unwrap().unwrap().status,
+        OrderStatus::Paid
+    );
+    assert_eq!(view(Uuid::new_v4()).await.unwrap(), None);
+
+    // The draw needs every ticket's owner: the stream is folded in full, once.
+    engine
+        .execute(raffle_id, RaffleCommand::CloseSales, meta())
+        .await
+        .unwrap();
+    let draw = RaffleCommand::Draw {
+        seed: "seed".into(),
+        public_entropy: "block 1".into(),
+    };
+    let drawn = engine.execute(raffle_id, draw, meta()).await.unwrap();
+    let RaffleEvent::WinnersDrawn { winners, .. } = &drawn.events[0].event else {
+        panic!("{drawn:?}");
+    };
+    assert_eq!(winners.len(), 1);
+    assert_eq!(winners[0].order_id, released, "the only paid order wins");
+
+    // The compact state is the log's: a full replay shows the same tickets.
+    engine.shutdown().await;
+    let full = fold(log(&db.store, raffle_id).await.iter().map(|s| &s.event));
+    let fresh = Engine::new(db.connect(2).await, compact_config());
+    let compact = engine_state(&fresh, raffle_id).await;
+    assert_eq!(compact.free_numbers(), full.free_numbers());
+    assert_eq!(compact.sold_count(), full.sold_count());
+    assert_eq!(compact.order_count(), full.order_count());
+    assert_eq!(
+        verify_chain(&pool, raffle_id).await,
+        Ok(full_len(&db, raffle_id).await)
+    );
+    fresh.shutdown().await;
+    db.drop_database().await;
+}
+
+async fn full_len(db: &tombola_testkit::TestDb, raffle_id: Uuid) -> u64 {
+    event_count(db.pool(), raffle_id).await as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_raffle_decides_a_settled_order_from_events_not_yet_committed() {
+    let (engine, db) = start_engine(compact_config()).await;
+    let raffle_id = open_raffle(&engine, 100, |_| {}).await;
+    let orders: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+    for (i, order_id) in orders.iter().enumerate() {
+        let command = reserve_random(*order_id, buyer(i as u64), 1);
+        engine.execute(raffle_id, command, meta()).await.unwrap();
+    }
+    // Each order's payment, its repeat and its refund queue up behind a busy writer and are
+    // decided in one batch: the repeat and the refund need the order's events, which are
+    // only in that batch (the writer's journal), not yet in the log.
+    let held = hold_writer(&engine, raffle_id, Duration::from_millis(600)).await;
+    let mut sent = JoinSet::new();
+    for (i, order_id) in orders.iter().enumerate() {
+        for (step, command) in [
+            payment(*order_id, &format!("pi_{i}"), PRICE_MINOR),
+            payment(*order_id, &format!("pi_{i}"), PRICE_MINOR),
+            refund(*order_id),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let engine = engine.clone();
+            sent.spawn(async move {
+                (
+                    i,
+                    step,
+                    engine.execute(raffle_id, command, webhook_meta()).await,
+                )
+            });
+            // Queued in order: the next one is sent once this one is surely in the queue.
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    }
+    let mut results = BTreeMap::new();
+    while let Some(joined) = sent.join_next().await {
+        let (i, step, result) = joined.unwrap();
+        results.insert((i, step), result.unwrap());
+    }
+    held.await.unwrap();
+    for i in 0..orders.len() {
+        assert_eq!(
+            event_names(&results[&(i, 0)]),
+            ["PaymentRecorded", "TicketsIssued"]
+        );
+        assert!(results[&(i, 1)].events.is_empty(), "repeat {i}");
+        assert_eq!(
+            event_names(&results[&(i, 2)]),
+            ["OrderRefunded"],
+            "refund {i}"
+        );
+    }
+    let full = fold(log(&db.store, raffle_id).await.iter().map(|s| &s.event));
+    let compact = engine_state(&engine, raffle_id).await;
+    assert_eq!(compact.free_numbers(), full.free_numbers());
+    assert_eq!(full.sold_count(), 0);
+    engine.shutdown().await;
+    db.drop_database().await;
+}

@@ -11,6 +11,7 @@
 //! ([`naive`]).
 
 mod breakdown;
+mod compact;
 mod decode_profile;
 mod mirror;
 mod naive;
@@ -198,6 +199,11 @@ struct Figures {
     pay_throughput_ratio: Option<f64>,
     pay_throughput_cpu_ratio: Option<f64>,
 
+    /// The same raffle compact (decision 0022), measured in the same run.
+    compact: compact::Compact,
+    /// compact bytes_per_ticket / full bytes_per_ticket (same run).
+    compact_bytes_ratio: f64,
+
     verified: bool,
     failures: Vec<String>,
 }
@@ -345,6 +351,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
     );
     drop(decoded);
     let orders = raffle.order_count();
+    let compact = compact::measure(&raffle, tickets, sale.first_order, &mut failures)?;
     drop(raffle);
     let mut warm_decodes = Vec::new();
     for _ in 1..args.repeats {
@@ -432,6 +439,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
         decode_faults,
         warm_decodes: &warm_decodes,
         memory_breakdown,
+        compact,
         live_by_class,
         decode_profile,
         decode_profile_sum_ms,
@@ -463,6 +471,7 @@ struct Measured<'a> {
     decode_faults: Option<u64>,
     warm_decodes: &'a [Span],
     memory_breakdown: Vec<Component>,
+    compact: compact::Compact,
     live_by_class: Vec<(usize, i64)>,
     decode_profile: Vec<Step>,
     decode_profile_sum_ms: f64,
@@ -589,6 +598,8 @@ fn figures(m: Measured) -> Figures {
         pay_throughput_cpu_ratio: b
             .map(|b| ratio(pay_per_cpu_sec, per_sec(b.sale.orders, b.sale.pay.cpu))),
 
+        compact_bytes_ratio: ratio(m.compact.bytes_per_ticket, bytes_per_ticket),
+        compact: m.compact,
         verified: m.failures.is_empty(),
         failures: m.failures.to_vec(),
     }

@@ -48,6 +48,10 @@ pub struct Args {
     /// `read_side_cost_ratio` (commands/s with it / without it) and `projection_lag_p99_ms`.
     #[arg(long)]
     projections: bool,
+    /// Most events the projection runtime applies per transaction (`--projections`; the
+    /// server's default is 1,000).
+    #[arg(long, default_value_t = 1_000)]
+    projection_batch: usize,
 }
 
 const PRICE: i64 = 500;

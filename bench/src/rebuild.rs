@@ -147,6 +147,8 @@ async fn run_async(args: &Args) -> Result<(serde_json::Value, Vec<String>), Stri
             .map_err(|e| format!("rebuilding: {e}"))?;
     }
     let rebuild_time = started.elapsed();
+    let phases = phases_json(&handle.rebuild_timings());
+    phase(format_args!("rebuild phases (s): {phases}"));
     let events_per_sec = per_sec(filled.events, rebuild_time);
     let scan_per_sec = per_sec(scanned, scan_time);
     phase(format_args!(
@@ -171,6 +173,7 @@ async fn run_async(args: &Args) -> Result<(serde_json::Value, Vec<String>), Stri
             "scan_s": round3(scan_time.as_secs_f64()),
             "rebuild_s": round3(rebuild_time.as_secs_f64()),
             "per_projection_s": per_projection,
+            "phases_s": phases,
             "load_average_before": load_before,
             "load_average_after": crate::sys::load_average(),
             "verified": failures.is_empty(),
@@ -181,6 +184,26 @@ async fn run_async(args: &Args) -> Result<(serde_json::Value, Vec<String>), Stri
         }),
         failures,
     ))
+}
+
+/// Where the rebuild's time went, in seconds: the fill's phases summed over its workers
+/// (`fill` is their wall time), then per projection the index builds and the swaps.
+fn phases_json(t: &tombola_projections::RebuildTimings) -> serde_json::Value {
+    let secs = |d: std::time::Duration| json!(round3(d.as_secs_f64()));
+    let by_name = |list: &[(&'static str, std::time::Duration)]| {
+        list.iter()
+            .map(|(name, took)| ((*name).to_owned(), secs(*took)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({
+        "fill": secs(t.fill),
+        "read": secs(t.read),
+        "decode": secs(t.decode),
+        "apply": by_name(&t.apply),
+        "commit": secs(t.commit),
+        "index": by_name(&t.index),
+        "swap": by_name(&t.swap),
+    })
 }
 
 /// The rebuilt models against what the generator's aggregates say.

@@ -18,7 +18,10 @@ use crate::errors::{LimitKind, RaffleError};
 use crate::events::{ExpiredHold, Payment, RaffleEvent, RefundReason};
 use crate::money::Money;
 use crate::orders::{
-    from_secs, to_secs_ceil, to_secs_floor, OrderBook, OrderStatus, OrderView, NO_ORDER,
+    from_secs, to_secs_ceil, to_secs_floor, OrderBook, OrderStatus, OrderView, Secs, NO_ORDER,
+};
+use crate::resident::{
+    first_recorded, order_digest, DigestSet, Need, OrderDetails, Settled, Supplied,
 };
 use crate::tickets::{TicketPool, TicketState};
 use crate::values::{digest64, Email, PlusAddressing};
@@ -88,9 +91,48 @@ pub struct Raffle {
     pub(crate) tickets: TicketPool,
     pub(crate) orders: OrderBook,
     pub(crate) winners: Vec<Winner>,
+    /// `Some` once compact ([`Raffle::compact`]): `orders` then keeps live holds only.
+    pub(crate) settled: Option<Box<Settled>>,
 }
 
 type Decision = Result<Vec<RaffleEvent>, RaffleError>;
+
+/// Why a decision stopped: refused, or waiting for events a compact raffle does not keep.
+enum Stop {
+    Refused(RaffleError),
+    Needs(Need),
+}
+
+impl From<RaffleError> for Stop {
+    fn from(error: RaffleError) -> Self {
+        Self::Refused(error)
+    }
+}
+
+impl From<Need> for Stop {
+    fn from(need: Need) -> Self {
+        Self::Needs(need)
+    }
+}
+
+type Step = Result<Vec<RaffleEvent>, Stop>;
+
+/// An order as a decision sees it: from its resident record, or (a compact raffle's settled
+/// order) from its own events.
+struct Facts {
+    status: OrderStatus,
+    numbers: Vec<u32>,
+    reserved_at: Secs,
+    expires_at: Secs,
+    issued_at: Secs,
+    partial_refunded: i64,
+}
+
+impl Facts {
+    fn len(&self) -> u32 {
+        self.numbers.len() as u32
+    }
+}
 /// Issued numbers with their issue time, and the order owning each.
 type IssuedTickets = (
     Vec<(u32, DateTime<Utc>)>,
@@ -138,27 +180,60 @@ impl Raffle {
         &self.winners
     }
 
+    /// Orders the raffle ever had.
     pub fn order_count(&self) -> usize {
-        self.orders.len()
+        match &self.settled {
+            Some(settled) => settled.orders.len(),
+            None => self.orders.len(),
+        }
     }
 
+    /// The order as its resident record shows it: every order of a full raffle, only live
+    /// holds of a compact one (use [`Self::order_with`] there).
     pub fn order(&self, order_id: Uuid) -> Option<OrderView> {
-        let config = self.config()?;
-        let pos = self.orders.find(&order_id)?;
-        let order = self.orders.get(pos);
-        Some(OrderView {
+        self.order_with(order_id, &Supplied::default())
+            .ok()
+            .flatten()
+    }
+
+    /// The order, or the events a compact raffle needs to show it.
+    pub fn order_with(
+        &self,
+        order_id: Uuid,
+        supplied: &Supplied,
+    ) -> Result<Option<OrderView>, Need> {
+        let Some(config) = self.config() else {
+            return Ok(None);
+        };
+        let Some(facts) = self.facts(order_id, supplied)? else {
+            return Ok(None);
+        };
+        Ok(Some(OrderView {
             order_id,
-            status: order.status,
-            numbers: self.orders.numbers_vec(pos),
+            status: facts.status,
             // Orders of a raffle priced before totals were bounded may have none.
-            amount_minor: config
-                .price_for(order.numbers_len)
-                .map_or(i64::MAX, Money::minor),
+            amount_minor: config.price_for(facts.len()).map_or(i64::MAX, Money::minor),
             currency: config.currency,
-            reserved_at: from_secs(order.reserved_at),
-            expires_at: from_secs(order.expires_at),
-            issued_at: (order.status == OrderStatus::Paid).then(|| from_secs(order.issued_at)),
-        })
+            reserved_at: from_secs(facts.reserved_at),
+            expires_at: from_secs(facts.expires_at),
+            issued_at: (facts.status == OrderStatus::Paid).then(|| from_secs(facts.issued_at)),
+            numbers: facts.numbers,
+        }))
+    }
+
+    /// [`Self::order_with`], answering its need from `log` (every event so far, in order).
+    pub fn order_from_log(&self, order_id: Uuid, log: &[RaffleEvent]) -> Option<OrderView> {
+        let mut supplied = Supplied::default();
+        loop {
+            match self.order_with(order_id, &supplied) {
+                Ok(view) => return view,
+                Err(need) => {
+                    assert!(!supplied.has(&need), "a need met is not asked again");
+                    let events = log.iter().filter(|e| need.matches(e)).cloned().collect();
+                    supplied.supply(need, events);
+                }
+            }
+        }
     }
 
     /// When the earliest live hold ends: the writer's next timer.
@@ -166,15 +241,75 @@ impl Raffle {
         self.orders.next_expiry().map(from_secs)
     }
 
+    /// Whether settled orders are kept as digests (decision 0022).
+    pub fn is_compact(&self) -> bool {
+        self.settled.is_some()
+    }
+
     // ----- decisions -----
 
     /// Decides `command` against the current state without changing it. An empty list means
     /// the command was a duplicate of one already applied: nothing to do, nothing to store.
+    /// A compact raffle may need events from its log: decide it with [`Self::decide_with`]
+    /// (or [`Self::decide_from_log`]); here such a command is refused as unavailable.
     pub fn decide(&self, command: RaffleCommand, services: &RaffleServices) -> Decision {
+        self.decide_with(command, services, &Supplied::default())
+            .unwrap_or_else(|need| {
+                Err(RaffleError::InvalidRaffleState {
+                    status: self.status,
+                    expected: format!("its log read first ({need:?})").into(),
+                })
+            })
+    }
+
+    /// Decides `command`, or names the events it needs first (`Err`): supply them and ask
+    /// again. Nothing is decided until every need is met, so asking again is safe.
+    pub fn decide_with(
+        &self,
+        command: RaffleCommand,
+        services: &RaffleServices,
+        supplied: &Supplied,
+    ) -> Result<Decision, Need> {
+        match self.step(command, services, supplied) {
+            Ok(events) => Ok(Ok(events)),
+            Err(Stop::Refused(error)) => Ok(Err(error)),
+            Err(Stop::Needs(need)) => Err(need),
+        }
+    }
+
+    /// [`Self::decide_with`], answering needs from `log`: every event of the stream so far, in
+    /// order. What the engine does with its database, for callers holding the log.
+    pub fn decide_from_log(
+        &self,
+        command: RaffleCommand,
+        services: &RaffleServices,
+        log: &[RaffleEvent],
+    ) -> Decision {
+        let mut supplied = Supplied::default();
+        loop {
+            match self.decide_with(command.clone(), services, &supplied) {
+                Ok(decision) => return decision,
+                Err(need) if supplied.has(&need) => {
+                    unreachable!("a need met is not asked again: {need:?}")
+                }
+                Err(Need::Log) => {
+                    let mut full = Raffle::default();
+                    log.iter().for_each(|event| full.apply_event(event));
+                    supplied.supply_log(full);
+                }
+                Err(need) => {
+                    let events = log.iter().filter(|e| need.matches(e)).cloned().collect();
+                    supplied.supply(need, events);
+                }
+            }
+        }
+    }
+
+    fn step(&self, command: RaffleCommand, services: &RaffleServices, supplied: &Supplied) -> Step {
         let now = services.now();
         if let RaffleCommand::Create(create) = command {
             if self.config.is_some() {
-                return Err(RaffleError::RaffleAlreadyExists);
+                return Err(RaffleError::RaffleAlreadyExists.into());
             }
             let config = RaffleConfig::parse(create)?;
             return Ok(vec![RaffleEvent::RaffleCreated { config, at: now }]);
@@ -188,49 +323,124 @@ impl Raffle {
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
                     expected: "draft".into(),
-                }),
+                }
+                .into()),
             },
-            RaffleCommand::Reserve(reserve) => self.reserve(config, reserve, now, services),
-            RaffleCommand::Release { order_id } => self.release(order_id, now),
+            RaffleCommand::Reserve(reserve) => {
+                self.reserve(config, reserve, now, services, supplied)
+            }
+            RaffleCommand::Release { order_id } => self.release(order_id, now, supplied),
             RaffleCommand::ExpireDueHolds => Ok(self.expire_due_holds(now)),
             RaffleCommand::ExtendHold { order_id, until } => {
-                self.extend_hold(config, order_id, until, now)
+                self.extend_hold(config, order_id, until, now, supplied)
             }
             RaffleCommand::RecordPayment(payment) => {
-                self.record_payment(config, payment, now, services)
+                self.record_payment(config, payment, now, services, supplied)
             }
-            RaffleCommand::RecordPaymentFailure(failure) => self.record_failure(failure, now),
+            RaffleCommand::RecordPaymentFailure(failure) => {
+                self.record_failure(failure, now, supplied)
+            }
             RaffleCommand::ConfirmManualPayment(manual) => {
-                self.confirm_manual(config, manual, now, services)
+                self.confirm_manual(config, manual, now, services, supplied)
             }
-            RaffleCommand::Refund(refund) => self.refund(config, refund, now),
+            RaffleCommand::Refund(refund) => self.refund(config, refund, now, supplied),
             RaffleCommand::CloseSales => match self.status {
                 RaffleStatus::OnSale => Ok(vec![RaffleEvent::SalesClosed { at: now }]),
                 RaffleStatus::Closed => Ok(vec![]),
                 status => Err(RaffleError::InvalidRaffleState {
                     status,
                     expected: "on_sale".into(),
-                }),
+                }
+                .into()),
             },
             RaffleCommand::Draw {
                 seed,
                 public_entropy,
-            } => self.draw(config, seed, public_entropy, now),
+            } => {
+                if self.settled.is_some() {
+                    // Every ticket's owner and issue time: the log, folded in full.
+                    let full = supplied.log()?;
+                    let config = full.config().ok_or(RaffleError::RaffleNotFound)?;
+                    return Ok(full.draw(config, seed, public_entropy, now)?);
+                }
+                Ok(self.draw(config, seed, public_entropy, now)?)
+            }
             RaffleCommand::Cancel { reason } => match self.status {
                 RaffleStatus::Cancelled => Ok(vec![]),
                 RaffleStatus::Drawn => Err(RaffleError::InvalidRaffleState {
                     status: RaffleStatus::Drawn,
                     expected: "not yet drawn".into(),
-                }),
+                }
+                .into()),
                 _ => Ok(vec![RaffleEvent::RaffleCancelled { reason, at: now }]),
             },
         }
     }
 
-    fn order_pos(&self, order_id: Uuid) -> Result<u32, RaffleError> {
+    /// The order's facts: `Ok(None)` if the raffle never had it. A compact raffle reads a
+    /// settled order (or one whose digest is merely present) from its own events.
+    fn facts(&self, order_id: Uuid, supplied: &Supplied) -> Result<Option<Facts>, Need> {
+        if let Some(pos) = self.orders.find(&order_id) {
+            let order = self.orders.get(pos);
+            if self.settled.is_none() || order.status == OrderStatus::Reserved {
+                return Ok(Some(Facts {
+                    status: order.status,
+                    numbers: self.orders.numbers_vec(pos),
+                    reserved_at: order.reserved_at,
+                    expires_at: order.expires_at,
+                    issued_at: order.issued_at,
+                    partial_refunded: self.orders.partial_refunds.get(&pos).copied().unwrap_or(0),
+                }));
+            }
+        }
+        let Some(settled) = &self.settled else {
+            return Ok(None);
+        };
+        if !settled.orders.contains(order_digest(&order_id)) {
+            return Ok(None);
+        }
+        let events = supplied.events(&Need::Order(order_id))?;
+        Ok(self.settled_details(order_id, events).map(|d| Facts {
+            status: d.status,
+            numbers: d.numbers,
+            reserved_at: d.reserved_at,
+            expires_at: d.expires_at,
+            issued_at: d.issued_at,
+            partial_refunded: d.partial_refunded,
+        }))
+    }
+
+    /// A settled order's details from its own events, corrected by what they cannot show:
+    /// a hold that ended without an event of its own expired (or was released by the
+    /// cancellation), and a paid order of a cancelled raffle owes a refund.
+    fn settled_details(&self, order_id: Uuid, events: &[RaffleEvent]) -> Option<OrderDetails> {
+        let mut details = OrderDetails::fold(events)?;
+        let settled = self.settled.as_deref()?;
+        match details.status {
+            OrderStatus::Reserved if self.orders_live(order_id) => {}
+            OrderStatus::Reserved if settled.released_by_cancel.contains(&order_id) => {
+                details.status = OrderStatus::Released;
+            }
+            OrderStatus::Reserved => details.status = OrderStatus::Expired,
+            OrderStatus::Paid if self.status == RaffleStatus::Cancelled => {
+                details.status = OrderStatus::RefundRequired;
+            }
+            _ => {}
+        }
+        Some(details)
+    }
+
+    fn orders_live(&self, order_id: Uuid) -> bool {
         self.orders
             .find(&order_id)
-            .ok_or(RaffleError::OrderNotFound { order_id })
+            .is_some_and(|pos| self.orders.get(pos).status == OrderStatus::Reserved)
+    }
+
+    fn order_exists(&self, order_id: Uuid, supplied: &Supplied) -> Result<bool, Need> {
+        if self.orders.find(&order_id).is_some() {
+            return Ok(true);
+        }
+        Ok(self.facts(order_id, supplied)?.is_some())
     }
 
     fn reserve(
@@ -243,21 +453,23 @@ impl Raffle {
         }: Reserve,
         now: DateTime<Utc>,
         services: &RaffleServices,
-    ) -> Decision {
+        supplied: &Supplied,
+    ) -> Step {
         if self.status != RaffleStatus::OnSale {
             return Err(RaffleError::SalesClosed {
                 status: self.status,
-            });
+            }
+            .into());
         }
-        if self.orders.find(&order_id).is_some() {
-            return Err(RaffleError::OrderAlreadyExists { order_id });
+        if self.order_exists(order_id, supplied)? {
+            return Err(RaffleError::OrderAlreadyExists { order_id }.into());
         }
         let requested = match &selection {
             Selection::Numbers(numbers) => numbers.len() as u32,
             Selection::Random(quantity) => *quantity,
         };
         if requested == 0 {
-            return Err(RaffleError::InvalidQuantity);
+            return Err(RaffleError::InvalidQuantity.into());
         }
         if requested > config.max_tickets_per_order {
             return Err(RaffleError::LimitExceeded {
@@ -265,7 +477,8 @@ impl Raffle {
                 limit: config.max_tickets_per_order,
                 requested,
                 held: 0,
-            });
+            }
+            .into());
         }
         if let (Some(limit), Some(held)) = (
             config.max_tickets_per_buyer,
@@ -278,7 +491,8 @@ impl Raffle {
                     limit,
                     requested,
                     held,
-                });
+                }
+                .into());
             }
         }
         let numbers = match selection {
@@ -289,7 +503,7 @@ impl Raffle {
                     .filter(|n| !config.contains_number(*n))
                     .collect();
                 if !outside.is_empty() {
-                    return Err(RaffleError::InvalidTicketNumber { numbers: outside });
+                    return Err(RaffleError::InvalidTicketNumber { numbers: outside }.into());
                 }
                 numbers.sort_unstable();
                 let repeated: Vec<u32> = numbers
@@ -298,11 +512,11 @@ impl Raffle {
                     .map(|w| w[0])
                     .collect();
                 if !repeated.is_empty() {
-                    return Err(RaffleError::DuplicateTicketNumber { numbers: repeated });
+                    return Err(RaffleError::DuplicateTicketNumber { numbers: repeated }.into());
                 }
                 let taken = self.tickets.taken(&numbers);
                 if !taken.is_empty() {
-                    return Err(RaffleError::TicketsUnavailable { numbers: taken });
+                    return Err(RaffleError::TicketsUnavailable { numbers: taken }.into());
                 }
                 numbers
             }
@@ -322,16 +536,18 @@ impl Raffle {
         }])
     }
 
-    fn release(&self, order_id: Uuid, now: DateTime<Utc>) -> Decision {
-        let pos = self.order_pos(order_id)?;
-        match self.orders.get(pos).status {
+    fn release(&self, order_id: Uuid, now: DateTime<Utc>, supplied: &Supplied) -> Step {
+        let facts = self
+            .facts(order_id, supplied)?
+            .ok_or(RaffleError::OrderNotFound { order_id })?;
+        match facts.status {
             OrderStatus::Reserved => Ok(vec![RaffleEvent::ReservationReleased {
                 order_id,
-                numbers: self.orders.numbers_vec(pos),
+                numbers: facts.numbers,
                 at: now,
             }]),
             OrderStatus::Released => Ok(vec![]),
-            status => Err(RaffleError::InvalidOrderState { order_id, status }),
+            status => Err(RaffleError::InvalidOrderState { order_id, status }.into()),
         }
     }
 
@@ -356,19 +572,22 @@ impl Raffle {
         order_id: Uuid,
         until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Decision {
-        let pos = self.order_pos(order_id)?;
-        let order = self.orders.get(pos);
+        supplied: &Supplied,
+    ) -> Step {
+        let order = self
+            .facts(order_id, supplied)?
+            .ok_or(RaffleError::OrderNotFound { order_id })?;
         match order.status {
             OrderStatus::Reserved => {}
             // A pending notice that arrives after the money did changes nothing.
             OrderStatus::Paid => return Ok(vec![]),
-            status => return Err(RaffleError::InvalidOrderState { order_id, status }),
+            status => return Err(RaffleError::InvalidOrderState { order_id, status }.into()),
         }
         if self.status != RaffleStatus::OnSale {
             return Err(RaffleError::SalesClosed {
                 status: self.status,
-            });
+            }
+            .into());
         }
         let cap =
             from_secs(order.reserved_at) + Duration::seconds(i64::from(config.max_hold_seconds));
@@ -383,20 +602,57 @@ impl Raffle {
         }])
     }
 
+    /// Whether `payment_id` was recorded before, and if so whether first for this order
+    /// (`Some(true)`: a repeat, nothing to do) or another one (`Some(false)`: flag it).
+    fn payment_seen(
+        &self,
+        order_id: Uuid,
+        payment_id: &str,
+        supplied: &Supplied,
+    ) -> Result<Option<bool>, Need> {
+        let digest = digest64(payment_id);
+        let Some(settled) = &self.settled else {
+            let pos = self.orders.find(&order_id).unwrap_or(NO_ORDER);
+            return Ok(self.orders.payments.get(&digest).map(|&seen| seen == pos));
+        };
+        if !settled.payments.contains(digest) {
+            return Ok(None);
+        }
+        // The digest is only a hint: the log says whether, and where first. Mirrors the full
+        // raffle's rule: a repeat when first recorded for this order, or for an order the
+        // raffle did not have then while it does not have this one now.
+        let known_now = self.facts(order_id, supplied)?.is_some();
+        if let Some(known_then) =
+            first_recorded(supplied.events(&Need::Order(order_id))?, payment_id)
+        {
+            return Ok(Some(known_then || !known_now));
+        }
+        let elsewhere = supplied.events(&Need::Payment(payment_id.to_owned()))?;
+        let Some(RaffleEvent::PaymentRecorded {
+            order_id: first, ..
+        }) = elsewhere.first()
+        else {
+            return Ok(None);
+        };
+        let known_then =
+            first_recorded(supplied.events(&Need::Order(*first))?, payment_id).unwrap_or(true);
+        Ok(Some(!known_then && !known_now))
+    }
+
     fn record_payment(
         &self,
         config: &RaffleConfig,
         payment: ProviderPayment,
         now: DateTime<Utc>,
         services: &RaffleServices,
-    ) -> Decision {
+        supplied: &Supplied,
+    ) -> Step {
         let order_id = payment.order_id;
-        let pos = self.orders.find(&order_id);
-        let seen_on = self
-            .orders
-            .payments
-            .get(&digest64(&payment.payment_id))
-            .copied();
+        let seen = self.payment_seen(order_id, &payment.payment_id, supplied)?;
+        if seen == Some(true) {
+            return Ok(vec![]);
+        }
+        let facts = self.facts(order_id, supplied)?;
         let recorded = RaffleEvent::PaymentRecorded {
             order_id,
             payment: Payment {
@@ -417,43 +673,39 @@ impl Raffle {
             reason,
             at: now,
         };
-        if let Some(seen_on) = seen_on {
-            if seen_on == pos.unwrap_or(NO_ORDER) {
-                return Ok(vec![]);
-            }
+        if seen == Some(false) {
             // The same payment id on another order: a provider metadata mix-up (or a 64-bit
-            // digest collision). Keep the money visible rather than guess.
+            // digest collision in a full raffle). Keep the money visible rather than guess.
             let flagged = self.flag(
                 config,
                 order_id,
-                pos,
+                facts.as_ref(),
                 &payment.payment_id,
                 "payment_id_reused",
                 now,
             );
             return Ok(vec![recorded, flagged]);
         }
-        let Some(pos) = pos else {
+        let Some(order) = facts else {
             return Ok(vec![
                 recorded,
                 refund(RefundReason::UnknownOrder, payment.amount_minor),
             ]);
         };
-        let order = self.orders.get(pos);
         let outcome = match order.status {
             OrderStatus::Paid => refund(RefundReason::AlreadyPaid, payment.amount_minor),
             OrderStatus::Refunded | OrderStatus::RefundRequired => {
                 refund(RefundReason::OrderNotPayable, payment.amount_minor)
             }
             _ if !matches!(
-                (config.price_for(order.numbers_len), Money::new(payment.amount_minor, payment.currency)),
+                (config.price_for(order.len()), Money::new(payment.amount_minor, payment.currency)),
                 (Ok(due), Ok(paid)) if due == paid
             ) =>
             {
                 self.flag(
                     config,
                     order_id,
-                    Some(pos),
+                    Some(&order),
                     &payment.payment_id,
                     "amount_mismatch",
                     now,
@@ -463,7 +715,7 @@ impl Raffle {
                 refund(RefundReason::SalesClosed, payment.amount_minor)
             }
             _ => self
-                .issue(config, pos, now, services)
+                .issue(config, order_id, order, now, services)
                 .unwrap_or_else(|reason| refund(reason, payment.amount_minor)),
         };
         Ok(vec![recorded, outcome])
@@ -473,7 +725,7 @@ impl Raffle {
         &self,
         config: &RaffleConfig,
         order_id: Uuid,
-        pos: Option<u32>,
+        order: Option<&Facts>,
         payment_id: &str,
         reason: &str,
         at: DateTime<Utc>,
@@ -482,10 +734,8 @@ impl Raffle {
             order_id,
             payment_id: payment_id.to_owned(),
             reason: reason.to_owned(),
-            expected_amount_minor: pos.map_or(0, |p| {
-                config
-                    .price_for(self.orders.get(p).numbers_len)
-                    .map_or(i64::MAX, Money::minor)
+            expected_amount_minor: order.map_or(0, |o| {
+                config.price_for(o.len()).map_or(i64::MAX, Money::minor)
             }),
             expected_currency: config.currency,
             at,
@@ -497,45 +747,67 @@ impl Raffle {
     fn issue(
         &self,
         config: &RaffleConfig,
-        pos: u32,
+        order_id: Uuid,
+        order: Facts,
         now: DateTime<Utc>,
         services: &RaffleServices,
     ) -> Result<RaffleEvent, RefundReason> {
-        let order = self.orders.get(pos);
-        let numbers = self.orders.numbers_vec(pos);
         let issued = |numbers, late, replaced_numbers| RaffleEvent::TicketsIssued {
-            order_id: order.id,
+            order_id,
             numbers,
             late,
             replaced_numbers,
             at: now,
         };
         if order.status == OrderStatus::Reserved {
-            return Ok(issued(numbers, false, vec![]));
+            return Ok(issued(order.numbers, false, vec![]));
         }
-        if self.tickets.taken(&numbers).is_empty() {
-            return Ok(issued(numbers, true, vec![]));
+        if self.tickets.taken(&order.numbers).is_empty() {
+            return Ok(issued(order.numbers, true, vec![]));
         }
         if config.late_payment_policy == LatePaymentPolicy::Substitute {
             if let Ok(substitutes) = self
                 .tickets
-                .pick_random(order.numbers_len, services.rng().as_mut())
+                .pick_random(order.len(), services.rng().as_mut())
             {
-                return Ok(issued(substitutes, true, numbers));
+                return Ok(issued(substitutes, true, order.numbers));
             }
         }
         Err(RefundReason::TicketsTaken)
     }
 
-    fn record_failure(&self, failure: RecordPaymentFailure, now: DateTime<Utc>) -> Decision {
-        self.order_pos(failure.order_id)?;
+    fn record_failure(
+        &self,
+        failure: RecordPaymentFailure,
+        now: DateTime<Utc>,
+        supplied: &Supplied,
+    ) -> Step {
+        let order_id = failure.order_id;
+        if self.facts(order_id, supplied)?.is_none() {
+            return Err(RaffleError::OrderNotFound { order_id }.into());
+        }
         // A provider retries a delivery it believes lost: the same failure, once.
         let key = failure_key(&failure.provider, &failure.provider_event_id);
-        if self.orders.payments.contains_key(&key) {
+        let seen = match &self.settled {
+            None => self.orders.payments.contains_key(&key),
+            Some(settled) if settled.payments.contains(key) => {
+                let need = Need::Failure {
+                    provider: failure.provider.clone(),
+                    provider_event_id: failure.provider_event_id.clone(),
+                };
+                let here = supplied
+                    .events(&Need::Order(order_id))?
+                    .iter()
+                    .any(|e| need.matches(e));
+                here || !supplied.events(&need)?.is_empty()
+            }
+            Some(_) => false,
+        };
+        if seen {
             return Ok(vec![]);
         }
         Ok(vec![RaffleEvent::PaymentFailed {
-            order_id: failure.order_id,
+            order_id,
             provider: failure.provider,
             payment_id: failure.payment_id,
             provider_event_id: failure.provider_event_id,
@@ -550,26 +822,30 @@ impl Raffle {
         manual: ConfirmManualPayment,
         now: DateTime<Utc>,
         services: &RaffleServices,
-    ) -> Decision {
+        supplied: &Supplied,
+    ) -> Step {
         let order_id = manual.order_id;
-        let pos = self.order_pos(order_id)?;
-        let order = self.orders.get(pos);
+        let order = self
+            .facts(order_id, supplied)?
+            .ok_or(RaffleError::OrderNotFound { order_id })?;
         match order.status {
             OrderStatus::Paid => return Ok(vec![]),
             OrderStatus::Refunded | OrderStatus::RefundRequired => {
                 return Err(RaffleError::InvalidOrderState {
                     order_id,
                     status: order.status,
-                })
+                }
+                .into())
             }
             _ => {}
         }
         if self.status != RaffleStatus::OnSale {
             return Err(RaffleError::SalesClosed {
                 status: self.status,
-            });
+            }
+            .into());
         }
-        let amount_minor = config.price_for(order.numbers_len)?.minor();
+        let amount_minor = config.price_for(order.len())?.minor();
         let confirmed = RaffleEvent::ManualPaymentConfirmed {
             order_id,
             method: manual.method,
@@ -580,7 +856,7 @@ impl Raffle {
             at: now,
         };
         let outcome = self
-            .issue(config, pos, now, services)
+            .issue(config, order_id, order, now, services)
             .unwrap_or_else(|reason| RaffleEvent::RefundRequired {
                 order_id,
                 payment_id: None,
@@ -592,21 +868,27 @@ impl Raffle {
         Ok(vec![confirmed, outcome])
     }
 
-    fn refund(&self, config: &RaffleConfig, refund: RefundOrder, now: DateTime<Utc>) -> Decision {
+    fn refund(
+        &self,
+        config: &RaffleConfig,
+        refund: RefundOrder,
+        now: DateTime<Utc>,
+        supplied: &Supplied,
+    ) -> Step {
         let order_id = refund.order_id;
-        let pos = self.order_pos(order_id)?;
-        let order = self.orders.get(pos);
+        let order = self
+            .facts(order_id, supplied)?
+            .ok_or(RaffleError::OrderNotFound { order_id })?;
         match order.status {
             OrderStatus::Paid | OrderStatus::RefundRequired => {}
             OrderStatus::Refunded => return Ok(vec![]),
-            status => return Err(RaffleError::InvalidOrderState { order_id, status }),
+            status => return Err(RaffleError::InvalidOrderState { order_id, status }.into()),
         }
-        let amount_minor = config.price_for(order.numbers_len)?.minor();
+        let amount_minor = config.price_for(order.len())?.minor();
         match refund.amount_refunded_minor {
-            Some(refunded) if refunded <= 0 => Err(RaffleError::InvalidRefundAmount),
+            Some(refunded) if refunded <= 0 => Err(RaffleError::InvalidRefundAmount.into()),
             Some(refunded) if refunded < amount_minor => {
-                let before = self.orders.partial_refunds.get(&pos).copied().unwrap_or(0);
-                if refunded <= before {
+                if refunded <= order.partial_refunded {
                     return Ok(vec![]);
                 }
                 Ok(vec![RaffleEvent::PaymentPartiallyRefunded {
@@ -618,10 +900,10 @@ impl Raffle {
             }
             _ => Ok(vec![RaffleEvent::OrderRefunded {
                 order_id,
-                numbers: self.orders.numbers_vec(pos),
-                amount_minor,
                 returned_to_pool: order.status == OrderStatus::Paid
                     && self.status == RaffleStatus::OnSale,
+                numbers: order.numbers,
+                amount_minor,
                 reason: refund.reason,
                 refund_id: refund.refund_id,
                 at: now,
@@ -690,6 +972,11 @@ impl Raffle {
             RaffleEvent::RaffleCreated { config, .. } => {
                 self.tickets = TicketPool::new(config.first_number, config.last_number());
                 self.orders = OrderBook::new(config.max_tickets_per_buyer.is_some());
+                // A raffle compacted before its creation (an engine that keeps every raffle
+                // compact) stays so, unless a per-buyer limit needs every order's buyer.
+                if self.settled.is_some() {
+                    self.settled = config.max_tickets_per_buyer.is_none().then(Box::default);
+                }
                 self.config = Some(Box::new(config.clone()));
                 self.status = RaffleStatus::Draft;
             }
@@ -703,6 +990,9 @@ impl Raffle {
                 ..
             } => {
                 self.tickets.hold(numbers);
+                if let Some(settled) = &mut self.settled {
+                    settled.orders.insert(order_digest(order_id));
+                }
                 self.orders.insert_reserved(
                     *order_id,
                     numbers,
@@ -735,6 +1025,10 @@ impl Raffle {
             RaffleEvent::PaymentRecorded {
                 order_id, payment, ..
             } => {
+                if let Some(settled) = &mut self.settled {
+                    settled.payments.insert(digest64(&payment.payment_id));
+                    return;
+                }
                 let pos = self.orders.find(order_id).unwrap_or(NO_ORDER);
                 self.orders
                     .payments
@@ -748,23 +1042,43 @@ impl Raffle {
                 at,
                 ..
             } => {
-                if let Some(pos) = self.orders.find(order_id) {
-                    if !replaced_numbers.is_empty() {
-                        self.orders.replace_numbers(pos, numbers);
+                match self.record_pos(order_id) {
+                    Some(pos) => {
+                        if !replaced_numbers.is_empty() {
+                            self.orders.replace_numbers(pos, numbers);
+                        }
+                        self.tickets.issue(numbers);
+                        self.orders.set_issued_at(pos, to_secs_floor(*at));
+                        self.orders.set_status(pos, OrderStatus::Paid);
                     }
-                    self.tickets.issue(numbers);
-                    self.orders.set_issued_at(pos, to_secs_floor(*at));
-                    self.orders.set_status(pos, OrderStatus::Paid);
+                    // A compact raffle's late payment: the order keeps no record to move.
+                    None if self.settled.is_some() => self.tickets.issue(numbers),
+                    None => {}
                 }
             }
-            RaffleEvent::RefundRequired { order_id, .. } => {
-                let Some(pos) = self.orders.find(order_id) else {
+            RaffleEvent::RefundRequired {
+                order_id, reason, ..
+            } => {
+                let Some(pos) = self.record_pos(order_id) else {
+                    // A compact raffle's settled order: one not paid now owes a refund. Only
+                    // these reasons are given for an order that is neither paid nor refunded.
+                    if let Some(settled) = &mut self.settled {
+                        if matches!(
+                            reason,
+                            RefundReason::TicketsTaken | RefundReason::SalesClosed
+                        ) {
+                            settled.refund_required.insert(*order_id);
+                        }
+                    }
                     return;
                 };
                 match self.orders.get(pos).status {
                     OrderStatus::Reserved => {
                         self.tickets.release(self.orders.numbers_of(pos));
                         self.orders.set_status(pos, OrderStatus::RefundRequired);
+                        if let Some(settled) = &mut self.settled {
+                            settled.refund_required.insert(*order_id);
+                        }
                     }
                     OrderStatus::Expired | OrderStatus::Released => {
                         self.orders.set_status(pos, OrderStatus::RefundRequired);
@@ -778,14 +1092,24 @@ impl Raffle {
                 amount_refunded_minor,
                 ..
             } => {
-                if let Some(pos) = self.orders.find(order_id) {
+                if let Some(pos) = self.record_pos(order_id) {
                     self.orders
                         .partial_refunds
                         .insert(pos, *amount_refunded_minor);
                 }
             }
-            RaffleEvent::OrderRefunded { order_id, .. } => {
-                let Some(pos) = self.orders.find(order_id) else {
+            RaffleEvent::OrderRefunded {
+                order_id, numbers, ..
+            } => {
+                let Some(pos) = self.record_pos(order_id) else {
+                    // A compact raffle's settled order was paid unless it owed a refund
+                    // already (paid ones do too once the raffle is cancelled).
+                    if let Some(settled) = &mut self.settled {
+                        let owed = settled.refund_required.remove(order_id);
+                        if !owed && self.status != RaffleStatus::Cancelled {
+                            self.tickets.return_issued(numbers.iter().copied());
+                        }
+                    }
                     return;
                 };
                 if self.orders.get(pos).status == OrderStatus::Paid {
@@ -800,6 +1124,19 @@ impl Raffle {
             }
             RaffleEvent::RaffleCancelled { .. } => {
                 self.status = RaffleStatus::Cancelled;
+                if let Some(settled) = &mut self.settled {
+                    // Every issued number belongs to a paid order: all go back at once.
+                    let issued = std::mem::take(&mut self.tickets.issued);
+                    self.tickets.free |= issued;
+                    for pos in 0..self.orders.len() as u32 {
+                        if self.orders.get(pos).status == OrderStatus::Reserved {
+                            settled.released_by_cancel.insert(self.orders.get(pos).id);
+                            self.tickets.release(self.orders.numbers_of(pos));
+                            self.orders.set_status(pos, OrderStatus::Released);
+                        }
+                    }
+                    return;
+                }
                 for pos in 0..self.orders.len() as u32 {
                     match self.orders.get(pos).status {
                         OrderStatus::Reserved => {
@@ -820,6 +1157,12 @@ impl Raffle {
                 provider_event_id,
                 ..
             } => {
+                if let Some(settled) = &mut self.settled {
+                    settled
+                        .payments
+                        .insert(failure_key(provider, provider_event_id));
+                    return;
+                }
                 let pos = self.orders.find(order_id).unwrap_or(NO_ORDER);
                 self.orders
                     .payments
@@ -831,9 +1174,53 @@ impl Raffle {
     }
 
     fn set_status(&mut self, order_id: Uuid, status: OrderStatus) {
-        if let Some(pos) = self.orders.find(&order_id) {
+        if let Some(pos) = self.record_pos(&order_id) {
             self.orders.set_status(pos, status);
         }
+    }
+
+    /// The order's resident record: any order's in a full raffle, a live hold's in a compact
+    /// one (the records of settled orders linger there until the next compaction, unused).
+    fn record_pos(&self, order_id: &Uuid) -> Option<u32> {
+        let pos = self.orders.find(order_id)?;
+        (self.settled.is_none() || self.orders.get(pos).status == OrderStatus::Reserved)
+            .then_some(pos)
+    }
+
+    // ----- compaction (decision 0022) -----
+
+    /// Keeps settled orders as digests from now on, and drops the records of orders settled
+    /// since the last call. `false` (nothing changes) for a raffle with a per-buyer limit:
+    /// that needs every live order's buyer, which only the full form keeps.
+    pub fn compact(&mut self) -> bool {
+        if self.orders.buyers.is_some() {
+            return false;
+        }
+        let cancelled = self.status == RaffleStatus::Cancelled;
+        let settled = self.settled.get_or_insert_with(|| {
+            let mut settled = Settled::default();
+            let mut digests = Vec::with_capacity(self.orders.len());
+            for order in self.orders.orders.iter() {
+                digests.push(order_digest(&order.id));
+                match order.status {
+                    OrderStatus::RefundRequired if !cancelled => {
+                        settled.refund_required.insert(order.id);
+                    }
+                    OrderStatus::Released if cancelled => {
+                        settled.released_by_cancel.insert(order.id);
+                    }
+                    _ => {}
+                }
+            }
+            settled.orders = DigestSet::from_unsorted(digests);
+            settled.payments =
+                DigestSet::from_unsorted(self.orders.payments.keys().copied().collect());
+            Box::new(settled)
+        });
+        settled.orders.merge();
+        settled.payments.merge();
+        self.orders = self.orders.live_only();
+        true
     }
 }
 

@@ -253,6 +253,25 @@ impl OrderBook {
         self.index = index;
     }
 
+    /// A book of the reserved orders only (a compact raffle's resident records), buyer counts
+    /// and payments left behind.
+    pub(crate) fn live_only(&self) -> Self {
+        let mut live = Self::default();
+        for (pos, order) in self.orders.iter().enumerate() {
+            if order.status == OrderStatus::Reserved {
+                let numbers_at = live.numbers.len() as u32;
+                self.numbers_of(pos as u32)
+                    .for_each(|n| live.numbers.push(n));
+                live.push_unindexed(Order {
+                    numbers_at,
+                    ..*order
+                });
+            }
+        }
+        live.rebuild_index();
+        live
+    }
+
     pub(crate) fn push_number(&mut self, number: u32) {
         self.numbers.push(number);
     }

@@ -9,7 +9,15 @@
 //! 5. payments — u32 count, then `(payment digest:u64, order position:u32)`;
 //! 6. partial refunds — u32 count, then `(order position:u32, amount:i64)`.
 //!
+//! Version 2 is a compact raffle's (decision 0022): the same five first sections, section 4
+//! holding the live holds only, then
+//! 5. order digests — u32 count, then u64 each, strictly increasing;
+//! 6. payment digests — the same;
+//! 7. orders owing a refund unpaid, 8. holds released by the cancellation — u32 count, then
+//!    16-byte ids.
+//!
 //! Indexes, the hold queue and buyer counts are rebuilt on decode rather than stored.
+//! Version 1 still decodes (as a full raffle; the engine compacts it when it is large).
 //! `Raffle`'s serde impl (which cqrs-es requires) wraps these bytes: base64 in JSON.
 
 use base64::Engine as _;
@@ -22,10 +30,12 @@ use crate::aggregate::{Raffle, RaffleStatus};
 use crate::config::RaffleConfig;
 use crate::draw::Winner;
 use crate::orders::{Order, OrderBook, OrderStatus};
+use crate::resident::{DigestSet, Settled};
 use crate::tickets::TicketPool;
 
 const MAGIC: &[u8; 4] = b"TMBS";
 const VERSION: u8 = 1;
+const COMPACT_VERSION: u8 = 2;
 const ORDER_RECORD_BYTES: usize = 16 + 1 + 4 + 4 + 4 + 8 + 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +57,14 @@ struct Header {
 
 impl Raffle {
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        let orders = &self.orders;
+        // A compact raffle's records of orders settled since its last compaction are unused.
+        let live;
+        let orders = if self.settled.is_some() {
+            live = self.orders.live_only();
+            &live
+        } else {
+            &self.orders
+        };
         let mut out = Vec::with_capacity(
             64 + orders.len() * ORDER_RECORD_BYTES
                 + orders.numbers.len() * 4
@@ -55,7 +72,11 @@ impl Raffle {
                 + self.tickets.issued.serialized_size(),
         );
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if self.settled.is_some() {
+            COMPACT_VERSION
+        } else {
+            VERSION
+        });
         let header = Header {
             config: self.config.as_deref().cloned(),
             status: self.status,
@@ -87,6 +108,28 @@ impl Raffle {
                 }
             }
         });
+        if let Some(settled) = &self.settled {
+            for digests in [&settled.orders, &settled.payments] {
+                section(&mut out, |out| {
+                    let digests = digests.to_sorted_vec();
+                    out.extend_from_slice(&(digests.len() as u32).to_le_bytes());
+                    for digest in digests {
+                        out.extend_from_slice(&digest.to_le_bytes());
+                    }
+                });
+            }
+            for ids in [&settled.refund_required, &settled.released_by_cancel] {
+                section(&mut out, |out| {
+                    let mut ids: Vec<&Uuid> = ids.iter().collect();
+                    ids.sort_unstable();
+                    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                    for id in ids {
+                        out.extend_from_slice(id.as_bytes());
+                    }
+                });
+            }
+            return out;
+        }
         section(&mut out, |out| {
             // Sorted, so equal states encode to equal bytes.
             let mut payments: Vec<(u64, u32)> =
@@ -116,7 +159,11 @@ impl Raffle {
 
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut r = Reader(bytes);
-        if r.take(4)? != MAGIC || r.u8()? != VERSION {
+        if r.take(4)? != MAGIC {
+            return Err(SnapshotError::UnknownFormat);
+        }
+        let version = r.u8()?;
+        if version != VERSION && version != COMPACT_VERSION {
             return Err(SnapshotError::UnknownFormat);
         }
         let header: Header = serde_json::from_slice(r.section()?)
@@ -140,6 +187,51 @@ impl Raffle {
             .as_ref()
             .is_some_and(|c| c.max_tickets_per_buyer.is_some());
         let orders_section = r.section()?;
+        if version == COMPACT_VERSION {
+            if limits_buyers {
+                return Err(SnapshotError::Corrupt(
+                    "a compact raffle limits buyers".into(),
+                ));
+            }
+            let orders = decode_orders(orders_section, false)?;
+            if orders
+                .orders
+                .iter()
+                .any(|o| o.status != OrderStatus::Reserved)
+            {
+                return Err(SnapshotError::Corrupt("a settled order's record".into()));
+            }
+            let digests = |section: &[u8]| -> Result<DigestSet, SnapshotError> {
+                let mut r = Reader(section);
+                let count = r.u32()? as usize;
+                let mut digests = Vec::with_capacity(count.min(r.0.len() / 8));
+                for _ in 0..count {
+                    digests.push(r.u64()?);
+                }
+                DigestSet::from_sorted(digests)
+                    .ok_or_else(|| SnapshotError::Corrupt("digests out of order".into()))
+            };
+            let ids = |section: &[u8]| -> Result<std::collections::HashSet<Uuid>, SnapshotError> {
+                let mut r = Reader(section);
+                (0..r.u32()?)
+                    .map(|_| Ok(Uuid::from_slice(r.take(16)?).expect("16 bytes")))
+                    .collect()
+            };
+            let settled = Settled {
+                orders: digests(r.section()?)?,
+                payments: digests(r.section()?)?,
+                refund_required: ids(r.section()?)?,
+                released_by_cancel: ids(r.section()?)?,
+            };
+            return Ok(Raffle {
+                config: header.config.map(Box::new),
+                status: header.status,
+                tickets,
+                orders,
+                winners: header.winners,
+                settled: Some(Box::new(settled)),
+            });
+        }
         let payments_section = r.section()?;
         let partial_section = r.section()?;
         // The payment index is independent of the orders: build it on a second core.
@@ -164,6 +256,7 @@ impl Raffle {
             tickets,
             orders: book,
             winners: header.winners,
+            settled: None,
         })
     }
 }

@@ -15,14 +15,19 @@ pub struct Envelope {
     /// API key id, `system`, or an operator's name (from the event's metadata).
     pub actor: String,
     pub recorded_at: DateTime<Utc>,
+    /// The event's chain hash as stored: carried into a paid order's receipt, never checked
+    /// here (verifying the chain is the audit's job).
+    pub hash: Option<String>,
 }
 
 /// Only the metadata fields the read side uses; the write side's `EventMetadata` has more
-/// (the hash chain), which projections must not depend on.
+/// (the chain's links), whose rules projections must not depend on.
 #[derive(Deserialize)]
 struct Metadata {
     actor: String,
     recorded_at: DateTime<Utc>,
+    #[serde(default)]
+    hash: Option<String>,
 }
 
 /// Where events are read from: the write database's `events` table.
@@ -126,6 +131,7 @@ pub fn decode(raffle_id: Uuid, rows: &[RawEvent]) -> (Vec<Envelope>, Option<Deco
                 event,
                 actor: metadata.actor,
                 recorded_at: metadata.recorded_at,
+                hash: metadata.hash,
             }),
             Err(reason) => return (out, Some(DecodeError { sequence, reason })),
         }

@@ -19,6 +19,7 @@ mod rebuild;
 mod runtime;
 mod schema;
 mod status;
+mod timings;
 mod tx;
 
 pub use envelope::{Envelope, EventSource};
@@ -27,6 +28,7 @@ pub use rebuild::{RebuildError, RebuildProgress};
 pub use runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 pub use schema::{migrate, ReadStoreError, MIGRATOR};
 pub use status::{ProjectionStatus, RaffleLag, Status};
+pub use timings::RebuildTimings;
 pub use tx::begin;
 
 /// The aggregate type under which raffle streams are stored (cqrs-es `Aggregate::TYPE`).

@@ -91,7 +91,7 @@ pub async fn orders(
         "SELECT order_id, status, buyer_name, buyer_email, buyer_phone, numbers, amount_minor, \
                 currency, payment_method, payment_reference, reserved_at, expires_at, paid_at, \
                 expired_at, released_at, refunded_at, late_payment, refund_required, \
-                amount_refunded_minor, last_sequence \
+                amount_refunded_minor, receipt, last_sequence \
          FROM {ORDERS} WHERE raffle_id = $1 \
            AND ($2::text IS NULL OR status = $2) \
            AND ($3::uuid IS NULL OR order_id > $3) \

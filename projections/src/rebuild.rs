@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::projection::{Projection, Slot, Tables};
 use crate::runtime::{swap_lock_key, Outcome, RuntimeHandle};
 use crate::schema::{create_tables, lock_schema, run_ddl};
+use crate::timings::{Phase, RebuildTimings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -48,6 +49,11 @@ impl RuntimeHandle {
     /// Events applied to shadow tables since this runtime started: a progress counter.
     pub fn rebuilt_events(&self) -> u64 {
         self.inner.rebuilt.load(Ordering::Relaxed)
+    }
+
+    /// Where this runtime's rebuilds spent their time, phase by phase.
+    pub fn rebuild_timings(&self) -> RebuildTimings {
+        self.inner.clock.snapshot()
     }
 
     /// Rebuilds `name` from the log, for every raffle or only `raffle`, and swaps it in.
@@ -112,18 +118,25 @@ impl RuntimeHandle {
             remaining += head.saturating_sub(done);
         }
         total(remaining);
+        let clock = &self.inner.clock;
+        let started = std::time::Instant::now();
         self.fill_shadows(&projections, &raffles).await?;
+        clock.add(Phase::Fill, started.elapsed());
         for projection in &projections {
             if raffle.is_none() {
+                let started = std::time::Instant::now();
                 self.index_shadow(*projection).await?;
+                clock.add(Phase::Index(projection.name()), started.elapsed());
             }
             // The swap refuses while the shadow is behind the live tables anywhere (readers
             // waiting for a position must never see the model go back): catch up and try
             // again, with the raffles created meanwhile.
+            let started = std::time::Instant::now();
             while !self.swap(*projection, raffle).await? {
                 let raffles = self.raffles(raffle).await?;
                 self.fill_shadows(&[*projection], &raffles).await?;
             }
+            clock.add(Phase::Swap(projection.name()), started.elapsed());
         }
         for (raffle_id, _) in self.raffles(raffle).await? {
             self.wake(raffle_id);
@@ -177,7 +190,11 @@ impl RuntimeHandle {
         raffle_id: Uuid,
     ) -> Result<(), RebuildError> {
         loop {
-            match self.inner.catch_up_shadows(projections, raffle_id).await? {
+            match self
+                .inner
+                .catch_up_together(projections, raffle_id, Slot::Shadow)
+                .await?
+            {
                 Some(Outcome::CaughtUp) => return Ok(()),
                 // Another rebuild of the same projection holds this raffle: wait for it.
                 Some(Outcome::Busy) => {
@@ -226,6 +243,11 @@ impl RuntimeHandle {
         if indexed == Some(true) {
             return Ok(());
         }
+        // The index builds sort millions of rows (`audit_index`: several per event); the
+        // default 64 MB spills them to disk in runs (decision 0026).
+        sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+            .execute(&mut *tx)
+            .await?;
         run_ddl(&mut tx, &projection.indexes(Tables::SHADOW)).await?;
         for table in projection.tables() {
             sqlx::query(&format!("ANALYZE {}", Tables::SHADOW.name(table)))

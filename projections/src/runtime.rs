@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::envelope::{decode, EventSource, RawEvent};
 use crate::projection::{ApplyError, Batch, Projection, Slot, Tables};
+use crate::timings::Phase;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -77,6 +78,8 @@ pub(crate) struct Inner {
     stale: Mutex<HashSet<&'static str>>,
     /// Events applied to shadow tables (a rebuild's progress).
     pub(crate) rebuilt: std::sync::atomic::AtomicU64,
+    /// Where rebuilds spent their time.
+    pub(crate) clock: crate::timings::Clock,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +121,7 @@ impl Runtime {
                 retries: Mutex::new(HashMap::new()),
                 stale: Mutex::new(HashSet::new()),
                 rebuilt: std::sync::atomic::AtomicU64::new(0),
+                clock: crate::timings::Clock::default(),
             }),
         }
     }
@@ -151,14 +155,10 @@ impl Runtime {
                 self.inner.take_dirty()
             };
             let inner = &self.inner;
-            let work = futures::stream::iter(raffles).for_each_concurrent(
-                inner.config.concurrency.max(1),
-                |raffle_id| async move {
-                    for projection in &inner.projections {
-                        inner.catch_up_logged(projection.as_ref(), raffle_id).await;
-                    }
-                },
-            );
+            let work = futures::stream::iter(raffles)
+                .for_each_concurrent(inner.config.concurrency.max(1), |raffle_id| async move {
+                    inner.catch_up_raffle(raffle_id).await
+                });
             tokio::select! {
                 () = work => {}
                 () = &mut shutdown => break,
@@ -407,6 +407,47 @@ impl Inner {
             .collect())
     }
 
+    /// Catches every projection up on `raffle_id`: those in good health together (one read,
+    /// one decode and one transaction per batch for all of them), then, each alone, those
+    /// waiting out a failure, and all of them alone if the joint batch failed or another node
+    /// holds one of the pairs (the lone path finds and records a failing event, and skips a
+    /// pair held elsewhere).
+    async fn catch_up_raffle(&self, raffle_id: Uuid) {
+        let stale = self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let retrying: HashSet<&'static str> = self
+            .retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|(_, r)| *r == raffle_id)
+            .map(|(p, _)| *p)
+            .collect();
+        let (healthy, others): (Vec<&dyn Projection>, Vec<&dyn Projection>) = self
+            .projections
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| !stale.contains(p.name()))
+            .partition(|p| !retrying.contains(p.name()));
+        let alone = if healthy.len() > 1 {
+            match self
+                .catch_up_together(&healthy, raffle_id, Slot::Live)
+                .await
+            {
+                Ok(Some(Outcome::CaughtUp)) => others,
+                Ok(_) => self.projections.iter().map(|p| p.as_ref()).collect(),
+                Err(error) => {
+                    tracing::warn!(%raffle_id, %error, "joint projection batch failed; one at a time");
+                    self.projections.iter().map(|p| p.as_ref()).collect()
+                }
+            }
+        } else {
+            self.projections.iter().map(|p| p.as_ref()).collect()
+        };
+        for projection in alone {
+            self.catch_up_logged(projection, raffle_id).await;
+        }
+    }
+
     async fn catch_up_logged(&self, projection: &dyn Projection, raffle_id: Uuid) {
         if self
             .stale
@@ -497,22 +538,30 @@ impl Inner {
         Ok(())
     }
 
-    /// A rebuild's catch-up of several projections' shadow tables at once: each batch of
-    /// `raffle_id`'s events is read and decoded once and applied to every projection (from its
-    /// own checkpoint on), their checkpoints moved, in one transaction holding every pair's
-    /// shadow lock and a share of every swap lock. `Ok(None)` when a batch failed: nothing of
-    /// it stays, and the caller catches each projection up alone, which finds and names the
-    /// failing event.
-    pub(crate) async fn catch_up_shadows(
+    /// Several projections caught up at once on `raffle_id`, in `slot`: each batch of events
+    /// is read and decoded once and applied to every projection (from its own checkpoint on),
+    /// their checkpoints moved, in one transaction holding every pair's lock and a share of
+    /// every swap lock. A rebuild fills its shadows this way; the live loop too, for the
+    /// projections not waiting out a failure (decision 0026: five reads, decodes and commits
+    /// per batch were most of the live lag). `Ok(None)` when a batch failed: nothing of it
+    /// stays, and the caller catches each projection up alone, which finds and names the
+    /// failing event. Every early return rolls back first: a dropped transaction would keep
+    /// its advisory locks until its connection is next used, and the caller's next step is to
+    /// ask for them again.
+    pub(crate) async fn catch_up_together(
         &self,
         projections: &[&dyn Projection],
         raffle_id: Uuid,
+        slot: Slot,
     ) -> Result<Option<Outcome>, sqlx::Error> {
         let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
         let (mut classes, mut objects, mut swap_classes, mut swap_objects) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for name in &names {
-            let (class, object) = lock_key(&format!("{name}:shadow"), raffle_id);
+            let (class, object) = match slot {
+                Slot::Live => lock_key(name, raffle_id),
+                Slot::Shadow => lock_key(&format!("{name}:shadow"), raffle_id),
+            };
             let (swap_class, swap_object) = swap_lock_key(name);
             classes.push(class);
             objects.push(object);
@@ -523,7 +572,17 @@ impl Inner {
         // The next batch is read while this one is applied: the log and the read models are
         // on different connections (often different cores).
         let mut next: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, sqlx::Error>>> = None;
+        let clock = &self.clock;
         loop {
+            let mut phase_start = Instant::now();
+            // Only rebuilds are timed by phase.
+            let mut lap = |phase: Phase| {
+                if slot == Slot::Shadow {
+                    let now = Instant::now();
+                    clock.add(phase, now - phase_start);
+                    phase_start = now;
+                }
+            };
             let mut tx = crate::tx::begin(&self.read).await?;
             let locked: Option<bool> = sqlx::query_scalar(
                 "SELECT bool_and(pg_try_advisory_xact_lock(c, o) \
@@ -537,13 +596,15 @@ impl Inner {
             .fetch_one(&mut *tx)
             .await?;
             if locked != Some(true) {
+                tx.rollback().await?;
                 return Ok(Some(Outcome::Busy));
             }
             let rows: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT projection, sequence FROM projection_checkpoints \
-                 WHERE projection = ANY($1) AND slot = 'shadow' AND raffle_id = $2",
+                 WHERE projection = ANY($1) AND slot = $2 AND raffle_id = $3",
             )
             .bind(&names)
+            .bind(slot.as_str())
             .bind(raffle_id)
             .fetch_all(&mut *tx)
             .await?;
@@ -556,6 +617,7 @@ impl Inner {
                 })
                 .collect();
             let from = done.iter().copied().min().unwrap_or(0);
+            lap(Phase::Commit);
             let raw = match next.take() {
                 Some(prefetched) => match prefetched.await {
                     Ok(Ok(rows)) if rows.first().is_some_and(|r| r.0 as u64 == from + 1) => rows,
@@ -563,7 +625,9 @@ impl Inner {
                 },
                 None => self.source.read_after(raffle_id, from, limit).await?,
             };
+            lap(Phase::Read);
             if raw.is_empty() {
+                tx.rollback().await?;
                 return Ok(Some(Outcome::CaughtUp));
             }
             let full = raw.len() == limit;
@@ -576,10 +640,9 @@ impl Inner {
             }
             let (events, undecodable) = decode(raffle_id, &raw);
             drop(raw);
-            if undecodable.is_some() {
-                return Ok(None);
-            }
-            let Some(last) = events.last() else {
+            lap(Phase::Decode);
+            let Some(last) = events.last().filter(|_| undecodable.is_none()) else {
+                tx.rollback().await?;
                 return Ok(None);
             };
             let (last_sequence, last_at) = (last.sequence, last.recorded_at);
@@ -595,16 +658,18 @@ impl Inner {
                 let batch = Batch {
                     raffle_id,
                     events: &events[start..],
-                    tables: Tables::SHADOW,
+                    tables: Tables { slot },
                 };
                 if projection.apply(&mut tx, batch).await.is_err() {
+                    tx.rollback().await?;
                     return Ok(None);
                 }
+                lap(Phase::Apply(projection.name()));
             }
             sqlx::query(
                 "INSERT INTO projection_checkpoints \
                    (projection, slot, raffle_id, sequence, recorded_at) \
-                 SELECT p, 'shadow', $2, $3, $4 FROM UNNEST($1::text[]) AS p \
+                 SELECT p, $5, $2, $3, $4 FROM UNNEST($1::text[]) AS p \
                  ON CONFLICT (projection, slot, raffle_id) DO UPDATE SET \
                    sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at, \
                    updated_at = now()",
@@ -613,11 +678,34 @@ impl Inner {
             .bind(raffle_id)
             .bind(last_sequence as i64)
             .bind(last_at)
+            .bind(slot.as_str())
             .execute(&mut *tx)
             .await?;
+            if slot == Slot::Live {
+                // A failure recorded before a restart (the retry state is in memory) ends
+                // with the first batch that passes.
+                sqlx::query(
+                    "DELETE FROM projection_failures WHERE projection = ANY($1) AND raffle_id = $2",
+                )
+                .bind(&moved)
+                .bind(raffle_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
-            self.rebuilt
-                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            lap(Phase::Commit);
+            match slot {
+                Slot::Shadow => {
+                    self.rebuilt
+                        .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Slot::Live => {
+                    for name in &moved {
+                        metrics::histogram!("tombola_projection_batch_events", "projection" => name.to_string())
+                            .record(events.len() as f64);
+                    }
+                }
+            }
             self.progress.send_modify(|n| *n = n.wrapping_add(1));
             if !full {
                 return Ok(Some(Outcome::CaughtUp));

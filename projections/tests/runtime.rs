@@ -455,6 +455,7 @@ async fn a_batch_reads_only_the_orders_it_touches_however_big_the_raffle() {
             event: r.event.clone(),
             actor: r.actor.clone(),
             recorded_at: r.recorded_at,
+            hash: Some(support::history::stored_hash(r.sequence)),
         })
         .collect();
     let reserved = envelopes
@@ -511,7 +512,7 @@ async fn a_batch_reads_only_the_orders_it_touches_however_big_the_raffle() {
     for sql in [
         "INSERT INTO read_orders SELECT $1, gen_random_uuid(), 'paid', 'B', 'b@example.com', \
            NULL, '{1}', 500, 'USD', 'card', 'pi', now(), now(), now(), NULL, NULL, NULL, \
-           false, false, 0, 1 FROM generate_series(1, 20000)",
+           false, false, 0, NULL, 1 FROM generate_series(1, 20000)",
         "INSERT INTO read_raffle_stats_orders SELECT $1, gen_random_uuid(), 'paid', 1, 500, 0 \
          FROM generate_series(1, 20000)",
     ] {

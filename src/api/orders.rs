@@ -92,7 +92,7 @@ pub async fn reserve(
             let order_id = events.iter().find_map(|e| e.order_id()).unwrap_or(order_id);
             state
                 .engine
-                .read(id, move |raffle| raffle.order(order_id))
+                .order_view(id, order_id)
                 .await?
                 .ok_or(ApiError::NotFound("order"))?
         }
@@ -107,7 +107,7 @@ pub async fn reserve(
 async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderBody, ApiError> {
     let view = state
         .engine
-        .read(id, move |raffle| raffle.order(order_id))
+        .order_view(id, order_id)
         .await?
         .ok_or(ApiError::NotFound("order"))?;
     let paid = view.issued_at.is_some();

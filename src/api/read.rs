@@ -301,6 +301,9 @@ pub struct OrderRowBody {
     pub late_payment: bool,
     pub refund_required: bool,
     pub amount_refunded_minor: i64,
+    /// Once paid: `SEQUENCE:HASH` of the event that issued the tickets (the receipt that
+    /// `tombola audit verify --receipt` checks).
+    pub receipt: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -385,6 +388,7 @@ pub async fn orders(
             late_payment: o.late_payment,
             refund_required: o.refund_required,
             amount_refunded_minor: o.amount_refunded_minor,
+            receipt: o.receipt,
         })
         .collect();
     let next_after = if more {

@@ -90,31 +90,53 @@ pub async fn query(
     if let Some(actor) = &query.actor {
         add("actor", actor.clone());
     }
-    let any_actor = kinds.is_empty();
-    let wanted = kinds.len().max(1) as i64;
-    let sequences: Vec<i64> = sqlx::query_scalar(&format!(
-        "SELECT sequence FROM {AUDIT_INDEX} \
-         WHERE raffle_id = $1 AND sequence > $2 \
-           AND (($3 AND kind = 'actor') \
-                OR (kind, key) IN (SELECT * FROM UNNEST($4::text[], $5::text[]))) \
-           AND ($6::text IS NULL OR event_type = $6) \
-           AND ($7::timestamptz IS NULL OR recorded_at >= $7) \
-           AND ($8::timestamptz IS NULL OR recorded_at < $8) \
-         GROUP BY sequence HAVING count(DISTINCT kind) = $9 \
-         ORDER BY sequence LIMIT $10"
-    ))
-    .bind(raffle_id)
-    .bind(query.after_sequence.min(i64::MAX as u64) as i64)
-    .bind(any_actor)
-    .bind(&kinds)
-    .bind(&keys)
-    .bind(query.event_type.as_deref())
-    .bind(query.since)
-    .bind(query.until)
-    .bind(wanted)
-    .bind(i64::from(query.limit) + 1)
-    .fetch_all(read)
-    .await?;
+    // Two statements rather than one with `($3 AND kind = 'actor') OR (kind, key) IN (…)`:
+    // that OR kept the primary key to its `raffle_id` prefix under any plan, so every page
+    // read all of a raffle's entries (decision 0026). Joined to the keys, each key is one
+    // range of `(raffle_id, kind, key, sequence)`; without keys, the actor entries (one per
+    // event) are the events.
+    let after = query.after_sequence.min(i64::MAX as u64) as i64;
+    let fetch = i64::from(query.limit) + 1;
+    let sequences: Vec<i64> = if kinds.is_empty() {
+        sqlx::query_scalar(&format!(
+            "SELECT sequence FROM {AUDIT_INDEX} \
+             WHERE raffle_id = $1 AND kind = 'actor' AND sequence > $2 \
+               AND ($3::text IS NULL OR event_type = $3) \
+               AND ($4::timestamptz IS NULL OR recorded_at >= $4) \
+               AND ($5::timestamptz IS NULL OR recorded_at < $5) \
+             ORDER BY sequence LIMIT $6"
+        ))
+        .bind(raffle_id)
+        .bind(after)
+        .bind(query.event_type.as_deref())
+        .bind(query.since)
+        .bind(query.until)
+        .bind(fetch)
+        .fetch_all(read)
+        .await?
+    } else {
+        sqlx::query_scalar(&format!(
+            "SELECT a.sequence FROM UNNEST($3::text[], $4::text[]) AS k(kind, key) \
+             JOIN {AUDIT_INDEX} a ON a.raffle_id = $1 AND a.kind = k.kind AND a.key = k.key \
+               AND a.sequence > $2 \
+             WHERE ($5::text IS NULL OR a.event_type = $5) \
+               AND ($6::timestamptz IS NULL OR a.recorded_at >= $6) \
+               AND ($7::timestamptz IS NULL OR a.recorded_at < $7) \
+             GROUP BY a.sequence HAVING count(DISTINCT a.kind) = $8 \
+             ORDER BY a.sequence LIMIT $9"
+        ))
+        .bind(raffle_id)
+        .bind(after)
+        .bind(&kinds)
+        .bind(&keys)
+        .bind(query.event_type.as_deref())
+        .bind(query.since)
+        .bind(query.until)
+        .bind(kinds.len() as i64)
+        .bind(fetch)
+        .fetch_all(read)
+        .await?
+    };
     let more = sequences.len() > query.limit as usize;
     let page = &sequences[..sequences.len().min(query.limit as usize)];
     let events = read_events(log, raffle_id, page).await?;

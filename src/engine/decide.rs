@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{Raffle, RaffleServices};
+use tombola_domain::{Need, Raffle, RaffleServices, Supplied};
 use uuid::Uuid;
 
 use super::writer::CommandRequest;
@@ -43,6 +43,43 @@ pub(super) struct Decided {
     pub published: Vec<StoredEvent>,
     /// The stream's position once this batch is committed.
     pub end: Position,
+    /// Commands decided, from the first: the rest wait for `need`.
+    pub consumed: usize,
+    /// What the first command not decided needs from the log (a compact raffle's settled
+    /// order, decision 0022).
+    pub need: Option<Need>,
+}
+
+impl Decided {
+    /// Nothing decided, at `end`.
+    pub fn empty(end: Position) -> Self {
+        Self {
+            results: Vec::new(),
+            batch: AppendBatch {
+                base_sequence: end.sequence,
+                ..AppendBatch::default()
+            },
+            published: Vec::new(),
+            end,
+            consumed: 0,
+            need: None,
+        }
+    }
+
+    /// `later`, decided on top of this, joins it (one group commit).
+    pub fn extend(&mut self, later: Decided) {
+        self.results.extend(later.results);
+        self.batch.events.extend(later.batch.events);
+        self.batch.idempotency.extend(later.batch.idempotency);
+        self.batch.refusals |= later.batch.refusals;
+        if later.batch.registry.is_some() {
+            self.batch.registry = later.batch.registry;
+        }
+        self.published.extend(later.published);
+        self.end = later.end;
+        self.consumed += later.consumed;
+        self.need = later.need;
+    }
 }
 
 pub(super) struct Decider<'a> {
@@ -56,12 +93,18 @@ pub(super) struct Decider<'a> {
 impl Decider<'_> {
     /// Decides `requests` in order from `start`, applying their events to `state`. `known`
     /// holds the idempotency records already stored or decided; this batch's are added.
+    /// `supplied` answers the first command's needs; a command that needs more stops the
+    /// batch there (`Decided::need`), and it and those after it are left undecided.
+    /// `journal` receives every event decided, when given (a compact raffle's writer keeps
+    /// the uncommitted ones to answer needs with).
     pub fn decide(
         &self,
         state: &mut Raffle,
         start: &Position,
         requests: &[CommandRequest],
         known: &mut KnownKeys,
+        supplied: &Supplied,
+        mut journal: Option<&mut Vec<(u64, tombola_domain::RaffleEvent)>>,
     ) -> Decided {
         let now = self.services.now();
         let (status_before, created_before) = (state.status(), state.config().is_some());
@@ -73,7 +116,10 @@ impl Decider<'_> {
         let mut results = Vec::with_capacity(requests.len());
         let mut sequence = start.sequence;
         let mut hash = start.hash.clone();
-        for request in requests {
+        let mut consumed = 0;
+        let mut need = None;
+        let nothing = Supplied::default();
+        for (index, request) in requests.iter().enumerate() {
             let meta = &request.meta;
             if let Some(idempotency) = &meta.idempotency {
                 let id = (idempotency.scope.clone(), idempotency.key.clone());
@@ -83,10 +129,21 @@ impl Decider<'_> {
                     } else {
                         Err(EngineError::IdempotencyConflict)
                     });
+                    consumed += 1;
                     continue;
                 }
             }
-            let result = match state.decide(request.command.clone(), self.services) {
+            let supplied = if index == 0 { supplied } else { &nothing };
+            let decision = match state.decide_with(request.command.clone(), self.services, supplied)
+            {
+                Ok(decision) => decision,
+                Err(needed) => {
+                    need = Some(needed);
+                    break;
+                }
+            };
+            consumed += 1;
+            let result = match decision {
                 Ok(events) => {
                     let mut sequenced = Vec::with_capacity(events.len());
                     for event in events {
@@ -136,6 +193,9 @@ impl Decider<'_> {
                                 metadata,
                             });
                         }
+                        if let Some(journal) = journal.as_deref_mut() {
+                            journal.push((sequence, event.clone()));
+                        }
                         sequenced.push(SequencedEvent { sequence, event });
                     }
                     Ok(Applied {
@@ -175,6 +235,8 @@ impl Decider<'_> {
             batch,
             published,
             end: Position { sequence, hash },
+            consumed,
+            need,
         }
     }
 }

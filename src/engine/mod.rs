@@ -45,10 +45,17 @@ pub struct EngineConfig {
     pub evict_after: Duration,
     /// Reload-and-retry rounds when another node keeps appending first.
     pub max_conflict_retries: u32,
+    /// A raffle with at least this many orders is kept compact (decision 0022): settled
+    /// orders as digests, read from the log when a decision needs one. 0 = every raffle.
+    pub compact_after_orders: usize,
     /// The domain's "now" and the writers' timers (hold expiry, eviction): one clock, so
     /// tests move them all.
     pub clock: Arc<dyn Clock>,
 }
+
+/// Below this many orders a raffle's full records cost at most a few MB, and refunds and
+/// repeated payments are decided without reading the log (decision 0022).
+pub const COMPACT_AFTER_ORDERS: usize = 100_000;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -58,6 +65,7 @@ impl Default for EngineConfig {
             snapshot_every: 10_000,
             evict_after: Duration::from_secs(600),
             max_conflict_retries: 8,
+            compact_after_orders: COMPACT_AFTER_ORDERS,
             clock: Arc::new(SystemClock),
         }
     }
@@ -295,6 +303,39 @@ impl Engine {
         answer.await.map_err(|_| EngineError::Unavailable {
             reason: "the raffle's writer stopped before answering".into(),
         })
+    }
+
+    /// An order as the raffle shows it. A compact raffle's settled order (decision 0022) is
+    /// read from its events, then shown by the raffle (which knows what they cannot say:
+    /// whether the hold expired or a cancellation released it).
+    pub async fn order_view(
+        &self,
+        raffle_id: Uuid,
+        order_id: Uuid,
+    ) -> Result<Option<tombola_domain::OrderView>, EngineError> {
+        let mut supplied = tombola_domain::Supplied::default();
+        loop {
+            let (answer, back) = self
+                .read(raffle_id, move |raffle| {
+                    (raffle.order_with(order_id, &supplied), supplied)
+                })
+                .await?;
+            supplied = back;
+            let need = match answer {
+                Ok(view) => return Ok(view),
+                Err(need) if supplied.has(&need) => {
+                    return Err(EngineError::unavailable(format!("{need:?} asked again")))
+                }
+                Err(need) => need,
+            };
+            let events = self
+                .inner
+                .store
+                .events_for(raffle_id, &need, i64::MAX as u64)
+                .await
+                .map_err(EngineError::unavailable)?;
+            supplied.supply(need, events);
+        }
     }
 
     /// Another node committed to `raffle_id` up to `sequence`: catch up if it is resident.

@@ -99,6 +99,7 @@ impl Dataset {
                 "Amount refunded",
                 "Late payment",
                 "Refund required",
+                "Receipt",
             ],
             (Self::Orders, Lang::Es) => &[
                 "Pedido",
@@ -119,6 +120,7 @@ impl Dataset {
                 "Importe reembolsado",
                 "Pago tardío",
                 "Reembolso pendiente",
+                "Recibo",
             ],
         }
     }
@@ -352,7 +354,7 @@ fn statement(dataset: Dataset, raffle_id: Uuid, terms: &Terms, filter: &CsvFilte
                     cardinality(o.numbers), {amount}, o.currency, {method}, {reference}, \
                     {reserved}, {expires}, {paid}, {refunded}, {refunded_amount}, \
                     CASE WHEN o.late_payment THEN 'true' ELSE 'false' END, \
-                    CASE WHEN o.refund_required THEN 'true' ELSE 'false' END \
+                    CASE WHEN o.refund_required THEN 'true' ELSE 'false' END, o.receipt \
              FROM {ORDERS} o WHERE {conditions} ORDER BY o.order_id",
             name = safe("o.buyer_name"),
             phone = safe("o.buyer_phone"),

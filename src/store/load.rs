@@ -1,6 +1,6 @@
 //! Loading a raffle: the latest snapshot, then the events after it.
 
-use tombola_domain::{Raffle, RaffleEvent};
+use tombola_domain::{Need, Raffle, RaffleEvent};
 use uuid::Uuid;
 
 use super::chain::GENESIS;
@@ -26,12 +26,20 @@ pub struct LoadedRaffle {
 impl Store {
     #[tracing::instrument(skip(self), fields(raffle_id = %raffle_id))]
     pub async fn load_raffle(&self, raffle_id: Uuid) -> Result<LoadedRaffle, StoreError> {
+        let mut conn = self.pool.acquire().await?;
         let snapshot: Option<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT last_sequence, last_hash, payload FROM raffle_snapshots WHERE raffle_id = $1",
         )
         .bind(raffle_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
+        if snapshot
+            .as_ref()
+            .is_some_and(|(_, _, payload)| payload.len() > super::snapshots::LARGE_MESSAGE)
+        {
+            sqlx::Connection::shrink_buffers(&mut *conn);
+        }
+        drop(conn);
         let mut loaded = match snapshot {
             Some((last_sequence, last_hash, payload)) => {
                 let snapshot_bytes = payload.len();
@@ -84,6 +92,87 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))
             })
             .collect()
+    }
+
+    /// The events `need` names, in order, up to `up_to` (decision 0022): an order's by its
+    /// indexed `order_id`; a payment's or failure's by a scan of that event type (rare: only
+    /// when a digest says it may have been seen on another order).
+    pub async fn events_for(
+        &self,
+        raffle_id: Uuid,
+        need: &Need,
+        up_to: u64,
+    ) -> Result<Vec<RaffleEvent>, StoreError> {
+        let aggregate_id = raffle_id.to_string();
+        let rows: Vec<(i64, String)> = match need {
+            Need::Order(order_id) => {
+                sqlx::query_as(
+                    "SELECT sequence, payload::text FROM events \
+                     WHERE order_id = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                     AND sequence <= $4 ORDER BY sequence",
+                )
+                .bind(order_id)
+                .bind(RAFFLE_STREAM)
+                .bind(&aggregate_id)
+                .bind(up_to as i64)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            need => {
+                let event_type = need.event_type().unwrap_or("");
+                // The id as it appears in the JSON text narrows the scan; one that JSON
+                // would escape is looked for in every row of the type instead.
+                let needle = match need {
+                    Need::Payment(payment_id) => payment_id.as_str(),
+                    Need::Failure {
+                        provider_event_id, ..
+                    } => provider_event_id.as_str(),
+                    _ => "",
+                };
+                let needle = if needle
+                    .chars()
+                    .all(|c| c != '"' && c != '\\' && !c.is_control())
+                {
+                    needle
+                } else {
+                    ""
+                };
+                sqlx::query_as(
+                    "SELECT sequence, payload::text FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 \
+                     AND event_type = $4 AND strpos(payload::text, $5) > 0 ORDER BY sequence",
+                )
+                .bind(RAFFLE_STREAM)
+                .bind(&aggregate_id)
+                .bind(up_to as i64)
+                .bind(event_type)
+                .bind(needle)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for (sequence, payload) in rows {
+            let event: RaffleEvent = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("event {sequence}: {e}")))?;
+            if need.matches(&event) {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The stream up to `up_to` folded from its first event into a full raffle (the rare
+    /// path of a compact raffle's draw, decision 0022).
+    pub async fn fold_log(&self, raffle_id: Uuid, up_to: u64) -> Result<Raffle, StoreError> {
+        let mut raffle = Raffle::default();
+        self.replay_after(raffle_id, 0, |stored| {
+            if stored.sequence <= up_to {
+                raffle.apply_event(&stored.event);
+            }
+        })
+        .await?;
+        Ok(raffle)
     }
 
     /// The chain hash of the stream's event at `sequence` (if there is one), and the stream's

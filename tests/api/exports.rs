@@ -169,9 +169,36 @@ async fn tickets_and_orders_parse_back_to_the_read_model_with_formulas_neutralis
     let text = export(&app, raffle, "orders", "?lang=en", &app.admin_key).await;
     let (header, rows) = parse(&text);
     assert_eq!(header[0], "Order");
-    assert_eq!(header.len(), 18);
+    assert_eq!(header.len(), 19);
+    assert_eq!(header[18], "Receipt");
     assert_eq!(rows.len(), NAMES.len() + 1);
     assert!(rows.iter().all(|r| r.len() == header.len()));
+    // A paid order's receipt is the one its own view shows (and audit verify checks).
+    let mut paid = 0;
+    for order in page["orders"].as_array().unwrap() {
+        let id = order["order_id"].as_str().unwrap();
+        let row = rows.iter().find(|r| r[0] == id).expect("every order");
+        let view = app.order(raffle, id).await;
+        let receipt = &view["receipt"];
+        if order["status"] == "paid" {
+            paid += 1;
+            let expected = format!(
+                "{}:{}",
+                receipt["sequence"],
+                receipt["hash"].as_str().unwrap()
+            );
+            assert_eq!(row[18], expected);
+            assert_eq!(
+                order["receipt"],
+                expected.as_str(),
+                "the read API shows it too"
+            );
+        } else {
+            assert_eq!(row[18], "", "no receipt before payment");
+            assert!(receipt.is_null());
+        }
+    }
+    assert!(paid > 0, "the sale paid some orders");
     let chinese = rows.iter().find(|r| r[2] == "李小龙").unwrap();
     assert_eq!(
         chinese[5], "0011 0012",

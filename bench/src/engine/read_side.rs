@@ -2,12 +2,17 @@
 //! it (woken by the engine's commit broadcast, default configuration, every read model), in
 //! a fresh database of its own.
 //!
-//! Lag is sampled end to end: a sampler takes the newest committed sequence and the instant
-//! its commit was broadcast, waits (`RuntimeHandle::wait_for`, as a `min_position` read
-//! does) until every projection has applied it, records the time since the commit, and
-//! takes the newest one again. After the load stops, `drain_ms` is how long the read side
-//! took to reach the log's head.
+//! Lag is measured for every commit, end to end: each commit's last sequence and the instant
+//! it was broadcast are queued; a sampler re-reads the raffle's slowest live checkpoint after
+//! every batch the runtime commits (and every few milliseconds), and each queued commit the
+//! checkpoints have passed yields one sample, now minus its broadcast. The sampler before this
+//! one (decision 0026) waited for the newest commit, took one sample when every projection
+//! had it, then took the newest again: while the read side was behind, a whole run gave one
+//! or two samples, and the p99 of those was the lag of the first commit it happened to
+//! pick. After the load stops, `drain_ms` is how long the read side took to reach the log's
+//! head.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,7 @@ pub(super) struct ReadSide {
     lags_us: Vec<u64>,
     drain: Duration,
     head: u64,
+    batch: usize,
 }
 
 impl ReadSide {
@@ -44,6 +50,7 @@ impl ReadSide {
             "lag_p99_ms": self.lag_ms(0.99),
             "lag_max_ms": self.lag_ms(1.0),
             "drain_ms": self.drain.as_millis() as u64,
+            "batch": self.batch,
         })
     }
 }
@@ -62,25 +69,31 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         EventSource::new(pool.clone()),
         pool.clone(),
         projections,
-        RuntimeConfig::default(),
+        RuntimeConfig {
+            batch_size: args.projection_batch,
+            ..RuntimeConfig::default()
+        },
     );
     let handle = runtime.handle();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(runtime.run(async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
-    // The newest commit: (last sequence, when it was broadcast).
-    let newest: Arc<Mutex<(u64, Instant)>> = Arc::new(Mutex::new((0, Instant::now())));
+    // Commits not yet seen applied: (last sequence, when it was broadcast), in order.
+    let pending: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
     let mut commits = target.engine.subscribe();
     let forwarder = {
-        let (handle, newest) = (handle.clone(), newest.clone());
+        let (handle, pending) = (handle.clone(), pending.clone());
         tokio::spawn(async move {
             loop {
                 match commits.recv().await {
                     Ok(committed) => {
                         handle.wake(committed.raffle_id);
                         if let Some(last) = committed.events.last() {
-                            *newest.lock().expect("newest") = (last.sequence, Instant::now());
+                            pending
+                                .lock()
+                                .expect("pending")
+                                .push_back((last.sequence, Instant::now()));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -91,31 +104,38 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
     };
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
-        let (handle, newest, sampling, names) = (
+        let (handle, pending, sampling, names, pool) = (
             handle.clone(),
-            newest.clone(),
+            pending.clone(),
             sampling.clone(),
             names.clone(),
+            pool.clone(),
         );
         tokio::spawn(async move {
             let mut lags_us = Vec::new();
-            let mut sampled = 0;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                let (sequence, at) = *newest.lock().expect("newest");
-                if sequence <= sampled {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
-                match handle
-                    .wait_for(&names, raffle_id, sequence, Duration::from_secs(120))
-                    .await
+            let mut progress = handle.progress();
+            loop {
+                let applied = slowest_checkpoint(&pool, &names, raffle_id).await?;
+                let now = Instant::now();
                 {
-                    Ok(true) => lags_us.push(at.elapsed().as_micros() as u64),
-                    _ => break,
+                    let mut pending = pending.lock().expect("pending");
+                    while let Some(&(sequence, at)) = pending.front() {
+                        if sequence > applied {
+                            break;
+                        }
+                        lags_us.push(now.duration_since(at).as_micros() as u64);
+                        pending.pop_front();
+                    }
+                    if pending.is_empty() && !sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                 }
-                sampled = sequence;
+                // A batch committed, or a few milliseconds passed (a commit may have been
+                // queued after the read above).
+                progress.mark_unchanged();
+                let _ = tokio::time::timeout(Duration::from_millis(5), progress.changed()).await;
             }
-            lags_us
+            Ok::<_, String>(lags_us)
         })
     };
     crate::database::checkpoint(&store, "engine").await;
@@ -134,7 +154,13 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         .await
         .map_err(|e| e.to_string())?;
     let drain = stopped_at.elapsed();
-    let mut lags_us = sampler.await.map_err(|e| e.to_string())?;
+    let mut lags_us = if drained {
+        sampler.await.map_err(|e| e.to_string())??
+    } else {
+        // Commits the read side never reached would keep the sampler waiting.
+        sampler.abort();
+        Vec::new()
+    };
     lags_us.sort_unstable();
     eprintln!(
         "tombola engine with projections: {:.0} commands/s, lag samples {}, drained in {} ms{}",
@@ -156,5 +182,28 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         lags_us,
         drain,
         head: head as u64,
+        batch: args.projection_batch,
+    })
+}
+
+/// The lowest live checkpoint of `raffle_id` among `names` (0 while one has none).
+async fn slowest_checkpoint(
+    pool: &sqlx::PgPool,
+    names: &[&'static str],
+    raffle_id: uuid::Uuid,
+) -> Result<u64, String> {
+    let (count, lowest): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), min(sequence) FROM projection_checkpoints \
+         WHERE slot = 'live' AND raffle_id = $1 AND projection = ANY($2)",
+    )
+    .bind(raffle_id)
+    .bind(names)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(if count as usize == names.len() {
+        lowest.unwrap_or(0) as u64
+    } else {
+        0
     })
 }

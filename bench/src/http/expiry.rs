@@ -23,7 +23,7 @@ use tombola::store::Source;
 use tombola_domain::{Buyer, CreateRaffle, RaffleCommand, Reserve, Selection};
 use uuid::Uuid;
 
-use super::hot::{oversold, tombola_phase};
+use super::hot::{log_failures, tombola_phase, verify_log};
 use super::server::Server;
 use super::workload::Raffles;
 use super::{load_now, Window};
@@ -59,10 +59,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
         .enable_all()
         .build()?;
     let figures = runtime.block_on(crate::database::discarding_leftovers(run_async(args)))?;
-    let mut failures = Vec::new();
-    if figures["oversold"] != 0 {
-        failures.push(format!("{} numbers issued twice", figures["oversold"]));
-    }
+    let mut failures = log_failures(&figures);
     if figures["holds_released"] != u64::from(args.holds) {
         failures.push(format!(
             "{} of {} holds released",
@@ -155,7 +152,7 @@ async fn released(
     raffle: Uuid,
 ) -> Result<(u64, Option<DateTime<Utc>>, i64), String> {
     let (holds, last, events): (Option<i64>, Option<String>, i64) = sqlx::query_as(
-        "SELECT sum(jsonb_array_length(payload->'HoldsExpired'->'holds'))::bigint, \
+        "SELECT sum(jsonb_array_length(payload::jsonb->'HoldsExpired'->'holds'))::bigint, \
          max(metadata->>'recorded_at'), count(*) FROM events \
          WHERE aggregate_id = $1 AND event_type = 'HoldsExpired'",
     )
@@ -228,7 +225,13 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "expiry: {holds_released} holds released in {events} events, the last {released_after_ms} ms after they fell due"
     ));
     server.stop_process().await;
-    let oversold = oversold(&server, raffle, args.tickets).await?;
+    let (log, log_failures) = verify_log(
+        &server,
+        &[(raffle, args.tickets)],
+        &[&baseline, &during],
+        u64::from(args.holds),
+    )
+    .await?;
     server.stop().await?;
     Ok(json!({
         "bench": "expiry",
@@ -245,7 +248,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "baseline_reservations_per_sec": baseline.reservations_per_sec,
         "baseline_p99_ms": baseline.p99_ms,
         "p99_vs_baseline": crate::report::ratio(during.p99_ms, baseline.p99_ms),
-        "oversold": oversold,
+        "oversold": log.oversold,
+        "log": log,
+        "log_failures": log_failures,
         "load_average_before": load_before,
         "load_average_after": load_now(),
     }))

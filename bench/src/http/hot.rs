@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::check::LogCheck;
 use super::load::{drive, Outcome};
 use super::rowlock::RowlockServer;
 use super::server::Server;
@@ -55,6 +56,10 @@ pub struct Phase {
     pub release_errors: BTreeMap<String, u64>,
     pub seconds: f64,
     pub load_average: f64,
+    /// 201s to reservations, warm-up included (held against the log).
+    pub created_total: u64,
+    /// Reservation answers lost (transport errors, 5xx), warm-up included.
+    pub lost_total: u64,
 }
 
 impl Phase {
@@ -81,6 +86,8 @@ impl Phase {
             release_errors: tally.errors("release"),
             seconds: crate::report::round3(secs),
             load_average: load_now(),
+            created_total: tally.all_with("reserve", 201),
+            lost_total: tally.all_lost("reserve"),
         }
     }
 }
@@ -91,14 +98,21 @@ pub fn run(args: &Args) -> BenchResult<Report> {
         .enable_all()
         .build()?;
     let figures = runtime.block_on(crate::database::discarding_leftovers(run_async(args)))?;
-    let mut failures = Vec::new();
-    if figures["oversold"] != 0 {
-        failures.push(format!("{} numbers issued twice", figures["oversold"]));
-    }
+    let mut failures = log_failures(&figures);
     if figures["reservations_per_sec"] == 0.0 {
         failures.push("no reservation succeeded".to_owned());
     }
     Report::new(&figures, failures)
+}
+
+/// What [`verify_log`] found wrong, as the figures carry it.
+pub fn log_failures(figures: &serde_json::Value) -> Vec<String> {
+    figures["log_failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Creates and opens a raffle through the API.
@@ -222,9 +236,42 @@ pub async fn rowlock_phase(
     Ok(phase)
 }
 
-/// Numbers issued to two orders at once, from the raffle's log.
-pub async fn oversold(server: &Server, raffle: Uuid, tickets: u32) -> Result<u64, String> {
-    crate::engine::check_log(&server.store, raffle, tickets).await
+/// The raffles' logs replayed ([`super::check`]), summed, and held against the 201s the
+/// `phases` counted (`planted`: holds written to the logs other than through the API).
+/// Returns the sum and what disagrees (empty: all is well).
+pub async fn verify_log(
+    server: &Server,
+    raffles: &[(Uuid, u32)],
+    phases: &[&Phase],
+    planted: u64,
+) -> Result<(LogCheck, Vec<String>), String> {
+    let mut total = LogCheck::default();
+    for &(raffle, tickets) in raffles {
+        let check = super::check::replay(&server.store, raffle, tickets).await?;
+        total.oversold += check.oversold;
+        total.reserved_events += check.reserved_events;
+        total.issued_events += check.issued_events;
+        total.released_numbers += check.released_numbers;
+        total.expired_numbers += check.expired_numbers;
+    }
+    let created: u64 = phases.iter().map(|p| p.created_total).sum();
+    let lost: u64 = phases.iter().map(|p| p.lost_total).sum();
+    let mut failures = Vec::new();
+    if total.oversold != 0 {
+        failures.push(format!("{} numbers held or issued twice", total.oversold));
+    }
+    let from_api = LogCheck {
+        reserved_events: total.reserved_events.saturating_sub(planted),
+        ..total
+    };
+    if let Err(mismatch) = super::check::answers_agree(&from_api, created, lost) {
+        failures.push(mismatch);
+    }
+    crate::report::phase(format!(
+        "log: {} holds ({created} answered 201, {lost} lost), {} issued, oversold {}",
+        from_api.reserved_events, total.issued_events, total.oversold
+    ));
+    Ok((total, failures))
 }
 
 async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
@@ -244,7 +291,8 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     }
     let rss = server.rss_bytes();
     server.stop_process().await;
-    let oversold = oversold(&server, raffle, args.tickets).await?;
+    let phases: Vec<&Phase> = tombola.iter().map(|(p, _)| p).collect();
+    let (log, log_failures) = verify_log(&server, &[(raffle, args.tickets)], &phases, 0).await?;
     let postgres = crate::database::settings(&server.store).await?;
     server.stop().await?;
 
@@ -315,7 +363,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "vs_rowlock": first["vs_rowlock"],
         "server_cpu_ms_per_reserve_request": first["server_cpu_ms_per_reserve_request"],
         "server_rss_bytes": rss,
-        "oversold": oversold,
+        "oversold": log.oversold,
+        "log": log,
+        "log_failures": log_failures,
         "load_average_before": load_before,
         "load_average_after": load_now(),
         "postgres": postgres,

@@ -122,6 +122,8 @@ pub struct Tally {
     measuring: bool,
     pub latencies: BTreeMap<&'static str, Vec<u32>>,
     pub statuses: BTreeMap<&'static str, BTreeMap<u16, u64>>,
+    /// Every answer by kind and status, warm-up included: what is held against the log.
+    pub all_statuses: BTreeMap<&'static str, BTreeMap<u16, u64>>,
 }
 
 impl Tally {
@@ -134,6 +136,12 @@ impl Tally {
         let measuring = self.measuring;
         let started = Instant::now();
         let (status, body) = request.await;
+        *self
+            .all_statuses
+            .entry(kind)
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
         if measuring {
             let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
             self.latencies.entry(kind).or_default().push(micros);
@@ -151,12 +159,37 @@ impl Tally {
         for (kind, latencies) in other.latencies {
             self.latencies.entry(kind).or_default().extend(latencies);
         }
-        for (kind, statuses) in other.statuses {
-            let mine = self.statuses.entry(kind).or_default();
-            for (status, count) in statuses {
-                *mine.entry(status).or_default() += count;
+        for (mine, theirs) in [
+            (&mut self.statuses, other.statuses),
+            (&mut self.all_statuses, other.all_statuses),
+        ] {
+            for (kind, statuses) in theirs {
+                let mine = mine.entry(kind).or_default();
+                for (status, count) in statuses {
+                    *mine.entry(status).or_default() += count;
+                }
             }
         }
+    }
+
+    /// Answers of `kind` with `status`, warm-up included.
+    pub fn all_with(&self, kind: &str, status: u16) -> u64 {
+        self.all_statuses
+            .get(kind)
+            .and_then(|s| s.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers of `kind` whose outcome the buyer cannot know (transport errors, 5xx),
+    /// warm-up included.
+    pub fn all_lost(&self, kind: &str) -> u64 {
+        self.all_statuses.get(kind).map_or(0, |s| {
+            s.iter()
+                .filter(|(status, _)| **status == 0 || **status >= 500)
+                .map(|(_, count)| count)
+                .sum()
+        })
     }
 
     /// Answers of `kind` with a 2xx status.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args as ClapArgs;
 use serde_json::json;
 
-use super::hot::{create_raffle, oversold, rowlock_phase, tombola_phase};
+use super::hot::{create_raffle, log_failures, rowlock_phase, tombola_phase, verify_log};
 use super::rowlock::RowlockServer;
 use super::server::Server;
 use super::workload::Raffles;
@@ -44,10 +44,7 @@ pub fn run(args: &Args) -> BenchResult<Report> {
         .enable_all()
         .build()?;
     let figures = runtime.block_on(crate::database::discarding_leftovers(run_async(args)))?;
-    let mut failures = Vec::new();
-    if figures["oversold"] != 0 {
-        failures.push(format!("{} numbers issued twice", figures["oversold"]));
-    }
+    let mut failures = log_failures(&figures);
     if figures["reservations_per_sec"] == 0.0 {
         failures.push("no reservation succeeded".to_owned());
     }
@@ -80,10 +77,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     let phase = tombola_phase(&server, &raffles, args.concurrency, &args.window, args.seed).await?;
     let rss = server.rss_bytes();
     server.stop_process().await;
-    let mut oversold_total = oversold(&server, hot, args.hot_tickets).await?;
-    for id in &ids {
-        oversold_total += oversold(&server, *id, args.tickets).await?;
-    }
+    let mut logs = vec![(hot, args.hot_tickets)];
+    logs.extend(ids.iter().map(|id| (*id, args.tickets)));
+    let (log, log_failures) = verify_log(&server, &logs, &[&hot_phase, &phase], 0).await?;
     server.stop().await?;
 
     let rowlock = if args.no_rowlock {
@@ -121,7 +117,9 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "rowlock_p99_ms": rowlock.as_ref().map_or(0.0, |r| r.p99_ms),
         "vs_rowlock": rowlock.as_ref().map_or(0.0, |r| crate::report::ratio(phase.reservations_per_sec, r.reservations_per_sec)),
         "server_rss_bytes": rss,
-        "oversold": oversold_total,
+        "oversold": log.oversold,
+        "log": log,
+        "log_failures": log_failures,
         "load_average_before": load_before,
         "load_average_after": load_now(),
         "detail": {"tombola": phase, "hot": hot_phase, "rowlock": rowlock},

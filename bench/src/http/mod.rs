@@ -4,6 +4,7 @@
 //! compared with ([`rowlock`]).
 
 pub mod all;
+pub mod check;
 pub mod expiry;
 pub mod hot;
 pub mod load;
@@ -16,12 +17,20 @@ pub mod workload;
 
 use std::time::Duration;
 
-/// The bench's ports: 127.0.0.1:18600–18999 (the range this suite was given). The first one
-/// that can be bound is returned; it is free again when the caller binds it.
+/// The bench's ports: 127.0.0.1:18600–18999 (the range this suite was given), or
+/// `TOMBOLA_BENCH_PORTS=<first>-<last>` (several people benching on one machine). The first
+/// one that can be bound is returned; it is free again when the caller binds it.
 pub fn free_port() -> Result<u16, String> {
-    (18600..19000)
+    let (first, last) = std::env::var("TOMBOLA_BENCH_PORTS")
+        .ok()
+        .and_then(|range| {
+            let (first, last) = range.split_once('-')?;
+            Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+        })
+        .unwrap_or((18600u16, 18999u16));
+    (first..=last)
         .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-        .ok_or_else(|| "no free port in 18600-18999".to_owned())
+        .ok_or_else(|| format!("no free port in {first}-{last}"))
 }
 
 /// The value below which a fraction `p` of `sorted` lies, in milliseconds (microseconds in).

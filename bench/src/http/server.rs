@@ -143,6 +143,10 @@ impl Server {
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s); the database stays.
     pub async fn stop_process(&mut self) {
+        // Stopped already (`stop` after `stop_process`): its pid may be another's by now.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

@@ -53,6 +53,31 @@ pub(crate) fn check_against_model(raffle: &Raffle, model: &Model) -> Result<(), 
     Ok(())
 }
 
+/// A compact twin (decision 0022) shows what the full aggregate shows, reading settled
+/// orders from the log.
+pub(crate) fn check_compact_twin(
+    twin: &Raffle,
+    raffle: &Raffle,
+    log: &[RaffleEvent],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(twin.status(), raffle.status());
+    for i in 0..SLOTS {
+        prop_assert_eq!(
+            twin.order_from_log(slot(i), log),
+            raffle.order(slot(i)),
+            "compact twin, order slot {}",
+            i
+        );
+    }
+    prop_assert_eq!(twin.order_count(), raffle.order_count());
+    prop_assert_eq!(twin.free_numbers(), raffle.free_numbers());
+    prop_assert_eq!(twin.sold_count(), raffle.sold_count());
+    prop_assert_eq!(twin.reserved_count(), raffle.reserved_count());
+    prop_assert_eq!(twin.next_expiry(), raffle.next_expiry());
+    prop_assert_eq!(twin.winners(), raffle.winners());
+    Ok(())
+}
+
 /// Invariants read from the aggregate alone.
 pub(crate) fn check_invariants(raffle: &Raffle, ticket_count: u32) -> Result<(), TestCaseError> {
     prop_assert_eq!(

@@ -25,7 +25,7 @@ use tombola_domain::{
 };
 use uuid::Uuid;
 
-use checks::{check_against_model, check_draw, check_invariants, IssueLedger};
+use checks::{check_against_model, check_compact_twin, check_draw, check_invariants, IssueLedger};
 use common::{at, clock_at, eur, SEED};
 use model::{fail, Model};
 
@@ -433,6 +433,12 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for event in &created {
         raffle.apply_event(event);
     }
+    // The same raffle kept compact (decision 0022), deciding with its log: it must decide
+    // exactly as the full one, randomness and all (a raffle limiting buyers stays full).
+    let twin_services = RaffleServices::deterministic(setup.rng_seed, clock.clone());
+    let mut twin = raffle.clone();
+    let compact = twin.compact();
+    prop_assert_eq!(compact, setup.per_buyer.is_none());
     history.extend(created);
 
     let mut script = ops;
@@ -457,11 +463,20 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
         let expected = model.predict(&command, now, &actual)?;
         prop_assert_eq!(&actual, &expected, "step {}: {:?}", step, command);
+        let twin_actual = twin.decide_from_log(command.clone(), &twin_services, &history);
+        prop_assert_eq!(
+            &twin_actual,
+            &actual,
+            "compact twin, step {}: {:?}",
+            step,
+            command
+        );
 
         if let Ok(events) = actual {
             ledger.record(&events)?;
             for event in &events {
                 raffle.apply_event(event);
+                twin.apply_event(event);
                 model.evolve(event)?;
             }
             check_draw(&events, &model)?;
@@ -469,6 +484,14 @@ fn run(setup: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         check_against_model(&raffle, &model)?;
         check_invariants(&raffle, setup.ticket_count)?;
+        if step % 4 == 3 {
+            twin.compact();
+            let decoded = Raffle::decode_snapshot(&twin.encode_snapshot())
+                .map_err(|e| fail(format!("compact snapshot does not decode: {e}")))?;
+            prop_assert_eq!(&decoded, &twin);
+            twin = decoded;
+        }
+        check_compact_twin(&twin, &raffle, &history)?;
     }
 
     let decoded = Raffle::decode_snapshot(&raffle.encode_snapshot())

@@ -28,8 +28,10 @@ impl Projection for AuditIndex {
     }
 
     /// 2: the winning numbers of `WinnersDrawn` are indexed under their tickets.
+    /// 3: `kind` and `key` compare bytewise (`COLLATE "C"`: the keys are identifiers and
+    /// numbers that nobody sorts alphabetically), and one index instead of two (decision 0026).
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -40,20 +42,21 @@ impl Projection for AuditIndex {
         let t = tables.name(TABLE);
         format!(
             "CREATE TABLE {t} ( \
-               raffle_id uuid NOT NULL, kind text NOT NULL, key text NOT NULL, \
+               raffle_id uuid NOT NULL, kind text COLLATE \"C\" NOT NULL, \
+               key text COLLATE \"C\" NOT NULL, \
                sequence bigint NOT NULL, event_type text NOT NULL, \
                recorded_at timestamptz NOT NULL);"
         )
     }
 
-    /// Both indexes wait for a rebuild's end: the index is written to, never read, by
-    /// `apply` (the runtime applies each event once, so the key cannot repeat).
+    /// The primary key waits for a rebuild's end: it is written to, never read, by `apply`
+    /// (the runtime applies each event once, so the key cannot repeat). It is also the only
+    /// index the trail's queries use (each names its raffle): version 3 dropped the
+    /// `(kind, key, recorded_at)` index, which no query read and which cost as much to
+    /// build as the table took to fill (decision 0026).
     fn indexes(&self, tables: Tables) -> String {
         let t = tables.name(TABLE);
-        format!(
-            "ALTER TABLE {t} ADD PRIMARY KEY (raffle_id, kind, key, sequence); \
-             CREATE INDEX ON {t} (kind, key, recorded_at);"
-        )
+        format!("ALTER TABLE {t} ADD PRIMARY KEY (raffle_id, kind, key, sequence);")
     }
 
     fn apply<'a>(
@@ -121,6 +124,11 @@ pub fn entries(envelope: &Envelope) -> Vec<Entry> {
     out
 }
 
+/// Writes the batch's entries with multi-row `INSERT … SELECT FROM UNNEST` statements. Not
+/// `COPY`: sqlx 0.8.6 does not track a COPY's replies, so a COPY whose future is dropped
+/// half-way (a runtime stopped, a task aborted) returns its connection to the pool out of
+/// step with the server, and the next transaction on it fails to begin (decision 0026:
+/// `a_crash_mid_batch_neither_skips_nor_applies_twice` caught it).
 async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyError> {
     let table = batch.tables.name(TABLE);
     let mut rows: Vec<(Entry, chrono::DateTime<chrono::Utc>)> = Vec::new();

@@ -35,6 +35,9 @@ pub struct OrderRow {
     pub late_payment: bool,
     pub refund_required: bool,
     pub amount_refunded_minor: i64,
+    /// `SEQUENCE:HASH` of the `TicketsIssued` that paid the order: the buyer's receipt,
+    /// which `tombola audit verify --receipt` proves against the log.
+    pub receipt: Option<String>,
     pub last_sequence: i64,
 }
 
@@ -43,8 +46,9 @@ impl Projection for Orders {
         "orders"
     }
 
+    /// 2: the receipt column.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -63,7 +67,7 @@ impl Projection for Orders {
                paid_at timestamptz, expired_at timestamptz, released_at timestamptz, \
                refunded_at timestamptz, late_payment boolean NOT NULL, \
                refund_required boolean NOT NULL, amount_refunded_minor bigint NOT NULL, \
-               last_sequence bigint NOT NULL, \
+               receipt text, last_sequence bigint NOT NULL, \
                PRIMARY KEY (raffle_id, order_id));"
         )
     }
@@ -108,7 +112,7 @@ async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyErr
     let columns = "order_id, status, buyer_name, buyer_email, buyer_phone, numbers, \
                    amount_minor, currency, payment_method, payment_reference, reserved_at, \
                    expires_at, paid_at, expired_at, released_at, refunded_at, late_payment, \
-                   refund_required, amount_refunded_minor, last_sequence";
+                   refund_required, amount_refunded_minor, receipt, last_sequence";
     let mut rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {columns} FROM {table} WHERE raffle_id = $1 AND order_id = ANY($2)"
     ))
@@ -189,6 +193,7 @@ pub fn fold(orders: &mut HashMap<Uuid, OrderRow>, envelope: &Envelope, dirty: &m
                     late_payment: false,
                     refund_required: false,
                     amount_refunded_minor: 0,
+                    receipt: None,
                     last_sequence: sequence,
                 },
             );
@@ -240,12 +245,19 @@ pub fn fold(orders: &mut HashMap<Uuid, OrderRow>, envelope: &Envelope, dirty: &m
             late,
             at,
             ..
-        } => touch(orders, order_id, &|row| {
-            row.status = "paid".into();
-            row.paid_at = Some(*at);
-            row.numbers = numbers.iter().map(|&n| n as i32).collect();
-            row.late_payment = *late;
-        }),
+        } => {
+            let receipt = envelope
+                .hash
+                .as_ref()
+                .map(|hash| format!("{}:{hash}", envelope.sequence));
+            touch(orders, order_id, &|row| {
+                row.status = "paid".into();
+                row.paid_at = Some(*at);
+                row.numbers = numbers.iter().map(|&n| n as i32).collect();
+                row.late_payment = *late;
+                row.receipt = receipt.clone();
+            })
+        }
         RaffleEvent::RefundRequired { order_id, .. } => touch(orders, order_id, &|row| {
             row.refund_required = true;
             if matches!(row.status.as_str(), "reserved" | "expired" | "released") {
@@ -325,21 +337,21 @@ async fn write<'r>(
             "INSERT INTO {table} (raffle_id, order_id, status, buyer_name, buyer_email, \
                buyer_phone, numbers, amount_minor, currency, payment_method, payment_reference, \
                reserved_at, expires_at, paid_at, expired_at, released_at, refunded_at, \
-               late_payment, refund_required, amount_refunded_minor, last_sequence) \
+               late_payment, refund_required, amount_refunded_minor, receipt, last_sequence) \
              SELECT $1, o.order_id, o.status, o.buyer_name, o.buyer_email, o.buyer_phone, \
                o.numbers::integer[], o.amount_minor, o.currency, o.payment_method, \
                o.payment_reference, o.reserved_at, o.expires_at, o.paid_at, o.expired_at, \
                o.released_at, o.refunded_at, o.late_payment, o.refund_required, \
-               o.amount_refunded_minor, o.last_sequence \
+               o.amount_refunded_minor, o.receipt, o.last_sequence \
              FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
                $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], \
                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], \
                $16::timestamptz[], $17::timestamptz[], $18::boolean[], $19::boolean[], \
-               $20::bigint[], $21::bigint[]) \
+               $20::bigint[], $21::text[], $22::bigint[]) \
                AS o(order_id, status, buyer_name, buyer_email, buyer_phone, numbers, \
                     amount_minor, currency, payment_method, payment_reference, reserved_at, \
                     expires_at, paid_at, expired_at, released_at, refunded_at, late_payment, \
-                    refund_required, amount_refunded_minor, last_sequence) \
+                    refund_required, amount_refunded_minor, receipt, last_sequence) \
              ON CONFLICT (raffle_id, order_id) DO UPDATE SET \
                status = EXCLUDED.status, numbers = EXCLUDED.numbers, \
                payment_method = EXCLUDED.payment_method, \
@@ -349,7 +361,7 @@ async fn write<'r>(
                refunded_at = EXCLUDED.refunded_at, late_payment = EXCLUDED.late_payment, \
                refund_required = EXCLUDED.refund_required, \
                amount_refunded_minor = EXCLUDED.amount_refunded_minor, \
-               last_sequence = EXCLUDED.last_sequence"
+               receipt = EXCLUDED.receipt, last_sequence = EXCLUDED.last_sequence"
         ))
         .bind(raffle_id)
         .bind(chunk.iter().map(|r| r.order_id).collect::<Vec<_>>())
@@ -391,6 +403,7 @@ async fn write<'r>(
                 .map(|r| r.amount_refunded_minor)
                 .collect::<Vec<_>>(),
         )
+        .bind(chunk.iter().map(|r| r.receipt.clone()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.last_sequence).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;

@@ -82,6 +82,7 @@ pub fn fold_orders(events: &[super::history::Recorded]) -> BTreeMap<Uuid, OrderR
                         late_payment: false,
                         refund_required: false,
                         amount_refunded_minor: 0,
+                        receipt: None,
                         last_sequence: seq,
                     },
                 );
@@ -133,6 +134,11 @@ pub fn fold_orders(events: &[super::history::Recorded]) -> BTreeMap<Uuid, OrderR
                 o.paid_at = Some(*at);
                 o.numbers = numbers.iter().map(|&n| n as i32).collect();
                 o.late_payment = *late;
+                o.receipt = Some(format!(
+                    "{}:{}",
+                    recorded.sequence,
+                    super::history::stored_hash(recorded.sequence)
+                ));
             }),
             RaffleEvent::RefundRequired { order_id, .. } => set(order_id, &mut |o| {
                 o.refund_required = true;
@@ -361,6 +367,7 @@ pub fn expected_audit(history: &History) -> BTreeSet<(String, String, i64, Strin
                 event: r.event.clone(),
                 actor: r.actor.clone(),
                 recorded_at: r.recorded_at,
+                hash: Some(super::history::stored_hash(r.sequence)),
             })
         })
         .map(|e| {
@@ -400,7 +407,7 @@ pub async fn assert_read_models_match(pool: &PgPool, histories: &[History]) {
             "SELECT order_id, status, buyer_name, buyer_email, buyer_phone, numbers, amount_minor, \
                     currency, payment_method, payment_reference, reserved_at, expires_at, paid_at, \
                     expired_at, released_at, refunded_at, late_payment, refund_required, \
-                    amount_refunded_minor, last_sequence \
+                    amount_refunded_minor, receipt, last_sequence \
              FROM read_orders WHERE raffle_id = $1 ORDER BY order_id",
         )
         .bind(raffle_id)

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tombola_domain::{Raffle, RaffleCommand, RaffleServices};
+use tombola_domain::{Need, Raffle, RaffleCommand, RaffleEvent, RaffleServices, Supplied};
 use uuid::Uuid;
 
 use super::decide::{Decided, Decider, KnownKeys, Position};
@@ -83,6 +83,9 @@ struct Writer {
     /// Idempotency records decided but not yet committed: a retry in a later batch must
     /// find them.
     uncommitted_keys: KnownKeys,
+    /// A compact raffle's events decided but not yet committed, by sequence: with the
+    /// committed log they answer what a decision needs (decision 0022).
+    journal: Vec<(u64, RaffleEvent)>,
 }
 
 pub(crate) async fn run(
@@ -184,10 +187,12 @@ impl Writer {
             sequence: loaded.last_sequence,
             hash: loaded.last_hash,
         };
+        let mut state = loaded.raffle;
+        compact_if_large(&mut state, engine.inner.config.compact_after_orders);
         Ok(Self {
             raffle_id,
             aggregate_id: raffle_id.to_string(),
-            state: loaded.raffle,
+            state,
             tip: committed.clone(),
             snapshot_sequence: committed.sequence,
             snapshot_bytes: std::sync::Arc::new(loaded.snapshot_bytes.into()),
@@ -198,6 +203,7 @@ impl Writer {
             in_flight: None,
             pending: None,
             uncommitted_keys: KnownKeys::new(),
+            journal: Vec::new(),
             engine,
         })
     }
@@ -206,9 +212,14 @@ impl Writer {
     /// and not committed is void; the caller owns deciding it again.
     async fn reload(&mut self) -> Result<(), crate::store::StoreError> {
         self.uncommitted_keys.clear();
+        self.journal.clear();
         match self.engine.inner.store.load_raffle(self.raffle_id).await {
             Ok(loaded) => {
                 self.state = loaded.raffle;
+                compact_if_large(
+                    &mut self.state,
+                    self.engine.inner.config.compact_after_orders,
+                );
                 self.committed = Position {
                     sequence: loaded.last_sequence,
                     hash: loaded.last_hash,
@@ -298,6 +309,7 @@ impl Writer {
             .await;
         // Whatever was applied is committed: the state stays consistent either way.
         self.tip = self.committed.clone();
+        self.journal.clear();
         replayed
     }
 
@@ -360,19 +372,93 @@ impl Writer {
         for record in self.engine.inner.store.find_idempotency(&lookups).await? {
             known.insert((record.scope.clone(), record.key.clone()), record);
         }
-        let decider = Decider {
-            raffle_id: self.raffle_id,
-            aggregate_id: &self.aggregate_id,
-            services: &self.services,
-            publishing: self.engine.inner.published.receiver_count() > 0,
-        };
-        let decided = decider.decide(&mut self.state, &self.tip, requests, &mut known);
-        for record in &decided.batch.idempotency {
-            let id = (record.scope.clone(), record.key.clone());
-            self.uncommitted_keys.insert(id, record.clone());
+        let mut total: Option<Decided> = None;
+        let mut supplied = Supplied::default();
+        let mut start = 0;
+        while start < requests.len() {
+            let decider = Decider {
+                raffle_id: self.raffle_id,
+                aggregate_id: &self.aggregate_id,
+                services: &self.services,
+                publishing: self.engine.inner.published.receiver_count() > 0,
+            };
+            let journal = self.state.is_compact().then_some(&mut self.journal);
+            let decided = decider.decide(
+                &mut self.state,
+                &self.tip,
+                &requests[start..],
+                &mut known,
+                &supplied,
+                journal,
+            );
+            for record in &decided.batch.idempotency {
+                let id = (record.scope.clone(), record.key.clone());
+                self.uncommitted_keys.insert(id, record.clone());
+            }
+            self.tip = decided.end.clone();
+            if decided.consumed > 0 {
+                supplied = Supplied::default();
+            }
+            start += decided.consumed;
+            let need = decided.need.clone();
+            match &mut total {
+                Some(total) => total.extend(decided),
+                None => total = Some(decided),
+            }
+            let Some(need) = need else { break };
+            // A compact raffle's rare path: the events it needs, read from the log up to what
+            // is committed and from the journal after it. The commands before it stay
+            // decided; if the log cannot be read, this one and those after it fail alone.
+            let resolved = if supplied.has(&need) {
+                Err(format!("a decision asked again for {need:?}"))
+            } else {
+                self.resolve(need, &mut supplied)
+                    .await
+                    .map_err(|error| error.to_string())
+            };
+            if let Err(error) = resolved {
+                tracing::warn!(raffle_id = %self.raffle_id, %error, "a decision's log read failed");
+                let total = total.as_mut().expect("decided above");
+                let undecided = requests.len() - start;
+                total
+                    .results
+                    .extend((0..undecided).map(|_| Err(EngineError::unavailable(&error))));
+                total.consumed += undecided;
+                total.need = None;
+                break;
+            }
         }
-        self.tip = decided.end.clone();
-        Ok(decided)
+        Ok(total.unwrap_or_else(|| Decided::empty(self.tip.clone())))
+    }
+
+    /// Reads what a compact raffle's decision needs: the log up to the committed position,
+    /// then this writer's own uncommitted events.
+    async fn resolve(
+        &self,
+        need: Need,
+        supplied: &mut Supplied,
+    ) -> Result<(), crate::store::StoreError> {
+        let store = &self.engine.inner.store;
+        let up_to = self.committed.sequence;
+        let uncommitted = self
+            .journal
+            .iter()
+            .filter(|(sequence, _)| *sequence > up_to);
+        metrics::counter!("tombola_engine_log_reads").increment(1);
+        if need == Need::Log {
+            let mut full = store.fold_log(self.raffle_id, up_to).await?;
+            uncommitted.for_each(|(_, event)| full.apply_event(event));
+            supplied.supply_log(full);
+            return Ok(());
+        }
+        let mut events = store.events_for(self.raffle_id, &need, up_to).await?;
+        events.extend(
+            uncommitted
+                .filter(|(_, event)| need.matches(event))
+                .map(|(_, event)| event.clone()),
+        );
+        supplied.supply(need, events);
+        Ok(())
     }
 
     /// A batch committed: move the committed position and tell listeners.
@@ -383,6 +469,8 @@ impl Writer {
         commands: usize,
         events: usize,
     ) {
+        self.journal
+            .retain(|(sequence, _)| *sequence > end.sequence);
         self.committed = end;
         metrics::histogram!("tombola_engine_batch_commands").record(commands as f64);
         metrics::histogram!("tombola_engine_batch_events").record(events as f64);
@@ -396,6 +484,14 @@ impl Writer {
                     events: published,
                 }));
         }
+    }
+}
+
+/// Makes `state` compact once it has `threshold` orders (decision 0022); a compact one drops
+/// the records of orders settled since. Only while nothing decided is uncommitted.
+pub(super) fn compact_if_large(state: &mut Raffle, threshold: usize) {
+    if state.is_compact() || state.order_count() >= threshold {
+        state.compact();
     }
 }
 

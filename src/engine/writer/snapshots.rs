@@ -36,6 +36,10 @@ impl Writer {
             return;
         }
         self.snapshot_sequence = self.committed.sequence;
+        super::compact_if_large(
+            &mut self.state,
+            self.engine.inner.config.compact_after_orders,
+        );
         let state = self.state.clone();
         let snapshot_bytes = self.snapshot_bytes.clone();
         let store = self.engine.inner.store.clone();
