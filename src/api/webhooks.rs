@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::payments::intake::Delivery;
+use crate::payments::intake::{Delivery, IntakeError};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAck {
@@ -58,10 +58,17 @@ pub async fn stripe(
         .intake
         .submit(Delivery::new(provider.name(), event, body))
         .await
-        .map_err(|reason| {
-            tracing::warn!(%reason, "delivery not stored");
-            ApiError::Unavailable {
-                retry_after: std::time::Duration::from_secs(1),
+        .map_err(|error| match error {
+            IntakeError::NotStored(reason) => {
+                tracing::warn!(%reason, "delivery not stored");
+                ApiError::Unavailable {
+                    retry_after: std::time::Duration::from_secs(1),
+                }
+            }
+            // "unavailable" promises nothing was stored; the redelivery tells.
+            IntakeError::InDoubt(reason) => {
+                tracing::warn!(%reason, "delivery may be stored; its insert's reply was lost");
+                ApiError::OutcomeUnknown
             }
         })?;
     Ok(axum::Json(WebhookAck {
@@ -111,8 +118,12 @@ async fn keep_unreadable(
     .await
     .map_err(|error| {
         tracing::warn!(%error, "unreadable delivery not stored");
-        ApiError::Unavailable {
-            retry_after: std::time::Duration::from_secs(1),
+        if error.in_doubt() {
+            ApiError::OutcomeUnknown
+        } else {
+            ApiError::Unavailable {
+                retry_after: std::time::Duration::from_secs(1),
+            }
         }
     })
 }

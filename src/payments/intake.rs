@@ -58,7 +58,20 @@ impl Delivery {
 /// Where new deliveries go once stored, when this node's workers take them in memory.
 pub type Handoff = mpsc::Sender<Delivery>;
 
-type Reply = oneshot::Sender<Result<bool, String>>;
+type Reply = oneshot::Sender<Result<bool, IntakeError>>;
+
+/// Why a delivery got no acknowledgement.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntakeError {
+    /// Certainly not stored (the intake was full, or the database refused the insert
+    /// before storing anything): the provider sends it again.
+    #[error("{0}")]
+    NotStored(String),
+    /// The insert was sent and its answer lost: it may have committed (the provider's
+    /// redelivery then finds it stored, as a duplicate).
+    #[error("{0}")]
+    InDoubt(String),
+}
 
 const MAX_BATCH: usize = 512;
 
@@ -103,12 +116,15 @@ impl Intake {
 
     /// Stores the delivery unless the same provider event is already there; answers whether
     /// it was new, once it is committed.
-    pub async fn submit(&self, delivery: Delivery) -> Result<bool, String> {
+    pub async fn submit(&self, delivery: Delivery) -> Result<bool, IntakeError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .try_send((delivery, reply))
-            .map_err(|_| "the inbox is saturated".to_owned())?;
-        answer.await.map_err(|_| "the inbox stopped".to_owned())?
+            .map_err(|_| IntakeError::NotStored("the inbox is saturated".to_owned()))?;
+        // The intake dropped the delivery without an answer: it may have been in an insert.
+        answer
+            .await
+            .map_err(|_| IntakeError::InDoubt("the inbox stopped".to_owned()))?
     }
 }
 
@@ -165,8 +181,13 @@ async fn run(
             }
             Err(error) => {
                 tracing::warn!(%error, "inbox insert failed");
+                let error = if error.in_doubt() {
+                    IntakeError::InDoubt(error.to_string())
+                } else {
+                    IntakeError::NotStored(error.to_string())
+                };
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(error.to_string()));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }

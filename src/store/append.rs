@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::idempotency::IdempotencyRecord;
-use super::{Store, StoreError, RAFFLE_STREAM};
+use super::{sqlstate_in_doubt, Store, StoreError, RAFFLE_STREAM};
 
 /// An event ready to store: payload and metadata already serialized (and hashed).
 #[derive(Debug, Clone)]
@@ -79,15 +79,6 @@ impl AppendError {
             _ => false,
         }
     }
-}
-
-/// Whether an error with this SQLSTATE can come from a server that had committed the
-/// statement: connection exceptions, operator intervention (shutdown, terminated backend),
-/// system and internal errors.
-fn sqlstate_in_doubt(code: &str) -> bool {
-    ["08", "57", "58", "XX"]
-        .iter()
-        .any(|class| code.starts_with(class))
 }
 
 impl AppendBatch {

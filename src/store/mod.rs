@@ -42,6 +42,36 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether a write that failed with this error may still have committed: its statement
+    /// was (or may have been) sent, and no answer from the database says it stored nothing.
+    /// A lost connection leaves that unknown, and so does an error the server sends as it
+    /// shuts down, crashes or terminates the backend (SQLSTATE classes 08, 57, 58, XX),
+    /// which can come after the commit is durable. Only a statement that never left the
+    /// pool, or that the database refused with another error, certainly stored nothing.
+    pub fn in_doubt(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| sqlstate_in_doubt(&code))
+            }
+            Self::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Configuration(_),
+            ) => false,
+            Self::Database(_) => true,
+            Self::Migration(_) | Self::Corrupt(_) => false,
+        }
+    }
+}
+
+/// Whether an error with this SQLSTATE can come from a server that had committed the
+/// statement: connection exceptions, operator intervention (shutdown, terminated backend),
+/// system and internal errors.
+pub(crate) fn sqlstate_in_doubt(code: &str) -> bool {
+    ["08", "57", "58", "XX"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
@@ -164,4 +194,25 @@ pub async fn raffle_config(
             _ => None,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_is_in_doubt_unless_it_never_left_the_pool_or_the_database_refused_it() {
+        let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "got 0 bytes at EOF");
+        assert!(StoreError::Database(sqlx::Error::Io(lost)).in_doubt());
+        assert!(StoreError::Database(sqlx::Error::Protocol("cut".into())).in_doubt());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).in_doubt());
+        assert!(!StoreError::Database(sqlx::Error::PoolClosed).in_doubt());
+        assert!(!StoreError::Corrupt("bad".into()).in_doubt());
+        for code in ["08006", "57P01", "57P02", "58030", "XX000"] {
+            assert!(sqlstate_in_doubt(code), "{code}");
+        }
+        for code in ["23505", "22021", "40001", "53300"] {
+            assert!(!sqlstate_in_doubt(code), "{code}");
+        }
+    }
 }

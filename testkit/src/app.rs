@@ -19,6 +19,7 @@ use tombola::startup::Application;
 use tombola::store::Store;
 use uuid::Uuid;
 
+use crate::proxy::LosingProxy;
 use crate::requests::{expect_json, raffle_request};
 use crate::{TestDb, SECRET};
 
@@ -82,7 +83,28 @@ impl TestApp {
         let mut settings = test_settings();
         configure(&mut settings);
         let db = TestDb::new(24).await;
-        let store = db.store.clone();
+        let keys = Self::keys(&db.store).await;
+        Self::launch(&settings, db.store.clone(), clock, keys, Some(db)).await
+    }
+
+    /// The server with [`test_settings`], every connection of it through a
+    /// [`LosingProxy`] that the test arms to lose a reply. The test's own reads
+    /// (`self.store`) go through it too.
+    pub async fn start_through_proxy(clock: Arc<dyn Clock>) -> (Self, LosingProxy) {
+        let settings = test_settings();
+        let db = TestDb::new(24).await;
+        let keys = Self::keys(&db.store).await;
+        let proxy = LosingProxy::start(&db.url).await;
+        let store = Store::connect(&proxy.url, 24)
+            .await
+            .expect("connect through the proxy");
+        let app = Self::launch(&settings, store, clock, keys, Some(db)).await;
+        (app, proxy)
+    }
+
+    /// An API key for every role: admin, organizer and client of [`ORGANIZER`], organizer
+    /// of [`OTHER_ORGANIZER`].
+    async fn keys(store: &Store) -> [String; 4] {
         let key = |role, organizer: Option<&'static str>| {
             let store = store.clone();
             async move {
@@ -91,13 +113,12 @@ impl TestApp {
                     .expect("create an API key")
             }
         };
-        let keys = [
+        [
             key(Role::Admin, None).await,
             key(Role::Organizer, Some(ORGANIZER)).await,
             key(Role::Client, Some(ORGANIZER)).await,
             key(Role::Organizer, Some(OTHER_ORGANIZER)).await,
-        ];
-        Self::launch(&settings, store, clock, keys, Some(db)).await
+        ]
     }
 
     /// Another node on this server's database, with the same keys, on `clock`, with

@@ -17,6 +17,7 @@ mod db;
 pub mod engine;
 mod payments;
 mod poll;
+pub mod proxy;
 pub mod requests;
 pub mod telemetry;
 

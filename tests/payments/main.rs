@@ -11,6 +11,7 @@
 
 mod crash;
 mod late;
+mod lost_reply;
 mod mapping;
 mod race;
 mod signatures;

@@ -50,6 +50,10 @@ pub struct Observed {
     pub read_tickets: BTreeMap<Uuid, BTreeMap<u32, (Uuid, String)>>,
     /// When the nodes were stopped: a hold still live then ended no earlier.
     pub observed_at: DateTime<Utc>,
+    /// What the running nodes had not done when the settling gave up (deliveries left
+    /// pending, projections behind), or None: the harness applies events appended after
+    /// the settling itself, so only this says whether the nodes kept up.
+    pub unsettled: Option<String>,
 }
 
 /// The bounds the checks allow.
@@ -85,6 +89,14 @@ pub fn check(record: &Record, observed: &Observed, bounds: &Bounds) -> Vec<Strin
     check_payments(record, observed, &folds, &mut violations);
     check_holds(record, observed, &folds, bounds, &mut violations);
     check_read_models(observed, &folds, &mut violations);
+    for (raffle, why) in &observed.unverified_draws {
+        violations.push(format!(
+            "raffle {raffle}: the draw does not recompute from the log: {why}"
+        ));
+    }
+    if let Some(left) = &observed.unsettled {
+        violations.push(format!("the running nodes did not settle: {left}"));
+    }
     for (raffle, why) in &observed.broken_chains {
         violations.push(format!(
             "raffle {raffle}: hash chain does not verify: {why}"
@@ -270,6 +282,74 @@ fn end_hold(order: &mut FoldedOrder, at: DateTime<Utc>) {
 /// Where in which stream: (raffle, index).
 type At = (Uuid, usize);
 
+/// A `TicketsReserved`'s numbers (sorted) and the request that wrote it.
+type Reserved<'a> = (Vec<u32>, &'a str);
+
+/// What the log holds for each acknowledged command to be found in it, by raffle and order.
+struct CommandIndex<'a> {
+    /// (raffle, Create/Open/Close/Draw) of the lifecycle events present.
+    lifecycle: BTreeSet<(Uuid, Kind)>,
+    /// Each `TicketsReserved`: its numbers (sorted) and the request that wrote it.
+    reserved: HashMap<(Uuid, Uuid), Vec<Reserved<'a>>>,
+    released: BTreeSet<(Uuid, Uuid)>,
+    /// Orders issued, or refund-required without a provider payment (a manual payment).
+    settled_by_hand: BTreeSet<(Uuid, Uuid)>,
+}
+
+impl<'a> CommandIndex<'a> {
+    fn new(observed: &'a Observed) -> Self {
+        let mut index = Self {
+            lifecycle: BTreeSet::new(),
+            reserved: HashMap::new(),
+            released: BTreeSet::new(),
+            settled_by_hand: BTreeSet::new(),
+        };
+        for (raffle, stream) in &observed.streams {
+            let raffle = *raffle;
+            for logged in stream {
+                match &logged.event {
+                    RaffleEvent::RaffleCreated { .. } => {
+                        index.lifecycle.insert((raffle, Kind::Create));
+                    }
+                    RaffleEvent::SalesOpened { .. } => {
+                        index.lifecycle.insert((raffle, Kind::Open));
+                    }
+                    RaffleEvent::SalesClosed { .. } => {
+                        index.lifecycle.insert((raffle, Kind::Close));
+                    }
+                    RaffleEvent::WinnersDrawn { .. } => {
+                        index.lifecycle.insert((raffle, Kind::Draw));
+                    }
+                    RaffleEvent::TicketsReserved {
+                        order_id, numbers, ..
+                    } => {
+                        let mut numbers = numbers.clone();
+                        numbers.sort_unstable();
+                        index
+                            .reserved
+                            .entry((raffle, *order_id))
+                            .or_default()
+                            .push((numbers, logged.request_id.as_str()));
+                    }
+                    RaffleEvent::ReservationReleased { order_id, .. } => {
+                        index.released.insert((raffle, *order_id));
+                    }
+                    RaffleEvent::TicketsIssued { order_id, .. }
+                    | RaffleEvent::RefundRequired {
+                        order_id,
+                        payment_id: None,
+                        ..
+                    } => {
+                        index.settled_by_hand.insert((raffle, *order_id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        index
+    }
+}
+
 fn check_commands(
     record: &Record,
     observed: &Observed,
@@ -316,12 +396,9 @@ fn check_commands(
                 .insert(a.request_id.as_str());
         }
     }
-    let has = |raffle: Uuid, pred: &dyn Fn(&RaffleEvent) -> bool| {
-        observed
-            .streams
-            .get(&raffle)
-            .is_some_and(|s| s.iter().any(|l| pred(&l.event)))
-    };
+    // Each stream read once: a long soak acknowledges hundreds of thousands of commands, and
+    // scanning a raffle's stream for each of them took hours.
+    let index = CommandIndex::new(observed);
     for a in &record.attempts {
         if a.kind.is_delivery() {
             continue;
@@ -350,12 +427,9 @@ fn check_commands(
                 };
                 let order = a.order.unwrap_or_default();
                 let found = match a.kind {
-                    Kind::Create => {
-                        has(raffle, &|e| matches!(e, RaffleEvent::RaffleCreated { .. }))
+                    Kind::Create | Kind::Open | Kind::Close | Kind::Draw => {
+                        index.lifecycle.contains(&(raffle, a.kind))
                     }
-                    Kind::Open => has(raffle, &|e| matches!(e, RaffleEvent::SalesOpened { .. })),
-                    Kind::Close => has(raffle, &|e| matches!(e, RaffleEvent::SalesClosed { .. })),
-                    Kind::Draw => has(raffle, &|e| matches!(e, RaffleEvent::WinnersDrawn { .. })),
                     Kind::Reserve => {
                         let mut requests = op_requests[&a.op].clone();
                         if let Some(key) = &a.idempotency_key {
@@ -363,34 +437,14 @@ fn check_commands(
                         }
                         let mut numbers = a.numbers.clone();
                         numbers.sort_unstable();
-                        observed.streams.get(&raffle).is_some_and(|s| {
-                            s.iter().any(|l| match &l.event {
-                                RaffleEvent::TicketsReserved {
-                                    order_id,
-                                    numbers: got,
-                                    ..
-                                } if *order_id == order => {
-                                    let mut got = got.clone();
-                                    got.sort_unstable();
-                                    got == numbers && requests.contains(l.request_id.as_str())
-                                }
-                                _ => false,
-                            })
+                        index.reserved.get(&(raffle, order)).is_some_and(|found| {
+                            found
+                                .iter()
+                                .any(|(got, request)| *got == numbers && requests.contains(request))
                         })
                     }
-                    Kind::Release => has(
-                        raffle,
-                        &|e| matches!(e, RaffleEvent::ReservationReleased { order_id, .. } if *order_id == order),
-                    ),
-                    Kind::ManualPayment => has(raffle, &|e| match e {
-                        RaffleEvent::TicketsIssued { order_id, .. } => *order_id == order,
-                        RaffleEvent::RefundRequired {
-                            order_id,
-                            payment_id: None,
-                            ..
-                        } => *order_id == order,
-                        _ => false,
-                    }),
+                    Kind::Release => index.released.contains(&(raffle, order)),
+                    Kind::ManualPayment => index.settled_by_hand.contains(&(raffle, order)),
                     Kind::Refund => folds
                         .get(&raffle)
                         .and_then(|o| o.get(&order))
@@ -1023,6 +1077,16 @@ mod tests {
     }
 
     #[test]
+    fn nodes_that_did_not_settle_are_reported() {
+        let mut observed = observed(paid_history());
+        observed.unsettled = Some("1 deliveries pending".into());
+        assert_one(
+            violations(&Record::default(), &observed),
+            "the running nodes did not settle: 1 deliveries pending",
+        );
+    }
+
+    #[test]
     fn a_broken_chain_and_a_client_violation_are_reported() {
         let mut observed = observed(paid_history());
         observed
@@ -1039,6 +1103,10 @@ mod tests {
         assert_one(
             found.clone(),
             "hash chain does not verify: hash mismatch at 2",
+        );
+        assert_one(
+            found.clone(),
+            "the draw does not recompute from the log: winners differ",
         );
         assert_one(found, "client: replay answered another order");
     }

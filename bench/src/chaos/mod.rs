@@ -239,14 +239,21 @@ async fn run_on_cluster(
         }
     }
     eprintln!("chaos: settling (inbox drained, projections at the heads)");
-    observe::settle(store.pool(), Duration::from_secs(120)).await?;
+    let unsettled = observe::settle(store.pool(), Duration::from_secs(120)).await?;
     for node in nodes.iter() {
         node.lock().await.stop(Duration::from_secs(20)).await;
+    }
+    // Holds kept expiring until the nodes stopped, and a stopping node leaves its
+    // projections where they are: apply what came after the settling.
+    let tail = observe::finish_projections(store.pool()).await?;
+    if tail > 0 {
+        eprintln!("chaos: {tail} (projection, raffle) pairs caught up after the nodes stopped");
     }
     recorder.flush()?;
     eprintln!("chaos: checking");
     let record = Record::read(&record_path)?;
-    let observed = observe::observe(store.pool()).await?;
+    let mut observed = observe::observe(store.pool()).await?;
+    observed.unsettled = unsettled;
     let violations = check::check(
         &record,
         &observed,
