@@ -444,7 +444,7 @@ impl Writer {
             .journal
             .iter()
             .filter(|(sequence, _)| *sequence > up_to);
-        metrics::counter!("tombola_engine_log_reads").increment(1);
+        metrics::counter!("tombola_engine_log_reads_total").increment(1);
         if need == Need::Log {
             let mut full = store.fold_log(self.raffle_id, up_to).await?;
             uncommitted.for_each(|(_, event)| full.apply_event(event));
