@@ -28,6 +28,7 @@ use tombola::startup::Application;
 use tombola::store::Store;
 use uuid::Uuid;
 
+use crate::api_client::post;
 use crate::report::{phase, ratio, round3, BenchResult, Report};
 
 #[derive(Debug, ClapArgs)]
@@ -265,27 +266,6 @@ pub async fn open_raffle(
     )
     .await?;
     Uuid::parse_str(&id).map_err(|e| e.to_string())
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 /// Two `tombola serve` processes on `url` sharing one key's limit.

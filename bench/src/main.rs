@@ -5,6 +5,7 @@
 //! code is non-zero when the run's own correctness checks fail.
 
 mod alloc;
+mod api_client;
 mod database;
 mod domain;
 mod engine;

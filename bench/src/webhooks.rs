@@ -26,6 +26,7 @@ use tombola::payments::stripe::Stripe;
 use tombola::startup::Application;
 use uuid::Uuid;
 
+use crate::api_client::post;
 use crate::report::{BenchResult, Report};
 
 #[derive(Debug, ClapArgs)]
@@ -537,27 +538,6 @@ async fn setup_orders(
     Ok(Arc::try_unwrap(orders)
         .map_err(|_| "orders still shared")?
         .into_inner())
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let value: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {value}"));
-    }
-    Ok(value)
 }
 
 /// Per order: how many `TicketsIssued` events, and when the first was recorded. Waits (up to

@@ -24,6 +24,7 @@ use tombola::startup::Application;
 use tombola::store::Store;
 use uuid::Uuid;
 
+use crate::api_client::post;
 use crate::report::{ms, per_sec, ratio, round3, BenchResult, Report};
 
 #[derive(Debug, ClapArgs)]
@@ -275,27 +276,6 @@ async fn load(
         messages,
         delivered_in,
     })
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("POST {url}: {status} {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 fn p(latencies: &mut [Duration], q: f64) -> Duration {

@@ -47,20 +47,17 @@ pub async fn append(
     at: DateTime<Utc>,
     entries: &[Entry],
 ) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let kinds: Vec<&str> = entries.iter().map(|e| e.kind).collect();
-    let payloads: Vec<String> = entries.iter().map(|e| e.payload.to_string()).collect();
-    sqlx::query(&format!("WITH {APPEND_CTE} SELECT 1"))
-        .bind(raffle_id)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(metadata(actor, at))
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    let entries: Vec<(Uuid, Option<Uuid>, Entry)> = entries
+        .iter()
+        .map(|e| {
+            let entry = Entry {
+                kind: e.kind,
+                payload: e.payload.clone(),
+            };
+            (raffle_id, order_id, entry)
+        })
+        .collect();
+    append_many(conn, actor, at, &entries).await
 }
 
 /// Appends events to several raffles' delivery streams in one statement: `entries` are
@@ -109,23 +106,6 @@ pub async fn append_many(
     .await?;
     Ok(())
 }
-
-/// The append as common table expressions over `$1` raffle id, `$2` event types, `$3`
-/// payloads, `$4` metadata, `$5` order id, to be combined with other changes into one
-/// statement (one round trip, atomic without a transaction).
-const APPEND_CTE: &str = "\
-    journal_stream AS ( \
-      INSERT INTO webhook_streams (raffle_id, last_sequence) VALUES ($1, cardinality($2::text[])) \
-      ON CONFLICT (raffle_id) DO UPDATE \
-        SET last_sequence = webhook_streams.last_sequence + cardinality($2::text[]) \
-      RETURNING last_sequence), \
-    journal_events AS ( \
-      INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-        payload, metadata, order_id) \
-      SELECT 'webhook_delivery', $1::text, s.last_sequence - cardinality($2::text[]) + e.i, \
-        e.k, '1', e.p::json, $4::json, $5 \
-      FROM journal_stream s, UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS e(k, p, i) \
-      RETURNING 1)";
 
 /// A message's recorded attempts and outcomes, oldest first.
 pub async fn of_message(

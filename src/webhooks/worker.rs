@@ -474,14 +474,16 @@ impl Worker {
         }
     }
 
-    /// A success goes to the settler's next batch (directly to the database when no
-    /// settler runs); the answer is that batch's.
+    /// A success goes to the settler's next batch; the answer is that batch's.
     async fn settle_success(
         &self,
         delivery: &Claimed,
         outcome: &Outcome,
         latency_ms: i64,
     ) -> Result<(), sqlx::Error> {
+        // Attempts run only inside `Worker::run`, which starts the settler.
+        let stopped = || sqlx::Error::WorkerCrashed;
+        let queue = self.successes.as_ref().ok_or_else(stopped)?;
         let (settled, answer) = oneshot::channel();
         let success = Success {
             delivery: delivery.clone(),
@@ -489,10 +491,6 @@ impl Worker {
             latency_ms,
             settled,
         };
-        let Some(queue) = &self.successes else {
-            return self.settle_batch(std::slice::from_ref(&success)).await;
-        };
-        let stopped = || sqlx::Error::WorkerCrashed;
         queue.send(success).await.map_err(|_| stopped())?;
         answer
             .await

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tombola::clock::{Clock, ManualClock};
@@ -198,6 +198,22 @@ async fn attempts(app: &TestApp, id: Uuid, msg_id: &str) -> Vec<String> {
         .iter()
         .map(|a| a["event_type"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// `POST …/recover?since=`: expects 202 and returns the body (`requeued`).
+async fn recover(app: &TestApp, id: Uuid, since: DateTime<Utc>) -> Value {
+    expect_json(
+        app.post_empty(
+            &format!(
+                "/v1/webhook-endpoints/{id}/recover?since={}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            &app.organizer_key,
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await
 }
 
 /// Waits until the endpoint has `n` deliveries, all in `status`.
@@ -490,18 +506,7 @@ async fn a_receiver_that_always_fails_is_dead_lettered_then_redelivered_and_reco
             .then_some(())
     })
     .await;
-    let recovered = expect_json(
-        app.post_empty(
-            &format!(
-                "/v1/webhook-endpoints/{id}/recover?since={}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-            &app.organizer_key,
-        )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let recovered = recover(&app, id, since).await;
     assert_eq!(
         recovered["requeued"], 1,
         "only the other one was still dead"
@@ -601,18 +606,7 @@ async fn recover_sends_what_an_endpoint_missed_while_it_was_disabled() {
     .await;
 
     // Recovered while still disabled: queued, and sent once it is enabled again.
-    let recovered = expect_json(
-        app.post_empty(
-            &format!(
-                "/v1/webhook-endpoints/{id}/recover?since={}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-            &app.organizer_key,
-        )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let recovered = recover(&app, id, since).await;
     assert_eq!(
         recovered["requeued"], 3,
         "the failed one and the two missed"
@@ -635,18 +629,7 @@ async fn recover_sends_what_an_endpoint_missed_while_it_was_disabled() {
     ids.dedup();
     assert_eq!(ids.len(), 3, "three different messages: {sent:?}");
     // A second recover finds nothing more to send.
-    let again = expect_json(
-        app.post_empty(
-            &format!(
-                "/v1/webhook-endpoints/{id}/recover?since={}",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-            &app.organizer_key,
-        )
-        .await,
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let again = recover(&app, id, since).await;
     assert_eq!(again["requeued"], 0);
     app.teardown().await;
 }

@@ -146,19 +146,8 @@ async fn post(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
-    let response = client
-        .post(format!("{}{path}", server.base))
-        .bearer_auth(&server.key)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let value: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{path}: {status} {value}"));
-    }
-    Ok(value)
+    let url = format!("{}{path}", server.base);
+    crate::api_client::post(client, &url, &server.key, body).await
 }
 
 pub async fn tombola_phase(
