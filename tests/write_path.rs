@@ -418,3 +418,58 @@ async fn a_terminated_backend_leaves_the_append_in_doubt() {
     }
     db.drop_database().await;
 }
+
+/// Chaos finding A: holds came due while PostgreSQL restarted. The writer's expiry append
+/// failed, its reload failed too, and it left memory; nothing loaded the raffle again until
+/// a command came, so its holds never expired. A writer that cannot load its raffle must be
+/// brought back once the database is, without waiting for anyone to ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raffle_whose_writer_lost_the_database_comes_back_and_expires_its_holds() {
+    use chrono::TimeZone;
+    use tombola::clock::ManualClock;
+    let clock = Arc::new(ManualClock::new(
+        chrono::Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
+    ));
+    let (engine, db) = start_engine(EngineConfig {
+        clock: clock.clone(),
+        ..EngineConfig::default()
+    })
+    .await;
+    let raffle_id = open_raffle(&engine, 100, |create| create.hold_seconds = Some(60)).await;
+    let order_id = Uuid::new_v4();
+    engine
+        .execute(raffle_id, reserve_numbers(order_id, buyer(1), &[7]), meta())
+        .await
+        .unwrap();
+    let expired = |store: tombola::store::Store| async move {
+        log(&store, raffle_id).await.iter().any(|stored| {
+            matches!(&stored.event, RaffleEvent::HoldsExpired { holds, .. }
+                if holds.iter().any(|hold| hold.order_id == order_id))
+        })
+    };
+
+    // The hold comes due while the database is away: the expiry fails, and so does the
+    // reload after it, so the writer leaves.
+    db.start_outage().await;
+    clock.advance(chrono::Duration::seconds(61));
+    eventually(Duration::from_secs(20), "the writer to leave", || {
+        let engine = engine.clone();
+        async move { (engine.active_raffles() == 0).then_some(()) }
+    })
+    .await;
+    db.end_outage().await;
+
+    // Nothing is sent to the raffle: the engine must come back to it on its own.
+    eventually(Duration::from_secs(60), "the hold to expire", || {
+        let store = db.store.clone();
+        async move { expired(store).await.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        verify_chain(db.pool(), raffle_id).await.map(|n| n > 0),
+        Ok(true)
+    );
+
+    engine.shutdown().await;
+    db.drop_database().await;
+}

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tombola_domain::backoff::Backoff;
 use tombola_domain::{Raffle, RaffleCommand, RaffleEvent};
 
 use crate::clock::{Clock, SystemClock};
@@ -171,6 +173,10 @@ struct Inner {
     published: broadcast::Sender<Arc<Committed>>,
     tasks: TaskTracker,
     stopping: AtomicBool,
+    /// Cancelled at shutdown: ends the tasks that wait to bring a raffle back.
+    stopped: CancellationToken,
+    /// Raffles whose writer could not load them, with a task trying again.
+    reviving: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// Commands callers wait on: queued, decided or being appended.
     commands_waiting: AtomicUsize,
     /// What a test injects; None outside tests.
@@ -203,6 +209,8 @@ impl Engine {
                 published,
                 tasks: TaskTracker::new(),
                 stopping: AtomicBool::new(false),
+                stopped: CancellationToken::new(),
+                reviving: Default::default(),
                 commands_waiting: AtomicUsize::new(0),
                 faults,
             }),
@@ -400,9 +408,42 @@ impl Engine {
         sender
     }
 
+    /// A raffle whose writer could not load it (the database was away) has nobody running
+    /// its hold timer, and nothing else would load it before a command comes: one task per
+    /// raffle tries again, with backoff, until a writer holds it.
+    fn revive_later(&self, raffle_id: Uuid) {
+        const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        if self.inner.stopping.load(Ordering::Acquire) || !self.reviving().insert(raffle_id) {
+            return;
+        }
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            for attempt in 1.. {
+                tokio::select! {
+                    () = engine.inner.stopped.cancelled() => break,
+                    () = tokio::time::sleep(BACKOFF.delay(attempt)) => {}
+                }
+                // A read is answered only by a writer that loaded the raffle.
+                if engine.read(raffle_id, |_| ()).await.is_ok() {
+                    tracing::info!(%raffle_id, attempt, "raffle loaded again");
+                    break;
+                }
+            }
+            engine.reviving().remove(&raffle_id);
+        });
+    }
+
+    fn reviving(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Uuid>> {
+        self.inner
+            .reviving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stops taking commands, lets every writer finish what is queued, and waits for them.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stopped.cancel();
         self.inner.registry.clear();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;

@@ -42,6 +42,48 @@ impl TestDb {
         self.guard.drop_database().await;
     }
 
+    /// Makes the database unreachable, as a PostgreSQL restart does: every connection to it
+    /// is cut and new ones are refused until [`Self::end_outage`]. Other tests' databases
+    /// on the same server are untouched.
+    pub async fn start_outage(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+            name = self.name()
+        ))
+        .await;
+    }
+
+    /// Lets connections in again after [`Self::start_outage`].
+    pub async fn end_outage(&self) {
+        self.admin(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name()
+        ))
+        .await;
+    }
+
+    fn name(&self) -> String {
+        use std::str::FromStr;
+        sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .ok()
+            .and_then(|options| options.get_database().map(str::to_owned))
+            .expect("the test database's url names it")
+    }
+
+    /// Runs `sql` on the server's maintenance database (not this one: it may be unreachable).
+    async fn admin(&self, sql: &str) {
+        use sqlx::{ConnectOptions, Executor};
+        use std::str::FromStr;
+        let mut admin = sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .expect("a valid url")
+            .database("postgres")
+            .connect()
+            .await
+            .expect("connect to the maintenance database");
+        admin.execute(sql).await.expect("the admin statement runs");
+    }
+
     /// Lets this handle's pool go and keeps only the database's guard: for a test that
     /// outlives the runtime the pool was made on (a node that crashes with its runtime).
     pub fn into_guard(self) -> DatabaseGuard {

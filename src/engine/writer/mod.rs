@@ -100,6 +100,7 @@ pub(crate) async fn run(
         Err(error) => {
             tracing::error!(%raffle_id, %error, "could not load raffle");
             registry.retire(raffle_id, generation, &mut receiver, true);
+            engine.revive_later(raffle_id);
             while let Some(message) = receiver.recv().await {
                 if let Message::Command(request) = message {
                     let _ = request.reply.send(Err(EngineError::unavailable(&error)));
@@ -169,6 +170,10 @@ pub(crate) async fn run(
         writer.process(vec![message]).await;
     }
     writer.flush().await;
+    // It leaves because it could not reload: its holds' timer must not leave with it.
+    if writer.poisoned {
+        writer.engine.revive_later(raffle_id);
+    }
 }
 
 /// Fires when the clock reaches `deadline`; only polled while the raffle may be evicted.
