@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tombola_domain::{
-    parse_text, Buyer, ConfirmManualPayment, RaffleCommand, RefundOrder, Reserve, Selection,
-    TextKind,
+    parse_text, Buyer, ConfirmManualPayment, OrderView, RaffleCommand, RefundOrder, Reserve,
+    Selection, TextKind,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -14,6 +14,7 @@ use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::views::{BuyerBody, OrderBody};
 use super::{command_meta, ApiJson, AppState, Path};
+use crate::engine::Applied;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -93,7 +94,8 @@ pub async fn reserve(
             state
                 .engine
                 .order_view(id, order_id)
-                .await?
+                .await
+                .map_err(|error| after_commit(error.into()))?
                 .ok_or(ApiError::NotFound("order"))?
         }
     };
@@ -110,6 +112,12 @@ async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderB
         .order_view(id, order_id)
         .await?
         .ok_or(ApiError::NotFound("order"))?;
+    with_history(state, id, view).await
+}
+
+/// `view` completed from the order's events: buyer, payment, flags, receipt.
+async fn with_history(state: &AppState, id: Uuid, view: OrderView) -> Result<OrderBody, ApiError> {
+    let order_id = view.order_id;
     let paid = view.issued_at.is_some();
     let events = state.engine.store().order_events(id, order_id).await?;
     let mut body = OrderBody::new(id, view, &events);
@@ -118,6 +126,40 @@ async fn read_order(state: &AppState, id: Uuid, order_id: Uuid) -> Result<OrderB
         body.receipt = crate::audit::chain::receipt_of(pool, id, order_id).await?;
     }
     Ok(body)
+}
+
+/// A failure to read the answer of a command that committed (or did so on an earlier
+/// attempt): not "unavailable", which says nothing was applied.
+fn after_commit(error: ApiError) -> ApiError {
+    match error {
+        ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => ApiError::OutcomeUnknown,
+        other => other,
+    }
+}
+
+/// The answer to a command on an order that committed. It never says `unavailable`, which
+/// a client takes for "not applied": the command is in the log. The order comes from the
+/// decision (no trip through the writer); if its history cannot be read now, the answer
+/// shows what the decision knows, and a GET of the order shows the rest.
+async fn committed_order(
+    state: &AppState,
+    id: Uuid,
+    order_id: Uuid,
+    applied: Applied,
+) -> Result<OrderBody, ApiError> {
+    let Some(view) = applied.view else {
+        // Replayed, or a compact raffle's settled order: read it; failing now is "committed,
+        // answer unknown", and a retry with the same key replays it.
+        return read_order(state, id, order_id).await.map_err(after_commit);
+    };
+    match with_history(state, id, view.clone()).await {
+        Ok(body) => Ok(body),
+        Err(error) => {
+            tracing::warn!(raffle_id = %id, %order_id, error = error.code(), "order history unreadable after a commit; answering from the decision");
+            let events: Vec<_> = applied.events.into_iter().map(|e| e.event).collect();
+            Ok(OrderBody::new(id, view, &events))
+        }
+    }
 }
 
 /// An order: status, numbers, amount, buyer, hold expiry and payment.
@@ -153,7 +195,7 @@ pub async fn release(
     let position = super::read::position_headers(id, &applied);
     Ok((
         position,
-        axum::Json(read_order(&state, id, order_id).await?),
+        axum::Json(committed_order(&state, id, order_id, applied).await?),
     ))
 }
 
@@ -195,7 +237,7 @@ pub async fn manual_payment(
     let position = super::read::position_headers(id, &applied);
     Ok((
         position,
-        axum::Json(read_order(&state, id, order_id).await?),
+        axum::Json(committed_order(&state, id, order_id, applied).await?),
     ))
 }
 
@@ -241,6 +283,6 @@ pub async fn refund(
     let position = super::read::position_headers(id, &applied);
     Ok((
         position,
-        axum::Json(read_order(&state, id, order_id).await?),
+        axum::Json(committed_order(&state, id, order_id, applied).await?),
     ))
 }

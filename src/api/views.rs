@@ -166,6 +166,8 @@ pub struct OrderBody {
     /// Integer minor units (cents).
     pub amount: i64,
     pub currency: String,
+    /// Absent only in the answer to a command whose order history could not be read right
+    /// after it committed (the database away); `GET` the order for it.
     pub buyer: Option<BuyerBody>,
     pub reserved_at: DateTime<Utc>,
     /// When the hold ends; only while the order is `reserved`.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{Need, Raffle, RaffleServices, Supplied};
+use tombola_domain::{Need, Raffle, RaffleCommand, RaffleServices, Supplied};
 use uuid::Uuid;
 
 use super::writer::CommandRequest;
@@ -198,9 +198,12 @@ impl Decider<'_> {
                         }
                         sequenced.push(SequencedEvent { sequence, event });
                     }
+                    let view = answered_order(&request.command)
+                        .and_then(|order_id| state.order_with(order_id, supplied).ok().flatten());
                     Ok(Applied {
                         events: sequenced,
                         replayed: false,
+                        view,
                     })
                 }
                 Err(error) => {
@@ -238,6 +241,16 @@ impl Decider<'_> {
             consumed,
             need,
         }
+    }
+}
+
+/// The order whose state answers the command (the API shows it after the command).
+fn answered_order(command: &RaffleCommand) -> Option<Uuid> {
+    match command {
+        RaffleCommand::Release { order_id } => Some(*order_id),
+        RaffleCommand::ConfirmManualPayment(confirm) => Some(confirm.order_id),
+        RaffleCommand::Refund(refund) => Some(refund.order_id),
+        _ => None,
     }
 }
 

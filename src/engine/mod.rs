@@ -110,6 +110,12 @@ pub struct Applied {
     /// Answered from an idempotency record rather than decided now.
     #[serde(skip)]
     pub replayed: bool,
+    /// The order a release, manual payment or refund acted on, as the decision left it (so
+    /// as it is once the batch commits): its answer needs no read through the writer, which
+    /// would wait for every append in flight (decision 0019) and could fail after the
+    /// commit. None when replayed, or when a compact raffle would need the log to show it.
+    #[serde(skip)]
+    pub view: Option<tombola_domain::OrderView>,
 }
 
 impl Applied {
