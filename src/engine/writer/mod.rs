@@ -27,6 +27,7 @@ use super::{Applied, CommandMeta, Committed, Engine, EngineError};
 use crate::clock::Clock;
 use crate::store::StoredEvent;
 use expiry::hold_timer;
+use futures::StreamExt;
 use pipeline::{Batch, InFlight};
 
 /// Most messages taken from the queue per turn of the loop: a finished append is noticed
@@ -118,8 +119,11 @@ pub(crate) async fn run(
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     };
     let mut idle_deadline = idle_from();
+    // Expiries decided, waiting for their batch to commit (outside the writer: the loop
+    // polls them beside the append in flight).
+    let mut expiries = expiry::Expiries::new();
     loop {
-        let expiry_due = writer.expiry_due_at();
+        let expiry_due = writer.expiry_due_at(expiries.len());
         let in_flight = writer.in_flight.is_some();
         // A full pending batch takes nothing more until the append ahead of it commits.
         let room = config.max_batch.max(1).saturating_sub(writer.pending_len());
@@ -135,7 +139,10 @@ pub(crate) async fn run(
             // Due holds before queued commands, without a timer round-trip: under sustained
             // load the queue is never empty, and a timer polled after it would never fire.
             () = hold_timer(&*config.clock, expiry_due), if expiry_due.is_some() && room > 0 => {
-                writer.expire_due_holds().await;
+                writer.expire_due_holds(&mut expiries).await;
+            }
+            outcome = expiries.next(), if !expiries.is_empty() => {
+                writer.expiry_answered(outcome);
             }
             message = receiver.recv(), if room > 0 => {
                 let Some(first) = message else { break };
