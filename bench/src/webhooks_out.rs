@@ -8,7 +8,8 @@
 //! order.paid, tickets.issued). It reports messages delivered per second to the fast
 //! endpoints, the lag from commit (the message's `timestamp`) to a fast endpoint's 2xx, the
 //! messages a fast endpoint never received (`lost`, must be 0), and the reservation's p99
-//! with and without webhooks (`command_p99_ratio`, goal ≤ 1.1).
+//! with and without webhooks (`command_p99_ratio`, goal ≤ 1.1). `--rounds N` alternates N
+//! baseline and N loaded runs and reports medians (each round's figures under `per_round`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,10 @@ pub struct Args {
     /// Longest wait, after the load, for the fast endpoints to receive every message.
     #[arg(long, default_value_t = 120)]
     drain_seconds: u64,
+    /// Baseline and loaded runs, alternated (baseline, loaded, baseline, …), so that a
+    /// neighbour's noise falls on both sides; the ratio is of the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 pub fn run(args: &Args) -> BenchResult<Report> {
@@ -287,14 +292,50 @@ fn p(latencies: &mut [Duration], q: f64) -> Duration {
 }
 
 async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
-    eprintln!(
-        "webhooks-out bench: baseline, no endpoints: {} orders/s for {} s",
-        args.rate, args.seconds
-    );
-    let mut baseline = one_run(args, &[], &[]).await?;
-    let baseline_p99 = p(&mut baseline.reserve_latencies, 0.99);
-    let baseline_p50 = p(&mut baseline.reserve_latencies, 0.50);
+    let (mut baseline_p99s, mut baseline_p50s, mut rounds) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        eprintln!(
+            "webhooks-out bench, round {round}: baseline, no endpoints: {} orders/s for {} s",
+            args.rate, args.seconds
+        );
+        let mut baseline = one_run(args, &[], &[]).await?;
+        baseline_p99s.push(p(&mut baseline.reserve_latencies, 0.99));
+        baseline_p50s.push(p(&mut baseline.reserve_latencies, 0.50));
+        rounds.push(loaded_round(args, round).await?);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let field = |name: &str| {
+        rounds
+            .iter()
+            .map(|r| r[name].as_f64().unwrap_or(0.0))
+            .collect::<Vec<_>>()
+    };
+    let baseline_p99 = median(&mut baseline_p99s.iter().map(|d| ms(*d)).collect());
+    let baseline_p50 = median(&mut baseline_p50s.iter().map(|d| ms(*d)).collect());
+    let reserve_p99 = median(&mut field("reserve_p99_ms"));
+    let lost: u64 = rounds.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum();
+    let mut figures = rounds.last().cloned().unwrap_or_default();
+    figures["rounds"] = json!(args.rounds);
+    figures["per_round"] = json!(rounds);
+    figures["lost"] = json!(lost);
+    figures["messages_per_sec"] = json!(median(&mut field("messages_per_sec")));
+    figures["delivery_lag_p50_ms"] = json!(median(&mut field("delivery_lag_p50_ms")));
+    figures["delivery_lag_p99_ms"] = json!(median(&mut field("delivery_lag_p99_ms")));
+    figures["reserve_p50_ms"] = json!(median(&mut field("reserve_p50_ms")));
+    figures["reserve_p99_ms"] = json!(reserve_p99);
+    figures["baseline_reserve_p50_ms"] = json!(baseline_p50);
+    figures["baseline_reserve_p99_ms"] = json!(baseline_p99);
+    figures["baseline_reserve_p99_ms_per_round"] =
+        json!(baseline_p99s.iter().map(|d| ms(*d)).collect::<Vec<_>>());
+    figures["command_p99_ratio"] = json!(ratio(reserve_p99, baseline_p99));
+    Ok(figures)
+}
 
+/// One run with endpoints: fast, slow and dead ones, new for the round.
+async fn loaded_round(args: &Args, round: u32) -> Result<serde_json::Value, String> {
     let mut fast = Vec::new();
     let mut urls = Vec::new();
     for _ in 0..args.fast {
@@ -316,7 +357,7 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
     ));
     drop(dead);
     eprintln!(
-        "webhooks-out bench: {} fast, {} slow ({} ms), 1 dead endpoint: {} orders/s for {} s",
+        "webhooks-out bench, round {round}: {} fast, {} slow ({} ms), 1 dead endpoint: {} orders/s for {} s",
         args.fast, args.slow, args.slow_ms, args.rate, args.seconds
     );
     let mut loaded = one_run(args, &urls, &fast).await?;
@@ -350,9 +391,6 @@ async fn run_async(args: &Args) -> Result<serde_json::Value, String> {
         "lost": lost,
         "reserve_p50_ms": ms(loaded_p50),
         "reserve_p99_ms": ms(loaded_p99),
-        "baseline_reserve_p50_ms": ms(baseline_p50),
-        "baseline_reserve_p99_ms": ms(baseline_p99),
-        "command_p99_ratio": ratio(ms(loaded_p99), ms(baseline_p99)),
         "delivered_in_seconds": round3(loaded.delivered_in.as_secs_f64()),
     }))
 }
