@@ -418,7 +418,8 @@ impl Engine {
     /// its hold timer, and nothing else would load it before a command comes: one task per
     /// raffle tries again, with backoff, until a writer holds it.
     fn revive_later(&self, raffle_id: Uuid) {
-        const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        // Capped low: the holds of such a raffle are late by up to one step after the outage.
+        const BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         if self.inner.stopping.load(Ordering::Acquire) || !self.reviving().insert(raffle_id) {
             return;
         }
