@@ -80,6 +80,9 @@ pub(crate) struct Inner {
     pub(crate) rebuilt: std::sync::atomic::AtomicU64,
     /// Where rebuilds spent their time.
     pub(crate) clock: crate::timings::Clock,
+    /// Where the live loop's joint batches spent their time (decision 0029: whether the live
+    /// lag is a throughput or a latency problem).
+    pub(crate) live_clock: crate::timings::Clock,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +125,7 @@ impl Runtime {
                 stale: Mutex::new(HashSet::new()),
                 rebuilt: std::sync::atomic::AtomicU64::new(0),
                 clock: crate::timings::Clock::default(),
+                live_clock: crate::timings::Clock::default(),
             }),
         }
     }
@@ -275,6 +279,12 @@ impl RuntimeHandle {
                 return Ok(false);
             }
         }
+    }
+
+    /// Where the live loop's joint batches spent their time, phase by phase, and how many
+    /// batches and events they committed (`fill`, `index` and `swap` stay empty).
+    pub fn live_timings(&self) -> crate::RebuildTimings {
+        self.inner.live_clock.snapshot()
     }
 
     /// Catches one (projection, raffle) up now, outside the loop: for tests and tools.
@@ -572,16 +582,16 @@ impl Inner {
         // The next batch is read while this one is applied: the log and the read models are
         // on different connections (often different cores).
         let mut next: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, sqlx::Error>>> = None;
-        let clock = &self.clock;
+        let clock = match slot {
+            Slot::Shadow => &self.clock,
+            Slot::Live => &self.live_clock,
+        };
         loop {
             let mut phase_start = Instant::now();
-            // Only rebuilds are timed by phase.
             let mut lap = |phase: Phase| {
-                if slot == Slot::Shadow {
-                    let now = Instant::now();
-                    clock.add(phase, now - phase_start);
-                    phase_start = now;
-                }
+                let now = Instant::now();
+                clock.add(phase, now - phase_start);
+                phase_start = now;
             };
             let mut tx = crate::tx::begin(&self.read).await?;
             let locked: Option<bool> = sqlx::query_scalar(
@@ -694,6 +704,7 @@ impl Inner {
             }
             tx.commit().await?;
             lap(Phase::Commit);
+            clock.batch(events.len());
             match slot {
                 Slot::Shadow => {
                     self.rebuilt
