@@ -27,6 +27,7 @@ pub(super) struct ReadSide {
     drain: Duration,
     head: u64,
     batch: usize,
+    parallel: bool,
     /// The log's head when the load stopped, and how long the load ran.
     head_at_stop: u64,
     load: Duration,
@@ -57,6 +58,7 @@ impl ReadSide {
             "lag_max_ms": self.lag_ms(1.0),
             "drain_ms": self.drain.as_millis() as u64,
             "batch": self.batch,
+            "parallel": self.parallel,
             "rates": self.rates(),
             "phases_s": phases_json(&self.total),
         })
@@ -113,6 +115,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         projections,
         RuntimeConfig {
             batch_size: args.projection_batch,
+            parallel: args.projection_parallel,
             ..RuntimeConfig::default()
         },
     );
@@ -228,6 +231,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         drain,
         head: head as u64,
         batch: args.projection_batch,
+        parallel: args.projection_parallel,
         head_at_stop: head as u64,
         load,
         during,
