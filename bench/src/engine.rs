@@ -52,6 +52,10 @@ pub struct Args {
     /// server's default is 1,000).
     #[arg(long, default_value_t = 1_000)]
     projection_batch: usize,
+    /// Live batches apply each projection in its own transaction, all at once
+    /// (`RuntimeConfig::parallel`, decision 0029).
+    #[arg(long)]
+    projection_parallel: bool,
 }
 
 const PRICE: i64 = 500;

@@ -39,6 +39,10 @@ pub struct RuntimeConfig {
     /// First retry delay after a failure; doubles per attempt up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Live batches: apply each projection in a transaction of its own, all at once on
+    /// separate connections, from one read and decode of the log, instead of all of them in
+    /// one transaction one after the other (decision 0029: an experiment, off by default).
+    pub parallel: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -49,6 +53,7 @@ impl Default for RuntimeConfig {
             concurrency: 4,
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
+            parallel: false,
         }
     }
 }
@@ -80,6 +85,9 @@ pub(crate) struct Inner {
     pub(crate) rebuilt: std::sync::atomic::AtomicU64,
     /// Where rebuilds spent their time.
     pub(crate) clock: crate::timings::Clock,
+    /// Where the live loop's joint batches spent their time (decision 0029: whether the live
+    /// lag is a throughput or a latency problem).
+    pub(crate) live_clock: crate::timings::Clock,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +101,17 @@ pub(crate) enum Outcome {
     CaughtUp,
     /// Another node holds the pair right now.
     Busy,
+}
+
+/// How one projection's share of a parallel batch ended.
+enum Alone {
+    Applied,
+    /// Its checkpoint was already past the batch.
+    Skipped,
+    /// Another node holds the pair (or its checkpoint did not meet the batch).
+    Busy,
+    /// `apply` failed: rolled back.
+    Failed,
 }
 
 pub(crate) struct Failure {
@@ -122,6 +141,7 @@ impl Runtime {
                 stale: Mutex::new(HashSet::new()),
                 rebuilt: std::sync::atomic::AtomicU64::new(0),
                 clock: crate::timings::Clock::default(),
+                live_clock: crate::timings::Clock::default(),
             }),
         }
     }
@@ -277,6 +297,12 @@ impl RuntimeHandle {
         }
     }
 
+    /// Where the live loop's joint batches spent their time, phase by phase, and how many
+    /// batches and events they committed (`fill`, `index` and `swap` stay empty).
+    pub fn live_timings(&self) -> crate::RebuildTimings {
+        self.inner.live_clock.snapshot()
+    }
+
     /// Catches one (projection, raffle) up now, outside the loop: for tests and tools.
     /// While someone else holds the pair (another node, or a dropped transaction whose
     /// rollback the pool has not sent yet) it waits, up to 10 s: "done" must mean caught up.
@@ -429,10 +455,13 @@ impl Inner {
             .filter(|p| !stale.contains(p.name()))
             .partition(|p| !retrying.contains(p.name()));
         let alone = if healthy.len() > 1 {
-            match self
-                .catch_up_together(&healthy, raffle_id, Slot::Live)
-                .await
-            {
+            let caught_up = if self.config.parallel {
+                self.catch_up_parallel(&healthy, raffle_id).await
+            } else {
+                self.catch_up_together(&healthy, raffle_id, Slot::Live)
+                    .await
+            };
+            match caught_up {
                 Ok(Some(Outcome::CaughtUp)) => others,
                 Ok(_) => self.projections.iter().map(|p| p.as_ref()).collect(),
                 Err(error) => {
@@ -572,16 +601,16 @@ impl Inner {
         // The next batch is read while this one is applied: the log and the read models are
         // on different connections (often different cores).
         let mut next: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, sqlx::Error>>> = None;
-        let clock = &self.clock;
+        let clock = match slot {
+            Slot::Shadow => &self.clock,
+            Slot::Live => &self.live_clock,
+        };
         loop {
             let mut phase_start = Instant::now();
-            // Only rebuilds are timed by phase.
             let mut lap = |phase: Phase| {
-                if slot == Slot::Shadow {
-                    let now = Instant::now();
-                    clock.add(phase, now - phase_start);
-                    phase_start = now;
-                }
+                let now = Instant::now();
+                clock.add(phase, now - phase_start);
+                phase_start = now;
             };
             let mut tx = crate::tx::begin(&self.read).await?;
             let locked: Option<bool> = sqlx::query_scalar(
@@ -694,6 +723,7 @@ impl Inner {
             }
             tx.commit().await?;
             lap(Phase::Commit);
+            clock.batch(events.len());
             match slot {
                 Slot::Shadow => {
                     self.rebuilt
@@ -711,6 +741,166 @@ impl Inner {
                 return Ok(Some(Outcome::CaughtUp));
             }
         }
+    }
+
+    /// [`Self::catch_up_together`]'s live work with each projection in a transaction of its
+    /// own, all at once: each batch of the log is read and decoded once (from the lowest
+    /// checkpoint, read without a lock: checkpoints only move forward), then every
+    /// projection, on a connection of its own, takes its pair's lock and a share of its swap
+    /// lock, reads its checkpoint under them, applies the events after it and moves it, and
+    /// commits. Each transaction holds its rows and its checkpoint, so a crash still neither
+    /// skips nor applies twice, per projection. `Ok(None)` when a projection's batch failed
+    /// (the others' batches stay), `Busy` when another node holds a pair: the caller then
+    /// catches each projection up alone, as after a failed joint batch.
+    async fn catch_up_parallel(
+        &self,
+        projections: &[&dyn Projection],
+        raffle_id: Uuid,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
+        let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+        let limit = self.config.batch_size.max(1);
+        let clock = &self.live_clock;
+        loop {
+            let started = Instant::now();
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT projection, sequence FROM projection_checkpoints \
+                 WHERE projection = ANY($1) AND slot = 'live' AND raffle_id = $2",
+            )
+            .bind(&names)
+            .bind(raffle_id)
+            .fetch_all(&self.read)
+            .await?;
+            let from = names
+                .iter()
+                .map(|name| {
+                    rows.iter()
+                        .find(|(p, _)| p == name)
+                        .map_or(0, |(_, s)| *s as u64)
+                })
+                .min()
+                .unwrap_or(0);
+            clock.add(Phase::Commit, started.elapsed());
+            let started = Instant::now();
+            let raw = self.source.read_after(raffle_id, from, limit).await?;
+            clock.add(Phase::Read, started.elapsed());
+            if raw.is_empty() {
+                return Ok(Some(Outcome::CaughtUp));
+            }
+            let full = raw.len() == limit;
+            let started = Instant::now();
+            let (events, undecodable) = decode(raffle_id, &raw);
+            drop(raw);
+            clock.add(Phase::Decode, started.elapsed());
+            if events.is_empty() || undecodable.is_some() {
+                return Ok(None);
+            }
+            let applied = futures::future::join_all(
+                projections
+                    .iter()
+                    .map(|p| self.apply_alone(*p, raffle_id, &events)),
+            )
+            .await;
+            clock.batch(events.len());
+            self.progress.send_modify(|n| *n = n.wrapping_add(1));
+            let mut busy = false;
+            for result in applied {
+                match result? {
+                    Alone::Applied | Alone::Skipped => {}
+                    Alone::Busy => busy = true,
+                    Alone::Failed => return Ok(None),
+                }
+            }
+            if busy {
+                return Ok(Some(Outcome::Busy));
+            }
+            if !full {
+                return Ok(Some(Outcome::CaughtUp));
+            }
+        }
+    }
+
+    /// One projection's share of [`Self::catch_up_parallel`]'s batch, in a transaction of
+    /// its own.
+    async fn apply_alone(
+        &self,
+        projection: &dyn Projection,
+        raffle_id: Uuid,
+        events: &[crate::envelope::Envelope],
+    ) -> Result<Alone, sqlx::Error> {
+        let started = Instant::now();
+        let name = projection.name();
+        let (class, object) = lock_key(name, raffle_id);
+        let (swap_class, swap_object) = swap_lock_key(name);
+        let mut tx = crate::tx::begin(&self.read).await?;
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock($1, $2) \
+                AND pg_try_advisory_xact_lock_shared($3, $4)",
+        )
+        .bind(class)
+        .bind(object)
+        .bind(swap_class)
+        .bind(swap_object)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !locked {
+            tx.rollback().await?;
+            return Ok(Alone::Busy);
+        }
+        let done: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM projection_checkpoints \
+             WHERE projection = $1 AND slot = 'live' AND raffle_id = $2",
+        )
+        .bind(name)
+        .bind(raffle_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let done = done.unwrap_or(0) as u64;
+        let start = events.partition_point(|e| e.sequence <= done);
+        let Some(first) = events.get(start) else {
+            tx.rollback().await?;
+            return Ok(Alone::Skipped);
+        };
+        if first.sequence != done + 1 {
+            // Not the events after its checkpoint (cannot happen while checkpoints only move
+            // forward): leave it to the careful path.
+            tx.rollback().await?;
+            return Ok(Alone::Busy);
+        }
+        let slice = &events[start..];
+        let batch = Batch {
+            raffle_id,
+            events: slice,
+            tables: Tables { slot: Slot::Live },
+        };
+        if projection.apply(&mut tx, batch).await.is_err() {
+            tx.rollback().await?;
+            return Ok(Alone::Failed);
+        }
+        let last = &slice[slice.len() - 1];
+        sqlx::query(
+            "INSERT INTO projection_checkpoints \
+               (projection, slot, raffle_id, sequence, recorded_at) \
+             VALUES ($1, 'live', $2, $3, $4) \
+             ON CONFLICT (projection, slot, raffle_id) DO UPDATE SET \
+               sequence = EXCLUDED.sequence, recorded_at = EXCLUDED.recorded_at, \
+               updated_at = now()",
+        )
+        .bind(name)
+        .bind(raffle_id)
+        .bind(last.sequence as i64)
+        .bind(last.recorded_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM projection_failures WHERE projection = $1 AND raffle_id = $2")
+            .bind(name)
+            .bind(raffle_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.live_clock.add(Phase::Apply(name), started.elapsed());
+        metrics::histogram!("tombola_projection_batch_events", "projection" => name)
+            .record(slice.len() as f64);
+        Ok(Alone::Applied)
     }
 
     /// Applies `raffle_id`'s events to `projection`'s tables in `slot` until none are left,

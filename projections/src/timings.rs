@@ -25,6 +25,9 @@ pub struct RebuildTimings {
     pub index: Vec<(&'static str, Duration)>,
     /// The swap transactions (catch-up rounds between refused swaps included), by projection.
     pub swap: Vec<(&'static str, Duration)>,
+    /// Joint batches committed, and the events in them.
+    pub batches: u64,
+    pub events: u64,
 }
 
 /// What the phases add to, under one lock (a few updates per batch of thousands of events).
@@ -64,6 +67,13 @@ impl Clock {
             Phase::Index(name) => add_to(&mut t.index, name, took),
             Phase::Swap(name) => add_to(&mut t.swap, name, took),
         }
+    }
+
+    /// One joint batch of `events` events committed.
+    pub(crate) fn batch(&self, events: usize) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.batches += 1;
+        t.events += events as u64;
     }
 
     pub(crate) fn snapshot(&self) -> RebuildTimings {

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use tombola_projections::models::audit_index::TABLE as AUDIT_INDEX;
+use tombola_projections::models::audit_index::{
+    EVENTS as AUDIT_EVENTS, ORDERS as AUDIT_ORDERS, PAYMENTS as AUDIT_PAYMENTS,
+    TICKETS as AUDIT_TICKETS,
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -70,73 +73,85 @@ pub async fn query(
     raffle_id: Uuid,
     query: &TrailQuery,
 ) -> Result<TrailPage, sqlx::Error> {
-    // Each key given is one (kind, key) the event must be indexed under; with none, every
-    // event has exactly one `actor` entry, so the type and time filters still use the index.
-    let mut kinds: Vec<&str> = Vec::new();
-    let mut keys: Vec<String> = Vec::new();
-    let mut add = |kind, key: String| {
-        kinds.push(kind);
-        keys.push(key);
-    };
-    if let Some(order_id) = query.order_id {
-        add("order", order_id.to_string());
-    }
-    if let Some(ticket) = query.ticket {
-        add("ticket", ticket.to_string());
-    }
-    if let Some(payment_id) = &query.payment_id {
-        add("payment", payment_id.clone());
-    }
-    if let Some(actor) = &query.actor {
-        add("actor", actor.clone());
-    }
-    // Two statements rather than one with `($3 AND kind = 'actor') OR (kind, key) IN (…)`:
-    // that OR kept the primary key to its `raffle_id` prefix under any plan, so every page
-    // read all of a raffle's entries (decision 0026). Joined to the keys, each key is one
-    // range of `(raffle_id, kind, key, sequence)`; without keys, the actor entries (one per
-    // event) are the events.
+    // Version 4 of `audit_index` (decision 0029): a row per event (type, time, actor) and a
+    // table per kind of key, each keyed `(raffle_id, key, sequence)`. The page is driven by
+    // one index range in sequence order — the first key given (ticket, order, payment, then
+    // actor), or the raffle's events — and every other key given must have a row at the same
+    // sequence. Every parameter appears in every statement (PostgreSQL types them from use).
     let after = query.after_sequence.min(i64::MAX as u64) as i64;
     let fetch = i64::from(query.limit) + 1;
-    let sequences: Vec<i64> = if kinds.is_empty() {
-        sqlx::query_scalar(&format!(
-            "SELECT sequence FROM {AUDIT_INDEX} \
-             WHERE raffle_id = $1 AND kind = 'actor' AND sequence > $2 \
-               AND ($3::text IS NULL OR event_type = $3) \
-               AND ($4::timestamptz IS NULL OR recorded_at >= $4) \
-               AND ($5::timestamptz IS NULL OR recorded_at < $5) \
-             ORDER BY sequence LIMIT $6"
-        ))
-        .bind(raffle_id)
-        .bind(after)
-        .bind(query.event_type.as_deref())
-        .bind(query.since)
-        .bind(query.until)
-        .bind(fetch)
-        .fetch_all(read)
-        .await?
-    } else {
-        sqlx::query_scalar(&format!(
-            "SELECT a.sequence FROM UNNEST($3::text[], $4::text[]) AS k(kind, key) \
-             JOIN {AUDIT_INDEX} a ON a.raffle_id = $1 AND a.kind = k.kind AND a.key = k.key \
-               AND a.sequence > $2 \
-             WHERE ($5::text IS NULL OR a.event_type = $5) \
-               AND ($6::timestamptz IS NULL OR a.recorded_at >= $6) \
-               AND ($7::timestamptz IS NULL OR a.recorded_at < $7) \
-             GROUP BY a.sequence HAVING count(DISTINCT a.kind) = $8 \
-             ORDER BY a.sequence LIMIT $9"
-        ))
-        .bind(raffle_id)
-        .bind(after)
-        .bind(&kinds)
-        .bind(&keys)
-        .bind(query.event_type.as_deref())
-        .bind(query.since)
-        .bind(query.until)
-        .bind(kinds.len() as i64)
-        .bind(fetch)
-        .fetch_all(read)
-        .await?
+    let others = |driver: &str| {
+        let mut conditions = Vec::new();
+        if driver != "ticket" {
+            conditions.push(format!(
+                "($4::bigint IS NULL OR EXISTS (SELECT 1 FROM {AUDIT_TICKETS} k \
+                   WHERE k.raffle_id = $1 AND k.number = $4 AND k.sequence = e.sequence))"
+            ));
+        }
+        if driver != "order" {
+            conditions.push(format!(
+                "($3::uuid IS NULL OR EXISTS (SELECT 1 FROM {AUDIT_ORDERS} k \
+                   WHERE k.raffle_id = $1 AND k.order_id = $3 AND k.sequence = e.sequence))"
+            ));
+        }
+        if driver != "payment" {
+            conditions.push(format!(
+                "($5::text IS NULL OR EXISTS (SELECT 1 FROM {AUDIT_PAYMENTS} k \
+                   WHERE k.raffle_id = $1 AND k.payment_id = $5 AND k.sequence = e.sequence))"
+            ));
+        }
+        if driver != "actor" {
+            conditions.push("($6::text IS NULL OR e.actor = $6)".to_owned());
+        }
+        conditions.join(" AND ")
     };
+    let filters = "($7::text IS NULL OR e.event_type = $7) \
+                   AND ($8::timestamptz IS NULL OR e.recorded_at >= $8) \
+                   AND ($9::timestamptz IS NULL OR e.recorded_at < $9)";
+    let keyed = |driver: &str, table: &str, column: &str, param: &str| {
+        format!(
+            "SELECT d.sequence FROM {table} d \
+             JOIN {AUDIT_EVENTS} e ON e.raffle_id = d.raffle_id AND e.sequence = d.sequence \
+             WHERE d.raffle_id = $1 AND d.{column} = {param} AND d.sequence > $2 \
+               AND {} AND {filters} \
+             ORDER BY d.sequence LIMIT $10",
+            others(driver)
+        )
+    };
+    let sql = if query.ticket.is_some() {
+        keyed("ticket", AUDIT_TICKETS, "number", "$4::bigint")
+    } else if query.order_id.is_some() {
+        keyed("order", AUDIT_ORDERS, "order_id", "$3")
+    } else if query.payment_id.is_some() {
+        keyed("payment", AUDIT_PAYMENTS, "payment_id", "$5")
+    } else if query.actor.is_some() {
+        format!(
+            "SELECT e.sequence FROM {AUDIT_EVENTS} e \
+             WHERE e.raffle_id = $1 AND e.actor = $6 AND e.sequence > $2 AND {} AND {filters} \
+             ORDER BY e.sequence LIMIT $10",
+            others("actor")
+        )
+    } else {
+        format!(
+            "SELECT e.sequence FROM {AUDIT_EVENTS} e \
+             WHERE e.raffle_id = $1 AND e.sequence > $2 AND {} AND {filters} \
+             ORDER BY e.sequence LIMIT $10",
+            others("")
+        )
+    };
+    let sequences: Vec<i64> = sqlx::query_scalar(&sql)
+        .bind(raffle_id)
+        .bind(after)
+        .bind(query.order_id)
+        .bind(query.ticket.map(i64::from))
+        .bind(query.payment_id.as_deref())
+        .bind(query.actor.as_deref())
+        .bind(query.event_type.as_deref())
+        .bind(query.since)
+        .bind(query.until)
+        .bind(fetch)
+        .fetch_all(read)
+        .await?;
     let more = sequences.len() > query.limit as usize;
     let page = &sequences[..sequences.len().min(query.limit as usize)];
     let events = read_events(log, raffle_id, page).await?;

@@ -27,6 +27,13 @@ pub(super) struct ReadSide {
     drain: Duration,
     head: u64,
     batch: usize,
+    parallel: bool,
+    /// The log's head when the load stopped, and how long the load ran.
+    head_at_stop: u64,
+    load: Duration,
+    /// The live loop's joint batches: during the load, and in all (load and drain).
+    during: tombola_projections::RebuildTimings,
+    total: tombola_projections::RebuildTimings,
 }
 
 impl ReadSide {
@@ -51,8 +58,45 @@ impl ReadSide {
             "lag_max_ms": self.lag_ms(1.0),
             "drain_ms": self.drain.as_millis() as u64,
             "batch": self.batch,
+            "parallel": self.parallel,
+            "rates": self.rates(),
+            "phases_s": phases_json(&self.total),
         })
     }
+
+    /// Events/s the engine committed and the read side applied, during the load and while
+    /// draining after it (decision 0029: whether the lag is a throughput or a latency
+    /// problem), and how busy the live loop was.
+    fn rates(&self) -> serde_json::Value {
+        let per_sec =
+            |events: u64, took: Duration| (events as f64 / took.as_secs_f64().max(1e-9)).round();
+        let busy = |t: &tombola_projections::RebuildTimings| {
+            t.read + t.decode + t.commit + t.apply.iter().map(|(_, d)| *d).sum::<Duration>()
+        };
+        let drained_events = self.total.events - self.during.events;
+        let drained_busy = busy(&self.total).saturating_sub(busy(&self.during));
+        json!({
+            "committed_during_load": per_sec(self.head_at_stop, self.load),
+            "applied_during_load": per_sec(self.during.events, self.load),
+            "applied_while_draining": per_sec(drained_events, self.drain),
+            "applied_per_busy_second": per_sec(self.total.events, busy(&self.total)),
+            "busy_share_during_load": (busy(&self.during).as_secs_f64() / self.load.as_secs_f64() * 1000.0).round() / 1000.0,
+            "busy_share_while_draining": (drained_busy.as_secs_f64() / self.drain.as_secs_f64().max(1e-9) * 1000.0).round() / 1000.0,
+            "batches": self.total.batches,
+            "events_per_batch": (self.total.events as f64 / self.total.batches.max(1) as f64).round(),
+        })
+    }
+}
+
+/// The live loop's time by phase, in seconds (summed over raffles caught up at once).
+fn phases_json(t: &tombola_projections::RebuildTimings) -> serde_json::Value {
+    let secs = |d: Duration| json!((d.as_secs_f64() * 1000.0).round() / 1000.0);
+    json!({
+        "read": secs(t.read),
+        "decode": secs(t.decode),
+        "apply": t.apply.iter().map(|(name, took)| ((*name).to_owned(), secs(*took))).collect::<serde_json::Map<_, _>>(),
+        "commit": secs(t.commit),
+    })
 }
 
 pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
@@ -71,6 +115,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         projections,
         RuntimeConfig {
             batch_size: args.projection_batch,
+            parallel: args.projection_parallel,
             ..RuntimeConfig::default()
         },
     );
@@ -142,6 +187,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
     let outcome = super::drive(target.clone(), args).await;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let stopped_at = Instant::now();
+    let during = handle.live_timings();
     let head: i64 = sqlx::query_scalar(
         "SELECT max(sequence) FROM events WHERE aggregate_type = 'raffle' AND aggregate_id = $1",
     )
@@ -154,6 +200,7 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
         .await
         .map_err(|e| e.to_string())?;
     let drain = stopped_at.elapsed();
+    let total = handle.live_timings();
     let mut lags_us = if drained {
         sampler.await.map_err(|e| e.to_string())??
     } else {
@@ -177,12 +224,18 @@ pub(super) async fn run(args: &Args) -> Result<ReadSide, String> {
     if !drained {
         return Err("the read side did not reach the log's head within 600 s".into());
     }
+    let load = outcome.elapsed;
     Ok(ReadSide {
         outcome,
         lags_us,
         drain,
         head: head as u64,
         batch: args.projection_batch,
+        parallel: args.projection_parallel,
+        head_at_stop: head as u64,
+        load,
+        during,
+        total,
     })
 }
 

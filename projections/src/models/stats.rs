@@ -48,6 +48,12 @@ const PLATFORM_LAYOUT: Layout = Layout {
     totals: Some(PLATFORM_STATS),
 };
 
+/// The tallies and the order states. An order's state row is written when it is reserved
+/// and rewritten when it is paid, released, expires or is refunded, none of which changes
+/// its key: with half of each page left free (`fillfactor = 50`, room for one more version
+/// of every row) the rewrite is a HOT update, a new row version on the same page and no new
+/// primary-key entry, where full pages made every rewrite insert into the index at a random
+/// place (decision 0029: 0 of 99,567 rewrites HOT at the default, all of them at 50).
 fn common_schema(layout: &Layout, tables: Tables) -> String {
     let tallies = tables.name(layout.tallies);
     let orders = tables.name(layout.orders);
@@ -60,7 +66,7 @@ fn common_schema(layout: &Layout, tables: Tables) -> String {
            raffle_id uuid NOT NULL, order_id uuid NOT NULL, status text NOT NULL, \
            tickets integer NOT NULL, amount_minor bigint NOT NULL, \
            refunded_minor bigint NOT NULL, \
-           PRIMARY KEY (raffle_id, order_id)); "
+           PRIMARY KEY (raffle_id, order_id)) WITH (fillfactor = 50); "
     )
 }
 
@@ -69,8 +75,9 @@ impl Projection for RaffleStats {
         "raffle_stats"
     }
 
+    /// 2: the order states' table leaves room on its pages (see [`common_schema`]).
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -102,8 +109,9 @@ impl Projection for PlatformStats {
         "platform_stats"
     }
 
+    /// 2: the order states' table leaves room on its pages (see [`common_schema`]).
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -65,6 +65,8 @@ pub fn eager(batch_size: usize) -> RuntimeConfig {
         concurrency: 3,
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
+        // The whole suite can be run against the parallel live path (decision 0029).
+        parallel: std::env::var_os("TOMBOLA_TEST_PARALLEL_APPLY").is_some(),
     }
 }
 

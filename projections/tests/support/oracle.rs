@@ -459,14 +459,28 @@ pub async fn assert_read_models_match(pool: &PgPool, histories: &[History]) {
             "sales per hour of {raffle_id}"
         );
 
+        // Every key row spelled out as (kind, key, sequence, its event's type); a key row
+        // without its event row shows as type `?`.
         let audit: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "SELECT kind, key, sequence, event_type FROM read_audit_index WHERE raffle_id = $1",
+            "SELECT 'actor', actor, sequence, event_type FROM read_audit_events \
+             WHERE raffle_id = $1 \
+             UNION ALL SELECT 'ticket', k.number::text, k.sequence, coalesce(e.event_type, '?') \
+             FROM read_audit_tickets k LEFT JOIN read_audit_events e USING (raffle_id, sequence) \
+             WHERE k.raffle_id = $1 \
+             UNION ALL SELECT 'order', k.order_id::text, k.sequence, coalesce(e.event_type, '?') \
+             FROM read_audit_orders k LEFT JOIN read_audit_events e USING (raffle_id, sequence) \
+             WHERE k.raffle_id = $1 \
+             UNION ALL SELECT 'payment', k.payment_id, k.sequence, coalesce(e.event_type, '?') \
+             FROM read_audit_payments k LEFT JOIN read_audit_events e USING (raffle_id, sequence) \
+             WHERE k.raffle_id = $1",
         )
         .bind(raffle_id)
         .fetch_all(pool)
         .await
         .unwrap();
+        let rows = audit.len();
         let audit: BTreeSet<_> = audit.into_iter().collect();
+        assert_eq!(rows, audit.len(), "audit index of {raffle_id}: a row twice");
         assert_eq!(audit, expected_audit(history), "audit index of {raffle_id}");
     }
     // Platform totals: the sum of each organizer's raffles.
