@@ -11,6 +11,7 @@
 //! This crate depends on the domain's event types and on PostgreSQL, never on the engine or
 //! on HTTP: the server wires it up (wake-ups, endpoints).
 
+pub mod csv;
 mod envelope;
 pub mod models;
 mod projection;

@@ -53,7 +53,9 @@ async fn allowed(state: &AppState, caller: &Caller, raffle_id: Uuid) -> Result<(
 }
 
 /// Records the export, then answers with its stream; the permit and the record's end live
-/// as long as the body.
+/// as long as the body. The record's commit and the export's connection and first rows are
+/// awaited together (both before the first byte leaves): one after the other, they were a
+/// good part of the time to the first byte (decision 0027).
 pub(super) async fn respond(
     state: &AppState,
     export: NewExport<'_>,
@@ -63,8 +65,10 @@ pub(super) async fn respond(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let pool = state.engine.store().pool().clone();
-    let export_id = crate::export::log::start(&pool, &export).await?;
-    let stream = match stream.await {
+    let (export_id, stream) = tokio::join!(crate::export::log::start(&pool, &export), stream);
+    // Not recorded: nothing is sent (dropping the stream closes its connection).
+    let export_id = export_id?;
+    let stream = match stream {
         Ok(stream) => stream,
         Err(error) => {
             let _ = crate::export::log::finish(

@@ -227,6 +227,45 @@ async fn tickets_and_orders_parse_back_to_the_read_model_with_formulas_neutralis
     app.teardown().await;
 }
 
+/// `tickets.csv` joins each ticket to its order's parts of the line, which the orders read
+/// model stores when the order changes (decision 0027). Where they are missing, the export
+/// computes them: both ways give the same bytes, neutralised, quoted, and in the raffle's
+/// time zone.
+#[tokio::test]
+async fn precomputed_order_parts_give_the_same_lines_as_computing_them() {
+    let app = spawn_app().await;
+    let (raffle, position) = sold_raffle(&app).await;
+    let query = format!("?min_position={position}");
+    let precomputed = export(&app, raffle, "tickets", &query, &app.organizer_key).await;
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM read_orders WHERE raffle_id = $1 \
+           AND csv_buyer IS NOT NULL AND csv_payment IS NOT NULL \
+           AND (paid_at IS NULL) = (csv_paid_at IS NULL)",
+    )
+    .bind(raffle)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        NAMES.len() as i64 + 1,
+        "the projection stored every order's parts (the export waited for it)"
+    );
+    assert!(precomputed.contains(",\"'=HYPERLINK(\"\"http://evil.example"));
+    assert!(precomputed.contains("-06:00,25.00,MXN,'=cash,\"recibo 0\nline 2, \"\"q\"\"\"\n"));
+    sqlx::query(
+        "UPDATE read_orders SET csv_buyer = NULL, csv_paid_at = NULL, csv_payment = NULL \
+         WHERE raffle_id = $1",
+    )
+    .bind(raffle)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let computed = export(&app, raffle, "tickets", &query, &app.organizer_key).await;
+    assert_eq!(precomputed, computed);
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn tab_and_carriage_return_at_the_start_are_neutralised() {
     let app = spawn_app().await;

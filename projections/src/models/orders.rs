@@ -7,10 +7,14 @@ use sqlx::PgConnection;
 use tombola_domain::RaffleEvent;
 use uuid::Uuid;
 
+use crate::csv;
 use crate::envelope::Envelope;
 use crate::projection::{ApplyError, Batch, BoxFuture, Projection, Tables};
 
 pub const TABLE: &str = "read_orders";
+/// Each raffle's time zone (from `RaffleCreated`), in which `csv_paid_at` is written; only
+/// zones PostgreSQL knows are kept (a raffle without a row has no `csv_paid_at`).
+pub const TIME_ZONES: &str = "read_orders_time_zones";
 
 pub struct Orders;
 
@@ -46,13 +50,14 @@ impl Projection for Orders {
         "orders"
     }
 
-    /// 2: the receipt column.
+    /// 2: the receipt column. 3: the order's parts of a `tickets.csv` line, precomputed
+    /// (`csv_buyer`, `csv_paid_at`, `csv_payment`), and the raffle's time zone.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &[TABLE]
+        &[TABLE, TIME_ZONES]
     }
 
     fn schema(&self, tables: Tables) -> String {
@@ -68,7 +73,10 @@ impl Projection for Orders {
                refunded_at timestamptz, late_payment boolean NOT NULL, \
                refund_required boolean NOT NULL, amount_refunded_minor bigint NOT NULL, \
                receipt text, last_sequence bigint NOT NULL, \
-               PRIMARY KEY (raffle_id, order_id));"
+               csv_buyer text, csv_paid_at text, csv_payment text, \
+               PRIMARY KEY (raffle_id, order_id)); \
+             CREATE TABLE {z} (raffle_id uuid PRIMARY KEY, time_zone text NOT NULL);",
+            z = tables.name(TIME_ZONES)
         )
     }
 
@@ -90,10 +98,14 @@ impl Projection for Orders {
 
 async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyError> {
     let table = batch.tables.name(TABLE);
+    let zones = batch.tables.name(TIME_ZONES);
     let mut touched: Vec<Uuid> = Vec::new();
     let mut cancelled = false;
     for envelope in batch.events {
         match &envelope.event {
+            RaffleEvent::RaffleCreated { config, .. } => {
+                record_time_zone(conn, &zones, batch.raffle_id, config.time_zone()).await?;
+            }
             RaffleEvent::HoldsExpired { holds, .. } => {
                 touched.extend(holds.iter().map(|h| h.order_id));
             }
@@ -143,9 +155,44 @@ async fn apply(conn: &mut PgConnection, batch: Batch<'_>) -> Result<(), ApplyErr
     write(
         conn,
         &table,
+        &zones,
         batch.raffle_id,
         dirty.iter().map(|id| &orders[id]),
     )
+    .await?;
+    Ok(())
+}
+
+/// Keeps the raffle's time zone, if PostgreSQL knows it (the API refuses others, but a log
+/// may outlive a zone database): tried in a savepoint, so that an unknown zone only leaves
+/// the raffle without precomputed purchase times instead of failing the batch. (Looking it
+/// up in `pg_timezone_names` reads the whole zone database: 50-200 ms per raffle.)
+async fn record_time_zone(
+    conn: &mut PgConnection,
+    zones: &str,
+    raffle_id: Uuid,
+    zone: &str,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut savepoint = conn.begin().await?;
+    let known = sqlx::query("SELECT now() AT TIME ZONE $1")
+        .bind(zone)
+        .execute(&mut *savepoint)
+        .await;
+    match known {
+        Ok(_) => savepoint.commit().await?,
+        Err(_) => {
+            savepoint.rollback().await?;
+            return Ok(());
+        }
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {zones} (raffle_id, time_zone) VALUES ($1, $2) \
+         ON CONFLICT (raffle_id) DO UPDATE SET time_zone = EXCLUDED.time_zone"
+    ))
+    .bind(raffle_id)
+    .bind(zone)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -327,22 +374,44 @@ fn array_literal(numbers: &[i32]) -> String {
 async fn write<'r>(
     conn: &mut PgConnection,
     table: &str,
+    zones: &str,
     raffle_id: Uuid,
     rows: impl Iterator<Item = &'r OrderRow>,
 ) -> Result<(), sqlx::Error> {
     let rows: Vec<&OrderRow> = rows.collect();
+    // The order's parts of its tickets' `tickets.csv` lines, written with the order so
+    // that an export only joins them (decision 0027).
+    let csv_buyer = csv::buyer_part(
+        "o.order_id",
+        "o.buyer_name",
+        "o.buyer_phone",
+        "o.buyer_email",
+    );
+    let csv_paid_at = format!(
+        "CASE WHEN o.paid_at IS NOT NULL THEN {} END",
+        csv::zoned_time("o.paid_at", "z.time_zone")
+    );
+    let csv_payment = csv::payment_part(
+        "o.amount_minor",
+        &csv::minor_digits_sql("o.currency"),
+        "o.currency",
+        "o.payment_method",
+        "o.payment_reference",
+    );
     for chunk in rows.chunks(5_000) {
         let col = |f: fn(&OrderRow) -> String| chunk.iter().map(|r| f(r)).collect::<Vec<_>>();
         sqlx::query(&format!(
             "INSERT INTO {table} (raffle_id, order_id, status, buyer_name, buyer_email, \
                buyer_phone, numbers, amount_minor, currency, payment_method, payment_reference, \
                reserved_at, expires_at, paid_at, expired_at, released_at, refunded_at, \
-               late_payment, refund_required, amount_refunded_minor, receipt, last_sequence) \
+               late_payment, refund_required, amount_refunded_minor, receipt, last_sequence, \
+               csv_buyer, csv_paid_at, csv_payment) \
              SELECT $1, o.order_id, o.status, o.buyer_name, o.buyer_email, o.buyer_phone, \
                o.numbers::integer[], o.amount_minor, o.currency, o.payment_method, \
                o.payment_reference, o.reserved_at, o.expires_at, o.paid_at, o.expired_at, \
                o.released_at, o.refunded_at, o.late_payment, o.refund_required, \
-               o.amount_refunded_minor, o.receipt, o.last_sequence \
+               o.amount_refunded_minor, o.receipt, o.last_sequence, \
+               {csv_buyer}, {csv_paid_at}, {csv_payment} \
              FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], \
                $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], \
                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[], \
@@ -352,6 +421,7 @@ async fn write<'r>(
                     amount_minor, currency, payment_method, payment_reference, reserved_at, \
                     expires_at, paid_at, expired_at, released_at, refunded_at, late_payment, \
                     refund_required, amount_refunded_minor, receipt, last_sequence) \
+             LEFT JOIN {zones} z ON z.raffle_id = $1 \
              ON CONFLICT (raffle_id, order_id) DO UPDATE SET \
                status = EXCLUDED.status, numbers = EXCLUDED.numbers, \
                payment_method = EXCLUDED.payment_method, \
@@ -361,7 +431,9 @@ async fn write<'r>(
                refunded_at = EXCLUDED.refunded_at, late_payment = EXCLUDED.late_payment, \
                refund_required = EXCLUDED.refund_required, \
                amount_refunded_minor = EXCLUDED.amount_refunded_minor, \
-               receipt = EXCLUDED.receipt, last_sequence = EXCLUDED.last_sequence"
+               receipt = EXCLUDED.receipt, last_sequence = EXCLUDED.last_sequence, \
+               csv_buyer = EXCLUDED.csv_buyer, csv_paid_at = EXCLUDED.csv_paid_at, \
+               csv_payment = EXCLUDED.csv_payment"
         ))
         .bind(raffle_id)
         .bind(chunk.iter().map(|r| r.order_id).collect::<Vec<_>>())

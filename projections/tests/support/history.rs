@@ -14,6 +14,14 @@ use tombola_domain::{
 use uuid::Uuid;
 
 pub const NAMES: [&str; 3] = ["Ana López", "Bob", "Cy O'Brien"];
+/// The raffles' time zones, by seed: whole, half and quarter hours, with and without
+/// daylight saving time.
+pub const TIME_ZONES: [&str; 4] = [
+    "UTC",
+    "America/Mexico_City",
+    "Asia/Kathmandu",
+    "America/St_Johns",
+];
 pub const ACTORS: [&str; 3] = ["key:1", "system", "webhook:stripe"];
 
 #[derive(Debug, Clone)]
@@ -116,6 +124,7 @@ impl History {
         create.hold_seconds = Some(60);
         create.max_hold_seconds = Some(300);
         create.max_tickets_per_order = 5;
+        create.time_zone = Some(TIME_ZONES[(seed % TIME_ZONES.len() as u64) as usize].into());
         create.late_payment_policy = if seed.is_multiple_of(2) {
             LatePaymentPolicy::Substitute
         } else {

@@ -11,7 +11,7 @@ use tombola_domain::{OrderStatus, RaffleEvent, RaffleStatus};
 use tombola_projections::models::audit_index::entries;
 use tombola_projections::models::orders::OrderRow;
 use tombola_projections::models::tally::{OrdersByStatus, Tally};
-use tombola_projections::{models, Envelope};
+use tombola_projections::{csv, models, Envelope};
 use uuid::Uuid;
 
 use super::history::History;
@@ -417,6 +417,7 @@ pub async fn assert_read_models_match(pool: &PgPool, histories: &[History]) {
         let orders: BTreeMap<Uuid, OrderRow> =
             orders.into_iter().map(|o| (o.order_id, o)).collect();
         assert_eq!(orders, expected_orders(history), "orders of {raffle_id}");
+        assert_csv_parts_match(pool, history).await;
 
         let tickets: Vec<(i32, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
             "SELECT number, order_id, status, since FROM read_tickets WHERE raffle_id = $1",
@@ -518,4 +519,45 @@ pub async fn assert_read_models_match(pool: &PgPool, histories: &[History]) {
         .map(|(o, c, a, b, d, e, f, g, h)| ((o, c), [a, b, d, e, f, g, h]))
         .collect();
     assert_eq!(actual, expected, "platform totals");
+}
+
+/// Each order's precomputed parts of `tickets.csv` lines are what the export would compute
+/// from the order's columns, the purchase time as `to_char` prints it in the raffle's zone.
+async fn assert_csv_parts_match(pool: &PgPool, history: &History) {
+    let config = history.raffle.config().expect("a created raffle");
+    let zone = config.time_zone();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('TimeZone', $1, true)")
+        .bind(zone)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let digits = csv::minor_digits(config.currency.as_str()).to_string();
+    type Parts = (Uuid, Option<String>, Option<String>, Option<String>);
+    let differing: Vec<Parts> = sqlx::query_as(&format!(
+        "SELECT order_id, csv_buyer, csv_paid_at, csv_payment FROM read_orders \
+             WHERE raffle_id = $1 AND (csv_buyer IS DISTINCT FROM {buyer} \
+               OR csv_payment IS DISTINCT FROM {payment} \
+               OR csv_paid_at IS DISTINCT FROM \
+                  CASE WHEN paid_at IS NOT NULL THEN {paid} END)",
+        buyer = csv::buyer_part("order_id", "buyer_name", "buyer_phone", "buyer_email"),
+        payment = csv::payment_part(
+            "amount_minor",
+            &digits,
+            "currency",
+            "payment_method",
+            "payment_reference"
+        ),
+        paid = csv::session_time("paid_at"),
+    ))
+    .bind(history.raffle_id)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        differing.is_empty(),
+        "csv parts of {} ({zone}): {differing:?}",
+        history.raffle_id
+    );
 }
