@@ -358,6 +358,37 @@ pub(crate) fn swap_lock_key(projection: &str) -> (i32, i32) {
     lock_key(&format!("{projection}:swap"), Uuid::nil())
 }
 
+/// The advisory lock key of a (projection, raffle) pair in `slot`: a rebuild's shadow has its own.
+fn pair_lock_key(projection: &str, raffle_id: Uuid, slot: Slot) -> (i32, i32) {
+    match slot {
+        Slot::Live => lock_key(projection, raffle_id),
+        Slot::Shadow => lock_key(&format!("{projection}:shadow"), raffle_id),
+    }
+}
+
+/// Takes, for the transaction, the pair's own lock and a share of the projection's: a
+/// rebuild's swap takes that one exclusively, so no batch is ever half-way through tables
+/// being swapped. False when another runtime holds either.
+async fn try_lock_pair(
+    tx: &mut sqlx::PgConnection,
+    projection: &str,
+    raffle_id: Uuid,
+    slot: Slot,
+) -> Result<bool, sqlx::Error> {
+    let (class, object) = pair_lock_key(projection, raffle_id, slot);
+    let (swap_class, swap_object) = swap_lock_key(projection);
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock($1, $2) \
+            AND pg_try_advisory_xact_lock_shared($3, $4)",
+    )
+    .bind(class)
+    .bind(object)
+    .bind(swap_class)
+    .bind(swap_object)
+    .fetch_one(tx)
+    .await
+}
+
 /// The advisory lock key of a (projection, raffle): two 32-bit halves, so it never meets the
 /// single 64-bit keys sqlx's migrator takes. FNV-1a: the same on every node and release.
 pub(crate) fn lock_key(projection: &str, raffle_id: Uuid) -> (i32, i32) {
@@ -587,10 +618,7 @@ impl Inner {
         let (mut classes, mut objects, mut swap_classes, mut swap_objects) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for name in &names {
-            let (class, object) = match slot {
-                Slot::Live => lock_key(name, raffle_id),
-                Slot::Shadow => lock_key(&format!("{name}:shadow"), raffle_id),
-            };
+            let (class, object) = pair_lock_key(name, raffle_id, slot);
             let (swap_class, swap_object) = swap_lock_key(name);
             classes.push(class);
             objects.push(object);
@@ -829,20 +857,8 @@ impl Inner {
     ) -> Result<Alone, sqlx::Error> {
         let started = Instant::now();
         let name = projection.name();
-        let (class, object) = lock_key(name, raffle_id);
-        let (swap_class, swap_object) = swap_lock_key(name);
         let mut tx = crate::tx::begin(&self.read).await?;
-        let locked: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_xact_lock($1, $2) \
-                AND pg_try_advisory_xact_lock_shared($3, $4)",
-        )
-        .bind(class)
-        .bind(object)
-        .bind(swap_class)
-        .bind(swap_object)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !locked {
+        if !try_lock_pair(&mut tx, name, raffle_id, Slot::Live).await? {
             tx.rollback().await?;
             return Ok(Alone::Busy);
         }
@@ -921,11 +937,6 @@ impl Inner {
         slot: Slot,
     ) -> Result<Outcome, Failure> {
         let tables = Tables { slot };
-        let (class, object) = match slot {
-            Slot::Live => lock_key(projection.name(), raffle_id),
-            Slot::Shadow => lock_key(&format!("{}:shadow", projection.name()), raffle_id),
-        };
-        let (swap_class, swap_object) = swap_lock_key(projection.name());
         let failure = |sequence: u64, error: String| Failure { sequence, error };
         // One event at a time up to this sequence, after a batch failed.
         let mut careful_until: Option<u64> = None;
@@ -933,19 +944,9 @@ impl Inner {
             let mut tx = crate::tx::begin(&self.read)
                 .await
                 .map_err(|e| failure(0, e.to_string()))?;
-            // The pair's own lock, and a share of the projection's: a rebuild's swap takes
-            // that one exclusively, so no batch is ever half-way through tables being swapped.
-            let locked: bool = sqlx::query_scalar(
-                "SELECT pg_try_advisory_xact_lock($1, $2) \
-                    AND pg_try_advisory_xact_lock_shared($3, $4)",
-            )
-            .bind(class)
-            .bind(object)
-            .bind(swap_class)
-            .bind(swap_object)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| failure(0, e.to_string()))?;
+            let locked = try_lock_pair(&mut tx, projection.name(), raffle_id, slot)
+                .await
+                .map_err(|e| failure(0, e.to_string()))?;
             if !locked {
                 return Ok(Outcome::Busy);
             }

@@ -69,12 +69,7 @@ impl Decided {
     /// `later`, decided on top of this, joins it (one group commit).
     pub fn extend(&mut self, later: Decided) {
         self.results.extend(later.results);
-        self.batch.events.extend(later.batch.events);
-        self.batch.idempotency.extend(later.batch.idempotency);
-        self.batch.refusals |= later.batch.refusals;
-        if later.batch.registry.is_some() {
-            self.batch.registry = later.batch.registry;
-        }
+        self.batch.extend(later.batch);
         self.published.extend(later.published);
         self.end = later.end;
         self.consumed += later.consumed;

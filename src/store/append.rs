@@ -32,6 +32,18 @@ pub struct AppendBatch {
     pub refusals: bool,
 }
 
+impl AppendBatch {
+    /// `later`, decided on top of this batch, joins it (one group commit).
+    pub fn extend(&mut self, later: AppendBatch) {
+        self.events.extend(later.events);
+        self.idempotency.extend(later.idempotency);
+        self.refusals |= later.refusals;
+        if later.registry.is_some() {
+            self.registry = later.registry;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RegistryRow {
     pub organizer_id: String,

@@ -32,12 +32,7 @@ impl Batch {
     pub(super) fn extend(&mut self, requests: Vec<CommandRequest>, decided: Decided) {
         self.requests.extend(requests);
         self.results.extend(decided.results);
-        self.append.events.extend(decided.batch.events);
-        self.append.idempotency.extend(decided.batch.idempotency);
-        self.append.refusals |= decided.batch.refusals;
-        if decided.batch.registry.is_some() {
-            self.append.registry = decided.batch.registry;
-        }
+        self.append.extend(decided.batch);
         self.published.extend(decided.published);
         self.end = decided.end;
     }
