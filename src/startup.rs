@@ -22,6 +22,10 @@ use crate::payments::worker::PaymentsIn;
 use crate::store::Store;
 use tombola_projections::{EventSource, Runtime, RuntimeConfig, RuntimeHandle};
 
+/// How often a node looks for raffles off sale whose holds nobody here expires (a node that
+/// held them died for good): a hold of such a raffle ends at most this late.
+const CLOSED_HOLDS_SWEEP: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for a pool to close its connections politely.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -84,8 +88,9 @@ impl Application {
             clock.clone(),
         );
         let webhooks_running = crate::webhooks::start(&webhooks, &engine).await?;
-        let resumed = engine.resume_on_sale().await?;
-        tracing::info!(resumed, "raffles on sale loaded");
+        let resumed = engine.resume_holds().await?;
+        tracing::info!(resumed, "raffles with holds loaded");
+        engine.sweep_closed_holds(CLOSED_HOLDS_SWEEP);
         let listener_task = crate::engine::remote_commits::listen(engine.clone(), store.clone());
         let secrets: Vec<String> = args
             .stripe_webhook_secrets

@@ -241,6 +241,12 @@ impl Raffle {
         self.orders.next_expiry().map(from_secs)
     }
 
+    /// When the last live hold ends: after sales close, holds only leave, so this bounds
+    /// how long the raffle still needs its expiry timer.
+    pub fn last_expiry(&self) -> Option<DateTime<Utc>> {
+        self.orders.last_expiry().map(from_secs)
+    }
+
     /// Whether settled orders are kept as digests (decision 0022).
     pub fn is_compact(&self) -> bool {
         self.settled.is_some()

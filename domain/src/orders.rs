@@ -363,4 +363,8 @@ impl OrderBook {
     pub fn next_expiry(&self) -> Option<Secs> {
         self.holds.first().map(|&(at, _)| at)
     }
+
+    pub fn last_expiry(&self) -> Option<Secs> {
+        self.holds.last().map(|&(at, _)| at)
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tombola_domain::{Need, Raffle, RaffleCommand, RaffleServices, Supplied};
+use tombola_domain::{Need, Raffle, RaffleCommand, RaffleServices, RaffleStatus, Supplied};
 use uuid::Uuid;
 
 use super::writer::CommandRequest;
@@ -103,6 +103,7 @@ impl Decider<'_> {
     ) -> Decided {
         let now = self.services.now();
         let (status_before, created_before) = (state.status(), state.config().is_some());
+        let held_before = state.next_expiry().is_some();
         let mut batch = AppendBatch {
             base_sequence: start.sequence,
             ..AppendBatch::default()
@@ -225,7 +226,12 @@ impl Decider<'_> {
             }
             results.push(result);
         }
-        if !batch.events.is_empty() && (state.status(), created_before) != (status_before, true) {
+        // The registry also learns when a raffle off sale lets its last hold go: start-up
+        // then stops loading it for its expiry timer.
+        let status_changed = (state.status(), created_before) != (status_before, true);
+        let last_hold_left =
+            held_before && state.next_expiry().is_none() && state.status() != RaffleStatus::OnSale;
+        if !batch.events.is_empty() && (status_changed || last_hold_left) {
             batch.registry = registry_row(state, sequence, now);
         }
         Decided {
@@ -249,7 +255,8 @@ fn answered_order(command: &RaffleCommand) -> Option<Uuid> {
     }
 }
 
-/// The registry row for a batch that created the raffle or changed its status.
+/// The registry row for a batch that created the raffle, changed its status or let the
+/// last hold of a raffle off sale go.
 fn registry_row(state: &Raffle, sequence: u64, now: DateTime<Utc>) -> Option<RegistryRow> {
     state.config().map(|config| RegistryRow {
         organizer_id: config.organizer_id.clone(),
@@ -257,6 +264,7 @@ fn registry_row(state: &Raffle, sequence: u64, now: DateTime<Utc>) -> Option<Reg
         status: state.status().as_str(),
         status_sequence: sequence,
         created_at: now,
+        holds_until: state.last_expiry(),
     })
 }
 

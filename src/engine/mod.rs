@@ -255,18 +255,51 @@ impl Engine {
         self.inner.commits.waiting()
     }
 
-    /// Loads every raffle on sale, so their hold timers run without waiting for a command.
-    pub async fn resume_on_sale(&self) -> Result<usize, EngineError> {
+    /// Loads every raffle that may have holds to expire (on sale, or closed with holds left),
+    /// so their hold timers run without waiting for a command. Returns how many it loaded.
+    pub async fn resume_holds(&self) -> Result<usize, EngineError> {
+        self.load_raffles_with_holds(true).await
+    }
+
+    /// Every `every` on the engine's clock, loads the raffles off sale whose holds have not
+    /// all gone and that no writer holds here: their only writer may have been on a node
+    /// that is not coming back, and nobody sends a command to a drawn raffle. Raffles on
+    /// sale are left to start-ups and to their buyers' requests (the registry does not know
+    /// which of them hold anything, and loading them all would undo eviction).
+    pub fn sweep_closed_holds(&self, every: Duration) {
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            let clock = engine.inner.config.clock.clone();
+            loop {
+                let next = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
+                tokio::select! {
+                    () = engine.inner.stopped.cancelled() => break,
+                    () = clock.sleep_until(next) => {}
+                }
+                match engine.load_raffles_with_holds(false).await {
+                    Ok(0) => {}
+                    Ok(loaded) => tracing::info!(loaded, "raffles off sale with holds loaded"),
+                    Err(error) => tracing::warn!(%error, "raffles with holds not swept"),
+                }
+            }
+        });
+    }
+
+    async fn load_raffles_with_holds(&self, on_sale: bool) -> Result<usize, EngineError> {
         let raffles = self
             .inner
             .store
-            .raffles_on_sale()
+            .raffles_with_holds(on_sale)
             .await
             .map_err(EngineError::unavailable)?;
-        for raffle_id in &raffles {
-            self.send(*raffle_id, Message::Refresh).await?;
+        let mut loaded = 0;
+        for raffle_id in raffles {
+            if self.inner.registry.get(raffle_id).is_none() {
+                self.send(raffle_id, Message::Refresh).await?;
+                loaded += 1;
+            }
         }
-        Ok(raffles.len())
+        Ok(loaded)
     }
 
     #[tracing::instrument(name = "engine.execute", skip(self, command, meta), fields(raffle_id = %raffle_id, request_id = %meta.request_id, command = command_name(&command)))]

@@ -52,6 +52,9 @@ pub struct RegistryRow {
     /// The sequence of the event that set `status`.
     pub status_sequence: u64,
     pub created_at: DateTime<Utc>,
+    /// When the raffle's last live hold ends (`None`: no hold). Start-up loads every raffle
+    /// on sale, and those off sale with this set: their holds still need expiring.
+    pub holds_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,15 +162,17 @@ impl Store {
                  AS k(raffle_id, scope, key, hash, response) \
              ) \
              INSERT INTO raffles \
-               (raffle_id, organizer_id, title, status, status_sequence, created_at, updated_at) \
+               (raffle_id, organizer_id, title, status, status_sequence, created_at, updated_at, \
+                holds_until) \
              SELECT r.raffle_id, r.organizer_id, r.title, r.status, r.status_sequence, \
-                    r.created_at, now() \
+                    r.created_at, now(), r.holds_until \
              FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
-                         $19::timestamptz[]) \
-               AS r(raffle_id, organizer_id, title, status, status_sequence, created_at) \
+                         $19::timestamptz[], $20::timestamptz[]) \
+               AS r(raffle_id, organizer_id, title, status, status_sequence, created_at, \
+                    holds_until) \
              ON CONFLICT (raffle_id) DO UPDATE \
                SET status = EXCLUDED.status, status_sequence = EXCLUDED.status_sequence, \
-                   updated_at = now()",
+                   updated_at = now(), holds_until = EXCLUDED.holds_until",
         )
         .bind(RAFFLE_STREAM)
         .bind(&rows.raffles)
@@ -188,6 +193,7 @@ impl Store {
         .bind(&registry.statuses)
         .bind(&registry.sequences)
         .bind(&registry.created)
+        .bind(&registry.holds_until)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -303,6 +309,7 @@ struct RegistryRows<'a> {
     statuses: Vec<&'static str>,
     sequences: Vec<i64>,
     created: Vec<DateTime<Utc>>,
+    holds_until: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> RegistryRows<'a> {
@@ -313,5 +320,6 @@ impl<'a> RegistryRows<'a> {
         self.statuses.push(row.status);
         self.sequences.push(row.status_sequence as i64);
         self.created.push(row.created_at);
+        self.holds_until.push(row.holds_until);
     }
 }

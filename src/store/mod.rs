@@ -139,13 +139,37 @@ impl Store {
         Ok(())
     }
 
-    /// Raffles whose holds may need expiring: on sale right now.
-    pub async fn raffles_on_sale(&self) -> Result<Vec<uuid::Uuid>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT raffle_id FROM raffles WHERE status = 'on_sale'")
-                .fetch_all(&self.pool)
-                .await?,
+    /// Raffles whose holds may need expiring: those off sale whose last hold has not gone
+    /// yet and, with `on_sale`, every raffle on sale.
+    pub async fn raffles_with_holds(&self, on_sale: bool) -> Result<Vec<uuid::Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT raffle_id FROM raffles WHERE $1 AND status = 'on_sale' \
+             UNION ALL \
+             SELECT raffle_id FROM raffles WHERE holds_until IS NOT NULL AND status <> 'on_sale'",
         )
+        .bind(on_sale)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A raffle off sale found without holds at `sequence` no longer needs loading at
+    /// start-up. Holds never come back once sales close, and a registry row written after
+    /// `sequence` is left as it is.
+    pub async fn forget_holds(
+        &self,
+        raffle_id: uuid::Uuid,
+        sequence: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE raffles SET holds_until = NULL \
+             WHERE raffle_id = $1 AND holds_until IS NOT NULL AND status <> 'on_sale' \
+               AND status_sequence <= $2",
+        )
+        .bind(raffle_id)
+        .bind(sequence as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

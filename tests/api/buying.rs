@@ -366,3 +366,141 @@ async fn health_and_readiness_answer() {
     );
     app.teardown().await;
 }
+
+/// Chaos finding C (docs/RELIABILITY.md): a raffle closed and drawn while a hold was live,
+/// then its node restarted. Start-up loaded only the raffles on sale, so nothing ever
+/// expired that hold. The registry must say which raffles still have holds to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_still_live_when_its_raffle_was_drawn_expires_after_a_restart() {
+    use std::sync::Arc;
+    use tombola::clock::ManualClock;
+
+    let clock = Arc::new(ManualClock::at_system_time());
+    let mut first = TestApp::start(clock.clone(), |_| {}).await;
+    let raffle = first.raffle_on_sale(json!({"hold_minutes": 1})).await;
+    let paid = first
+        .reserve_ok(raffle, &numbers("ada@example.com", &[7]))
+        .await;
+    first.pay(raffle, &order_id(&paid)).await;
+    let held = first
+        .reserve_ok(raffle, &numbers("grace@example.com", &[9]))
+        .await;
+    expect_json(
+        first
+            .post_empty(&format!("/v1/raffles/{raffle}/close"), &first.organizer_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_json(
+        first
+            .post(
+                &format!("/v1/raffles/{raffle}/draw"),
+                &first.organizer_key,
+                &json!({"seed": SEED, "public_entropy": "block 1"}),
+            )
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    first.stop().await;
+
+    // Nothing is sent to the raffle: the new node's start-up must load it by itself.
+    let second = first.another_node(clock.clone(), |_| {}).await;
+    clock.advance(chrono::Duration::seconds(61));
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the hold to expire",
+        || async {
+            second
+                .event_types(raffle)
+                .await
+                .contains(&"HoldsExpired".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        second.order(raffle, &order_id(&held)).await["status"],
+        "expired"
+    );
+    // With no hold left, the registry no longer asks start-ups to load the raffle.
+    let still_listed: bool =
+        sqlx::query_scalar("SELECT holds_until IS NOT NULL FROM raffles WHERE raffle_id = $1")
+            .bind(raffle)
+            .fetch_one(second.pool())
+            .await
+            .expect("the registry row");
+    assert!(!still_listed, "a raffle without holds stays listed");
+
+    // A mark with no hold behind it (migration 0110 marks every raffle closed before it) is
+    // cleared by the next node that loads the raffle at start-up.
+    sqlx::query("UPDATE raffles SET holds_until = now() WHERE raffle_id = $1")
+        .bind(raffle)
+        .execute(second.pool())
+        .await
+        .expect("mark the raffle");
+    let third = first.another_node(clock.clone(), |_| {}).await;
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the mark to be cleared",
+        || async {
+            let marked: bool = sqlx::query_scalar(
+                "SELECT holds_until IS NOT NULL FROM raffles WHERE raffle_id = $1",
+            )
+            .bind(raffle)
+            .fetch_one(third.pool())
+            .await
+            .expect("the registry row");
+            (!marked).then_some(())
+        },
+    )
+    .await;
+    third.teardown().await;
+    second.teardown().await;
+    first.teardown().await;
+}
+
+/// The same raffle, but its node never comes back: another node, which started before the
+/// raffle existed and never loaded it, must find it and expire the hold on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_raffle_whose_node_is_gone_has_its_holds_expired_by_another() {
+    use std::sync::Arc;
+    use tombola::clock::ManualClock;
+
+    let clock = Arc::new(ManualClock::at_system_time());
+    let mut gone = TestApp::start(clock.clone(), |_| {}).await;
+    let other = gone.another_node(clock.clone(), |_| {}).await;
+    let raffle = gone.raffle_on_sale(json!({"hold_minutes": 1})).await;
+    let held = gone
+        .reserve_ok(raffle, &numbers("grace@example.com", &[9]))
+        .await;
+    expect_json(
+        gone.post_empty(&format!("/v1/raffles/{raffle}/close"), &gone.organizer_key)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    gone.stop().await;
+    assert_eq!(other.engine.active_raffles(), 0, "never loaded here");
+
+    clock.advance(chrono::Duration::seconds(61));
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the hold to expire",
+        || async {
+            other
+                .event_types(raffle)
+                .await
+                .contains(&"HoldsExpired".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        other.order(raffle, &order_id(&held)).await["status"],
+        "expired"
+    );
+    other.teardown().await;
+    gone.teardown().await;
+}

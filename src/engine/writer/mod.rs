@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tombola_domain::{Need, Raffle, RaffleCommand, RaffleEvent, RaffleServices, Supplied};
+use tombola_domain::{
+    Need, Raffle, RaffleCommand, RaffleEvent, RaffleServices, RaffleStatus, Supplied,
+};
 use uuid::Uuid;
 
 use super::decide::{Decided, Decider, KnownKeys, Position};
@@ -183,6 +185,24 @@ pub(crate) async fn run(
     }
 }
 
+/// A raffle off sale loaded without holds clears its registry mark, so that start-ups stop
+/// loading it (migration 0110 marks every raffle closed before the mark existed). Off the
+/// load's path: it only saves later start-ups a load.
+fn forget_holds_if_none(engine: &Engine, raffle_id: Uuid, state: &Raffle, sequence: u64) {
+    let ended = matches!(
+        state.status(),
+        RaffleStatus::Closed | RaffleStatus::Drawn | RaffleStatus::Cancelled
+    );
+    if ended && state.next_expiry().is_none() {
+        let store = engine.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.forget_holds(raffle_id, sequence).await {
+                tracing::debug!(%raffle_id, %error, "registry's hold mark not cleared");
+            }
+        });
+    }
+}
+
 /// Fires when the clock reaches `deadline`; only polled while the raffle may be evicted.
 async fn idle_timer(clock: &dyn Clock, deadline: DateTime<Utc>) {
     clock.sleep_until(deadline).await;
@@ -201,6 +221,7 @@ impl Writer {
         };
         let mut state = loaded.raffle;
         compact_if_large(&mut state, engine.inner.config.compact_after_orders);
+        forget_holds_if_none(&engine, raffle_id, &state, committed.sequence);
         Ok(Self {
             raffle_id,
             aggregate_id: raffle_id.to_string(),
