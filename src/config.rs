@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// Run the outbound webhook subscriber and delivery worker on this node.
     #[arg(long, env = "TOMBOLA_WEBHOOK_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
     pub webhook_worker: bool,
+    /// The OS niceness of the outbound webhooks' threads (0-19; Linux): on a busy node the
+    /// scheduler serves the requests first, and deliveries take the time left (decision
+    /// 0030). 0 runs them at the requests' priority.
+    #[arg(long, env = "TOMBOLA_WEBHOOK_NICE", default_value_t = crate::webhooks::DEFAULT_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub webhook_nice: i32,
     #[command(flatten)]
     pub limits: LimitsArgs,
 }
@@ -265,6 +271,7 @@ impl From<ServeArgs> for Settings {
                 allow_private_targets: args.webhook_allow_private_targets,
                 concurrency: args.webhook_concurrency.max(1),
                 enabled: args.webhook_worker,
+                nice: args.webhook_nice,
                 ..crate::webhooks::Config::default()
             },
             rate_limits: args.limits.rate_limits,

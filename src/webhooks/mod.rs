@@ -11,6 +11,7 @@ pub mod journal;
 pub mod messages;
 mod outbox;
 mod running;
+mod runtime;
 pub mod signature;
 pub mod targets;
 mod worker;
@@ -57,7 +58,12 @@ pub struct Config {
     pub enabled: bool,
     /// Connections of the outbound webhooks' own pool (the subscriber, claims, settlements).
     pub db_connections: u32,
+    /// Niceness of the threads the subscriber and the worker run on (decision 0030).
+    pub nice: i32,
 }
+
+/// Deliveries yield the CPU to requests by this much (decision 0030).
+pub const DEFAULT_NICE: i32 = 10;
 
 impl Default for Config {
     fn default() -> Self {
@@ -77,6 +83,7 @@ impl Default for Config {
             rotation_grace: Duration::from_secs(24 * 3600),
             enabled: true,
             db_connections: 8,
+            nice: DEFAULT_NICE,
         }
     }
 }

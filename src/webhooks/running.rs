@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tombola_projections::{EventSource, Projection, Runtime, RuntimeConfig, RuntimeHandle};
 
+use super::runtime::NicedRuntime;
 use super::{Config, Outbox, Worker};
 use crate::clock::Clock;
 use crate::engine::Engine;
@@ -34,11 +35,12 @@ impl Webhooks {
     }
 }
 
-/// The running subscriber and worker.
+/// The running subscriber and worker, on a runtime of their own.
 pub struct Running {
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     outbox: Option<RuntimeHandle>,
+    runtime: Option<NicedRuntime>,
 }
 
 impl Running {
@@ -53,11 +55,12 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        drop(self.runtime);
     }
 }
 
 /// Creates the outbox's bookkeeping and starts the subscriber and the worker (unless the
-/// node has them switched off).
+/// node has them switched off), on a runtime whose threads yield to the requests'.
 pub async fn start(webhooks: &Webhooks, engine: &Engine) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     if !webhooks.config.enabled {
@@ -65,8 +68,11 @@ pub async fn start(webhooks: &Webhooks, engine: &Engine) -> anyhow::Result<Runni
             stop,
             tasks: Vec::new(),
             outbox: None,
+            runtime: None,
         });
     }
+    let threads = NicedRuntime::start(webhooks.config.nice)?;
+    let niced = threads.handle().clone();
     let outbox: Vec<Arc<dyn Projection>> = vec![Arc::new(Outbox {
         clock: webhooks.clock.clone(),
     })];
@@ -80,14 +86,12 @@ pub async fn start(webhooks: &Webhooks, engine: &Engine) -> anyhow::Result<Runni
     let handle = runtime.handle();
     let mut tasks = Vec::new();
     let stopped = stop.clone();
-    tasks.push(tokio::spawn(
-        runtime.run(async move { stopped.cancelled().await }),
-    ));
+    tasks.push(niced.spawn(runtime.run(async move { stopped.cancelled().await })));
     // Commits wake the subscriber; each batch it commits wakes the worker.
     let mut commits = engine.subscribe();
     let woken = handle.clone();
     let stopped = stop.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.push(niced.spawn(async move {
         loop {
             tokio::select! {
                 () = stopped.cancelled() => break,
@@ -102,7 +106,7 @@ pub async fn start(webhooks: &Webhooks, engine: &Engine) -> anyhow::Result<Runni
     let mut progress = handle.progress();
     let wake = webhooks.wake.clone();
     let stopped = stop.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.push(niced.spawn(async move {
         loop {
             tokio::select! {
                 () = stopped.cancelled() => break,
@@ -119,10 +123,11 @@ pub async fn start(webhooks: &Webhooks, engine: &Engine) -> anyhow::Result<Runni
         webhooks.clock.clone(),
         webhooks.wake.clone(),
     );
-    tasks.push(tokio::spawn(worker.run(stop.clone())));
+    tasks.push(niced.spawn(worker.run(stop.clone())));
     Ok(Running {
         stop,
         tasks,
         outbox: Some(handle),
+        runtime: Some(threads),
     })
 }
