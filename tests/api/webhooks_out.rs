@@ -1078,3 +1078,36 @@ async fn endpoints_are_checked_scoped_and_listed() {
     .await;
     app.teardown().await;
 }
+
+/// Deliveries take the CPU requests leave (decision 0030): the outbound webhooks' threads
+/// run at niceness 10, read from `/proc` as the kernel's scheduler sees them.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn outbound_webhooks_run_on_threads_that_yield_to_requests() {
+    let app = spawn_app_with(|_| {}).await;
+    let nice_of = |task: &std::path::Path| -> Option<(String, i64)> {
+        let name = std::fs::read_to_string(task.join("comm")).ok()?;
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        // After "pid (comm)": state is field 3, nice field 19.
+        let nice = stat.rsplit_once(')')?.1.split_whitespace().nth(16)?;
+        Some((name.trim().to_owned(), nice.parse().ok()?))
+    };
+    let threads: Vec<(String, i64)> = std::fs::read_dir("/proc/self/task")
+        .expect("the process's threads")
+        .filter_map(|task| nice_of(&task.ok()?.path()))
+        .collect();
+    let webhooks: Vec<i64> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("tombola-webhook"))
+        .map(|(_, nice)| *nice)
+        .collect();
+    assert!(
+        !webhooks.is_empty(),
+        "no outbound webhooks thread: {threads:?}"
+    );
+    assert!(
+        webhooks.iter().all(|nice| *nice >= 10),
+        "webhooks threads not niced: {threads:?}"
+    );
+    app.teardown().await;
+}
