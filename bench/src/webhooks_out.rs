@@ -54,6 +54,10 @@ pub struct Args {
     /// neighbour's noise falls on both sides; the ratio is of the medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Niceness of the server's outbound webhooks threads (decision 0030; 0: the
+    /// requests' priority, for comparison).
+    #[arg(long, default_value_t = tombola::webhooks::DEFAULT_NICE)]
+    webhook_nice: i32,
 }
 
 pub fn run(args: &Args) -> BenchResult<Report> {
@@ -176,6 +180,7 @@ async fn load(
         ..Settings::default()
     };
     settings.webhooks.allow_private_targets = true;
+    settings.webhooks.nice = args.webhook_nice;
     let app = Application::build(&settings, store.clone(), Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
