@@ -268,10 +268,14 @@ impl Engine {
     /// which of them hold anything, and loading them all would undo eviction).
     pub fn sweep_closed_holds(&self, every: Duration) {
         let engine = self.clone();
+        let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
         self.inner.tasks.spawn(async move {
             let clock = engine.inner.config.clock.clone();
             loop {
-                let next = clock.now() + chrono::Duration::from_std(every).unwrap_or_default();
+                let next = clock
+                    .now()
+                    .checked_add_signed(every)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
                 tokio::select! {
                     () = engine.inner.stopped.cancelled() => break,
                     () = clock.sleep_until(next) => {}

@@ -367,6 +367,35 @@ async fn health_and_readiness_answer() {
     app.teardown().await;
 }
 
+/// Waits until `node` has expired `order`'s hold (no command sent: its timer's doing), and
+/// checks the order shows it.
+async fn expired_on(node: &TestApp, raffle: Uuid, order: &Value) {
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the hold to expire",
+        || async {
+            node.event_types(raffle)
+                .await
+                .contains(&"HoldsExpired".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        node.order(raffle, &order_id(order)).await["status"],
+        "expired"
+    );
+}
+
+/// Whether the registry asks start-ups to load `raffle` for its holds.
+async fn marked_for_start_up(node: &TestApp, raffle: Uuid) -> bool {
+    sqlx::query_scalar("SELECT holds_until IS NOT NULL FROM raffles WHERE raffle_id = $1")
+        .bind(raffle)
+        .fetch_one(node.pool())
+        .await
+        .expect("the registry row")
+}
+
 /// Chaos finding C (docs/RELIABILITY.md): a raffle closed and drawn while a hold was live,
 /// then its node restarted. Start-up loaded only the raffles on sale, so nothing ever
 /// expired that hold. The registry must say which raffles still have holds to expire.
@@ -408,30 +437,12 @@ async fn a_hold_still_live_when_its_raffle_was_drawn_expires_after_a_restart() {
     // Nothing is sent to the raffle: the new node's start-up must load it by itself.
     let second = first.another_node(clock.clone(), |_| {}).await;
     clock.advance(chrono::Duration::seconds(61));
-    eventually(
-        std::time::Duration::from_secs(30),
-        "the hold to expire",
-        || async {
-            second
-                .event_types(raffle)
-                .await
-                .contains(&"HoldsExpired".to_owned())
-                .then_some(())
-        },
-    )
-    .await;
-    assert_eq!(
-        second.order(raffle, &order_id(&held)).await["status"],
-        "expired"
-    );
+    expired_on(&second, raffle, &held).await;
     // With no hold left, the registry no longer asks start-ups to load the raffle.
-    let still_listed: bool =
-        sqlx::query_scalar("SELECT holds_until IS NOT NULL FROM raffles WHERE raffle_id = $1")
-            .bind(raffle)
-            .fetch_one(second.pool())
-            .await
-            .expect("the registry row");
-    assert!(!still_listed, "a raffle without holds stays listed");
+    assert!(
+        !marked_for_start_up(&second, raffle).await,
+        "a raffle without holds stays listed"
+    );
 
     // A mark with no hold behind it (migration 0110 marks every raffle closed before it) is
     // cleared by the next node that loads the raffle at start-up.
@@ -444,16 +455,7 @@ async fn a_hold_still_live_when_its_raffle_was_drawn_expires_after_a_restart() {
     eventually(
         std::time::Duration::from_secs(30),
         "the mark to be cleared",
-        || async {
-            let marked: bool = sqlx::query_scalar(
-                "SELECT holds_until IS NOT NULL FROM raffles WHERE raffle_id = $1",
-            )
-            .bind(raffle)
-            .fetch_one(third.pool())
-            .await
-            .expect("the registry row");
-            (!marked).then_some(())
-        },
+        || async { (!marked_for_start_up(&third, raffle).await).then_some(()) },
     )
     .await;
     third.teardown().await;
@@ -485,22 +487,7 @@ async fn a_closed_raffle_whose_node_is_gone_has_its_holds_expired_by_another() {
     assert_eq!(other.engine.active_raffles(), 0, "never loaded here");
 
     clock.advance(chrono::Duration::seconds(61));
-    eventually(
-        std::time::Duration::from_secs(30),
-        "the hold to expire",
-        || async {
-            other
-                .event_types(raffle)
-                .await
-                .contains(&"HoldsExpired".to_owned())
-                .then_some(())
-        },
-    )
-    .await;
-    assert_eq!(
-        other.order(raffle, &order_id(&held)).await["status"],
-        "expired"
-    );
+    expired_on(&other, raffle, &held).await;
     other.teardown().await;
     gone.teardown().await;
 }
